@@ -1,0 +1,1 @@
+"""Processing algorithms: one module each, thin wrappers around despecknet_qgis.core."""

@@ -1,0 +1,136 @@
+"""despecknet:despeckle - despeckle a SAR raster of any size with an ONNX deSpeckNet model."""
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..core.domain import DOMAINS
+from ..core.inference import DEVICES, Despeckler
+from ..core.model import RECEPTIVE_RADIUS
+from ..core.tiled_predict import despeckle_raster
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+
+
+class DespeckleAlgorithm(DespeckNetAlgorithm):
+    INPUT = "INPUT"
+    BAND = "BAND"
+    INPUT_DOMAIN = "INPUT_DOMAIN"
+    MODEL = "MODEL"
+    DEVICE = "DEVICE"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    OUTPUT = "OUTPUT"
+    OUTPUT_NOISE = "OUTPUT_NOISE"
+    PROVIDER = "PROVIDER"
+
+    def name(self):
+        return "despeckle"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Despeckle SAR image")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "Removes speckle from a SAR intensity, amplitude or dB image with a deSpeckNet model "
+            "(two CNN branches estimating the clean image and the speckle).<br><br>"
+            "<b>Input domain</b>: what the pixel values are; the output is in the same domain and "
+            "the same calibration (any scale works).<br>"
+            "<b>Band</b>: empty means every band, each despeckled on its own.<br>"
+            "<b>Model</b>: an ONNX file from deSpeckNet training or fine-tuning; empty means the "
+            "bundled model (trained on simulated scenes, see its model card).<br>"
+            "<b>Device</b>: auto uses an NVIDIA GPU when ONNX Runtime can, else the CPU; cuda fails "
+            "rather than silently using the CPU.<br>"
+            "<b>Estimated speckle</b>: optional raster of N̂ (mean about 1; in dB for dB input).<br>"
+            "Rasters of any size are processed tile by tile; nodata stays nodata."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("SAR raster")))
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BAND, self.tr("Band(s) (empty: all)"), None, self.INPUT, optional=True, allowMultiple=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, self.tr("Model (ONNX; empty: bundled)"), extension="onnx", optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+        for name, label, default, minimum in (
+            (self.TILE_SIZE, "Tile size (pixels)", 512, 64),
+            (self.OVERLAP, "Tile overlap (pixels)", RECEPTIVE_RADIUS + 3, RECEPTIVE_RADIUS),
+        ):
+            p = QgsProcessingParameterNumber(
+                name, self.tr(label), QgsProcessingParameterNumber.Integer, default, minValue=minimum, maxValue=8192
+            )
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled")))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_NOISE, self.tr("Estimated speckle"), optional=True, createByDefault=False
+            )
+        )
+        self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
+
+    def input_layer(self, parameters, context):
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(
+                f"INPUT {parameters.get(self.INPUT)!r} is not a readable raster layer: choose an existing "
+                "GeoTIFF (or another raster GDAL reads) holding SAR intensity, amplitude or dB values."
+            )
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"INPUT '{layer.name()}' comes from the '{layer.providerType()}' provider; deSpeckNet reads "
+                "files through GDAL. Save the layer as a GeoTIFF first."
+            )
+        return layer
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        # QGIS's own message for an unloadable INPUT does not say what to do.
+        try:
+            self.input_layer(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return super().checkParameterValues(parameters, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layer = self.input_layer(parameters, context)
+        source = layer.source()
+        bands = self.parameterAsInts(parameters, self.BAND, context) or None
+        domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
+        model = self.parameterAsFile(parameters, self.MODEL, context) or None
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        noise = self.parameterAsOutputLayer(parameters, self.OUTPUT_NOISE, context) or None
+
+        despeckler = self.run_core(Despeckler, model, device, with_noise=noise is not None)
+        feedback.pushInfo(f"Model {despeckler.path} (version {despeckler.info.version}) on {despeckler.provider}")
+        report = self.run_core(
+            despeckle_raster,
+            source,
+            output,
+            despeckler,
+            bands=bands,
+            domain=domain,
+            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            noise_path=noise,
+            progress=self.progress(feedback),
+        )
+        mpix = sum(b.valid_pixels for b in report.bands) / 1e6
+        feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider}")
+        results = {self.OUTPUT: output, self.PROVIDER: report.provider}
+        if noise:
+            results[self.OUTPUT_NOISE] = noise
+        return results

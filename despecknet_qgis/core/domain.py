@@ -1,0 +1,87 @@
+"""Radiometric domains and the network's normalised log-intensity domain.
+
+Users hand us intensity (sigma0, DN^2, ...), amplitude or decibels at any calibration
+scale. The network sees z = (ln I - offset) / LOG_SCALE where `offset` is the mean of
+ln I over the valid pixels of the whole band. Scaling the image by k shifts ln I and
+the offset by the same ln k, so z, and the despeckled result relative to k, do not
+change: despeckle(k * Y) = k * despeckle(Y) exactly, for any calibration.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DespeckNetError
+
+DOMAINS = ("intensity", "amplitude", "decibel")
+LOG_SCALE = 2.0
+# z beyond this is clipped: keeps ln(0) and absurd outliers finite (e^{+-20} around the mean).
+Z_LIMIT = 10.0
+
+
+def check_domain(domain: str) -> str:
+    if domain not in DOMAINS:
+        raise DespeckNetError(f"Unknown input domain {domain!r}: use one of {', '.join(DOMAINS)}.")
+    return domain
+
+
+def to_intensity(values: np.ndarray, domain: str) -> np.ndarray:
+    v = values.astype(np.float64, copy=False)
+    if domain == "intensity":
+        return v
+    if domain == "amplitude":
+        return v * v
+    if domain == "decibel":
+        return np.power(10.0, v / 10.0)
+    raise DespeckNetError(f"Unknown input domain {domain!r}.")
+
+
+def from_intensity(intensity: np.ndarray, domain: str) -> np.ndarray:
+    if domain == "intensity":
+        return intensity
+    if domain == "amplitude":
+        return np.sqrt(intensity)
+    if domain == "decibel":
+        with np.errstate(divide="ignore"):
+            return 10.0 * np.log10(intensity)
+    raise DespeckNetError(f"Unknown input domain {domain!r}.")
+
+
+def speckle_from_log(z_noise: np.ndarray, domain: str) -> np.ndarray:
+    """Estimated speckle N_hat (mean about 1) expressed like the input: N, sqrt(N) or dB."""
+    return from_intensity(np.exp(LOG_SCALE * z_noise.astype(np.float64)), domain)
+
+
+def log_intensity(intensity: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(intensity)
+
+
+def normalise(intensity: np.ndarray, offset: float) -> np.ndarray:
+    """Intensity -> network input z (float32). Zeros map to -Z_LIMIT, not -inf."""
+    z = (log_intensity(intensity) - offset) / LOG_SCALE
+    return np.clip(z, -Z_LIMIT, Z_LIMIT).astype(np.float32)
+
+
+def denormalise(z: np.ndarray, offset: float) -> np.ndarray:
+    """Network output z -> intensity (float64, always positive)."""
+    return np.exp(LOG_SCALE * z.astype(np.float64) + offset)
+
+
+class LogMean:
+    """Streaming mean of ln(intensity) over valid, strictly positive pixels."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, intensity: np.ndarray, valid: np.ndarray) -> None:
+        sel = intensity[valid & (intensity > 0)]
+        if sel.size:
+            self.total += float(np.log(sel).sum())
+            self.count += int(sel.size)
+
+    @property
+    def value(self) -> float:
+        if not self.count:
+            raise DespeckNetError("No valid pixel with a positive value: nothing to despeckle.")
+        return self.total / self.count

@@ -1,0 +1,44 @@
+"""What an exported deSpeckNet ONNX model declares about itself (no torch needed)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .errors import DespeckNetError
+
+FORMAT = "despecknet-onnx/1"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    INPUT = "y"
+    OUTPUTS = ("clean", "noise")
+
+    version: str
+    description: str
+    log_scale: float
+    z_limit: float
+    receptive_field: int
+    training: dict
+
+    @classmethod
+    def from_metadata(cls, meta: dict, source: str) -> "ModelInfo":
+        if meta.get("format") != FORMAT:
+            raise DespeckNetError(
+                f"{source} is not a deSpeckNet ONNX model (its metadata lacks format={FORMAT}). "
+                "Use a model exported by despecknet:train or despecknet:finetune, or leave MODEL empty "
+                "for the bundled model."
+            )
+        if meta.get("domain") != "log_intensity":
+            raise DespeckNetError(f"{source} works in an unsupported domain {meta.get('domain')!r}.")
+        try:
+            return cls(
+                version=meta.get("model_version", "?"),
+                description=meta.get("description", ""),
+                log_scale=float(meta["log_scale"]),
+                z_limit=float(meta["z_limit"]),
+                receptive_field=int(meta["receptive_field"]),
+                training=json.loads(meta.get("training", "{}")),
+            )
+        except (KeyError, ValueError) as exc:
+            raise DespeckNetError(f"{source} has incomplete deSpeckNet metadata ({exc}).") from exc

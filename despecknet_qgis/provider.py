@@ -1,0 +1,27 @@
+"""Processing provider `despecknet`."""
+import os
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .algorithms.despeckle import DespeckleAlgorithm
+
+ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
+
+
+class DespeckNetProvider(QgsProcessingProvider):
+    def id(self):
+        return "despecknet"
+
+    def name(self):
+        return "deSpeckNet"
+
+    def longName(self):  # noqa: N802 - QGIS API
+        return "deSpeckNet SAR despeckling"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def loadAlgorithms(self):  # noqa: N802 - QGIS API
+        for alg in (DespeckleAlgorithm(),):
+            self.addAlgorithm(alg)

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real (untrained, BN-calibrated) deSpeckNet exported to ONNX, and GeoTIFF helpers."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+QGIS_PROCESS = os.path.join(ROOT, "tools", "qgis_process")
+
+
+def write_tif(path, bands, nodata=None, epsg=32633, origin=(500000.0, 4000000.0), pixel=20.0, dtype=gdal.GDT_Float32):
+    """Write a GeoTIFF from a 2-D array or a list of 2-D arrays."""
+    bands = [bands] if np.ndim(bands) == 2 else list(bands)
+    h, w = bands[0].shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, len(bands), dtype)
+    ds.SetGeoTransform((origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds.SetProjection(srs.ExportToWkt())
+    for i, b in enumerate(bands, start=1):
+        band = ds.GetRasterBand(i)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        band.WriteArray(b)
+    ds = None
+    return str(path)
+
+
+def read_tif(path):
+    ds = gdal.Open(str(path))
+    arrays = [ds.GetRasterBand(i + 1).ReadAsArray().astype(np.float64) for i in range(ds.RasterCount)]
+    return arrays, ds
+
+
+def speckled_scene(size=96, looks=1.0, correlation=0.0, seed=0):
+    from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
+
+    rng = np.random.default_rng(seed)
+    scene = simulate_reflectivity((size, size), rng, parcel_size=32.0)
+    return scene.reflectivity * simulate_speckle((size, size), looks, correlation, rng), scene
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The full deSpeckNet architecture, random weights, BatchNorm statistics from a few batches."""
+    import torch
+
+    from despecknet_qgis.core.model import DeSpeckNet
+    from despecknet_qgis.core.export import export_onnx
+    from despecknet_qgis.core.training import TrainingRecord
+
+    torch.manual_seed(0)
+    model = DeSpeckNet()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 1, 40, 40))
+    model.eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_onnx(model, str(path), TrainingRecord(), "test")
+    return str(path), model
+
+
+@pytest.fixture(scope="session")
+def despeckler(tiny_model):
+    from despecknet_qgis.core.inference import Despeckler
+
+    return Despeckler(tiny_model[0], "cpu")
+
+
+def run_qgis_process(*args, profile=None, timeout=300):
+    env = dict(os.environ)
+    if profile:
+        env["DESPECKNET_QGIS_PROFILE"] = str(profile)
+    return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,0 +1,41 @@
+"""`make package` builds a zip the official plugin repository accepts and QGIS can load."""
+import configparser
+import os
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+from tools.package import MAX_BYTES, build, validate
+
+
+def test_package_passes_the_repository_rules(tmp_path):
+    zip_path = build(str(tmp_path / "despecknet_qgis.zip"))
+    meta = validate(zip_path)
+    assert meta["hasProcessingProvider"] == "yes"
+    assert meta["qgisMinimumVersion"] == "3.22"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        assert "despecknet_qgis/models/despecknet.onnx" in names
+        assert "despecknet_qgis/LICENSE" in names and "GNU GENERAL PUBLIC LICENSE" in zf.read("despecknet_qgis/LICENSE").decode()
+        assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        assert not any(n.startswith("despecknet_qgis/tests") for n in names)
+    assert os.path.getsize(zip_path) < MAX_BYTES
+
+
+def test_validator_rejects_a_zip_without_license(tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("despecknet_qgis/__init__.py", "")
+        zf.write(os.path.join(ROOT, "metadata.txt"), "despecknet_qgis/metadata.txt")
+    with pytest.raises(ValueError, match="LICENSE"):
+        validate(str(bad))
+
+
+def test_metadata_has_every_required_field():
+    parser = configparser.ConfigParser()
+    parser.optionxform = str
+    parser.read(os.path.join(ROOT, "metadata.txt"))
+    meta = dict(parser.items("general"))
+    for key in ("name", "description", "version", "qgisMinimumVersion", "author", "email", "about", "tracker", "repository"):
+        assert meta.get(key), key

@@ -1,0 +1,154 @@
+"""despecknet:despeckle through the Processing registry (pytest-qgis, real QGIS)."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+
+from conftest import read_tif, speckled_scene, write_tif
+from despecknet_qgis.core.inference import bundled_model_path
+
+
+_KEEP = []  # QGIS drops a provider's algorithms once Python lets go of the provider
+
+
+@pytest.fixture()
+def provider(qgis_processing):
+    from despecknet_qgis.provider import DespeckNetProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("despecknet") is None:
+        _KEEP.append(DespeckNetProvider())
+        assert registry.addProvider(_KEEP[-1])
+    return registry.providerById("despecknet")
+
+
+def despeckle(params, feedback=None):
+    import processing
+
+    return processing.run("despecknet:despeckle", params, feedback=feedback or QgsProcessingFeedback())
+
+
+def test_provider_lists_despeckle_with_documented_parameters(provider):
+    alg = QgsApplication.processingRegistry().algorithmById("despecknet:despeckle")
+    assert alg is not None
+    names = [p.name() for p in alg.parameterDefinitions()]
+    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "OUTPUT", "OUTPUT_NOISE"]
+    assert "PROVIDER" in [o.name() for o in alg.outputDefinitions()]
+    assert alg.shortHelpString()
+
+
+def test_despeckle_runs_and_reports_the_provider(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(80, seed=11)
+    src = write_tif(tmp_path / "y.tif", [y, 2 * y], nodata=-1.0)
+    feedback = QgsProcessingFeedback()
+    progress = []
+    feedback.progressChanged.connect(progress.append)
+    res = despeckle(
+        {"INPUT": src, "BAND": [2], "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": str(tmp_path / "x.tif"),
+         "OUTPUT_NOISE": str(tmp_path / "n.tif")},
+        feedback,
+    )
+    assert res["PROVIDER"] == "CPUExecutionProvider"
+    assert os.path.exists(res["OUTPUT"]) and os.path.exists(res["OUTPUT_NOISE"])
+    (x,), ds = read_tif(res["OUTPUT"])
+    assert ds.RasterCount == 1 and ds.GetRasterBand(1).GetNoDataValue() == -1.0
+    assert progress and progress[-1] == 100.0
+    # Band 2 is 2*y: the result is twice band 1's.
+    res1 = despeckle({"INPUT": src, "BAND": [1], "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "x1.tif")})
+    np.testing.assert_allclose(x, 2 * read_tif(res1["OUTPUT"])[0][0], rtol=1e-5)
+
+
+def test_empty_model_means_the_bundled_model(provider, tmp_path):
+    y, _ = speckled_scene(64, seed=12)
+    res = despeckle({"INPUT": write_tif(tmp_path / "y.tif", y), "OUTPUT": str(tmp_path / "x.tif")})
+    assert os.path.exists(res["OUTPUT"]) and os.path.isfile(bundled_model_path())
+
+
+def test_cancel_through_feedback(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(128, seed=13)
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda p: p > 10 and feedback.cancel())
+    dst = tmp_path / "x.tif"
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        despeckle({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": tiny_model[0], "TILE_SIZE": 64,
+                   "OUTPUT": str(dst)}, feedback)
+    assert not dst.exists()
+
+
+# --- bad input: a clear QgsProcessingException and no finished-looking output -----------------
+
+
+def expect_error(params, pattern, tmp_path):
+    out = params.setdefault("OUTPUT", str(tmp_path / "out.tif"))
+    with pytest.raises(QgsProcessingException, match=pattern):
+        despeckle(params)
+    assert not os.path.exists(out) or out == params.get("INPUT")
+    assert [p for p in os.listdir(os.path.dirname(out)) if "partial" in p] == []
+
+
+def test_not_a_raster(provider, tiny_model, tmp_path):
+    bogus = tmp_path / "notes.tif"
+    bogus.write_text("this is not an image")
+    expect_error({"INPUT": str(bogus), "MODEL": tiny_model[0]}, "not a readable raster", tmp_path)
+
+
+def test_missing_file(provider, tiny_model, tmp_path):
+    expect_error({"INPUT": str(tmp_path / "nope.tif"), "MODEL": tiny_model[0]}, "not a readable raster", tmp_path)
+
+
+def test_negative_values_in_intensity(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(64, seed=14)
+    y[3, 3] = -0.5
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": tiny_model[0]}, "negative values.*decibel", tmp_path)
+
+
+def test_nan_values_without_nodata(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(64, seed=15)
+    y[3, 3] = np.nan
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": tiny_model[0]}, "NaN", tmp_path)
+
+
+def test_all_nodata_band(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(64, seed=16)
+    src = write_tif(tmp_path / "y.tif", [y, np.full_like(y, -9999.0)], nodata=-9999.0)
+    expect_error({"INPUT": src, "MODEL": tiny_model[0]}, "band 2 has no valid pixel", tmp_path)
+
+
+def test_raster_smaller_than_receptive_field(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(96, seed=17)
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y[:20, :30]), "MODEL": tiny_model[0]}, "receptive field", tmp_path)
+
+
+def test_model_that_is_not_onnx(provider, tmp_path):
+    y, _ = speckled_scene(64, seed=18)
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(os.urandom(2048))
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": str(fake)}, "not a loadable ONNX model", tmp_path)
+
+
+def test_onnx_model_that_is_not_despecknet(provider, tmp_path):
+    y, _ = speckled_scene(64, seed=19)
+    node = helper.make_node("Identity", ["y"], ["clean"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, None, None])],
+                              [helper.make_tensor_value_info("clean", TensorProto.FLOAT, [1, 1, None, None])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": str(path)}, "not a deSpeckNet ONNX model", tmp_path)
+
+
+def test_cuda_without_gpu_fails_instead_of_falling_back(provider, tiny_model, tmp_path):
+    if os.path.exists("/proc/driver/nvidia/version"):
+        pytest.skip("this machine has an NVIDIA GPU")
+    y, _ = speckled_scene(64, seed=20)
+    expect_error({"INPUT": write_tif(tmp_path / "y.tif", y), "MODEL": tiny_model[0], "DEVICE": 2}, "DEVICE=cuda", tmp_path)
+
+
+def test_output_equal_to_input(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(64, seed=21)
+    src = write_tif(tmp_path / "y.tif", y)
+    before = open(src, "rb").read()
+    expect_error({"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": src}, "is the input raster", tmp_path)
+    assert open(src, "rb").read() == before
