@@ -5,6 +5,11 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.despeckle import DespeckleAlgorithm
+from .algorithms.finetune import FineTuneAlgorithm
+from .algorithms.quality import QualityAlgorithm
+from .algorithms.speckle_stats import SpeckleStatsAlgorithm
+from .algorithms.temporal_label import TemporalLabelAlgorithm
+from .algorithms.train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
@@ -23,5 +28,6 @@ class DespeckNetProvider(QgsProcessingProvider):
         return QIcon(ICON)
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
-        for alg in (DespeckleAlgorithm(),):
+        for alg in (DespeckleAlgorithm(), TemporalLabelAlgorithm(), TrainAlgorithm(), FineTuneAlgorithm(),
+                    SpeckleStatsAlgorithm(), QualityAlgorithm()):
             self.addAlgorithm(alg)

@@ -63,6 +63,9 @@ def tiny_model(tmp_path_factory):
     model.eval()
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
     export_onnx(model, str(path), TrainingRecord(), "test")
+    from despecknet_qgis.core.training import save_checkpoint
+
+    save_checkpoint(str(path.with_suffix(".pt")), model, TrainingRecord())
     return str(path), model
 
 

@@ -13,7 +13,7 @@ from qgis.core import (
 
 from ..core.domain import DOMAINS
 from ..core.inference import DEVICES, Despeckler
-from ..core.model import RECEPTIVE_RADIUS
+from ..core.model_info import RECEPTIVE_RADIUS
 from ..core.tiled_predict import despeckle_raster
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
@@ -84,16 +84,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
 
     def input_layer(self, parameters, context):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None or not layer.isValid():
-            raise QgsProcessingException(
-                f"INPUT {parameters.get(self.INPUT)!r} is not a readable raster layer: choose an existing "
-                "GeoTIFF (or another raster GDAL reads) holding SAR intensity, amplitude or dB values."
-            )
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(
-                f"INPUT '{layer.name()}' comes from the '{layer.providerType()}' provider; deSpeckNet reads "
-                "files through GDAL. Save the layer as a GeoTIFF first."
-            )
+        self.gdal_source(layer, f"INPUT {parameters.get(self.INPUT)!r}")
         return layer
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API

@@ -17,11 +17,7 @@ import math
 import torch
 from torch import nn
 
-N_BLOCKS = 17
-WIDTH = 64
-# 17 convolutions of 3x3: a pixel depends on the 35x35 window around it.
-RECEPTIVE_RADIUS = N_BLOCKS
-RECEPTIVE_FIELD = 2 * RECEPTIVE_RADIUS + 1
+from .model_info import N_BLOCKS, RECEPTIVE_FIELD, RECEPTIVE_RADIUS, WIDTH  # noqa: F401 - re-exported
 
 
 class Branch(nn.Sequential):

@@ -8,6 +8,13 @@ from .errors import DespeckNetError
 
 FORMAT = "despecknet-onnx/1"
 
+# Architecture constants, here so that inference and the QGIS layer need no torch.
+N_BLOCKS = 17
+WIDTH = 64
+# 17 convolutions of 3x3: a pixel depends on the 35x35 window around it.
+RECEPTIVE_RADIUS = N_BLOCKS
+RECEPTIVE_FIELD = 2 * RECEPTIVE_RADIUS + 1
+
 
 @dataclass(frozen=True)
 class ModelInfo:

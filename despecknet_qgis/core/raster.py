@@ -97,13 +97,13 @@ def driver_for(path: str) -> str:
 
 
 class RasterOutput:
-    """A Float32 raster written beside its destination under a hidden temporary name.
+    """A raster (Float32 unless told) written beside its destination under a hidden temporary name.
 
     `commit()` closes it and moves it into place; `discard()` (also on any exception
     inside a `with` block) deletes it. A destination never holds a half-written file.
     """
 
-    def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None]):
+    def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None], data_type: str = "Float32"):
         self.path = os.path.abspath(path)
         driver_name = driver_for(path)
         directory, name = os.path.split(self.path)
@@ -113,7 +113,8 @@ class RasterOutput:
         self.tmp = os.path.join(directory, f".{stem}.partial-{uuid.uuid4().hex[:8]}{ext}")
         driver = gdal.GetDriverByName(driver_name)
         self.ds = driver.Create(
-            self.tmp, like.RasterXSize, like.RasterYSize, bands, gdal.GDT_Float32, CREATION_OPTIONS.get(driver_name, [])
+            self.tmp, like.RasterXSize, like.RasterYSize, bands, gdal.GetDataTypeByName(data_type),
+            [o for o in CREATION_OPTIONS.get(driver_name, []) if data_type == "Float32" or not o.startswith("PREDICTOR")],
         )
         if self.ds is None:
             raise DespeckNetError(f"Cannot create {path}: {gdal.GetLastErrorMsg()}")
@@ -132,7 +133,7 @@ class RasterOutput:
         return self.ds.GetRasterBand(i)
 
     def write(self, i: int, win: Window, data: np.ndarray) -> None:
-        if self.band(i).WriteArray(data.astype(np.float32, copy=False), win.x, win.y) != 0:
+        if self.band(i).WriteArray(data, win.x, win.y) != 0:
             raise DespeckNetError(f"Writing {self.path} failed: {gdal.GetLastErrorMsg()}")
 
     def commit(self) -> str:

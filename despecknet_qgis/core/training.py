@@ -118,3 +118,101 @@ def load_checkpoint(path: str) -> tuple[DeSpeckNet, TrainingRecord]:
     except RuntimeError as exc:
         raise DespeckNetError(f"{path} does not fit the deSpeckNet architecture: {exc}") from exc
     return model, TrainingRecord(**data.get("training", {}))
+
+
+@dataclass
+class FitResult:
+    history: list = field(default_factory=list)  # one dict per evaluation
+    best_validation: float | None = None
+    stopped_early: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+    patches_seen: int = 0
+
+
+def fit(
+    model: DeSpeckNet,
+    source,
+    weights: LossWeights,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    lr_end: float | None = None,
+    lr_steps: int = 1,
+    seed: int = 0,
+    progress=None,
+    evaluations_per_epoch: int = 1,
+    patience: int | None = None,
+    checkpoint=None,
+    use_bf16: bool | None = None,
+) -> FitResult:
+    """Train `model` on a RasterPatches source; returns the loss history.
+
+    Validation (when the source holds validation blocks) runs `evaluations_per_epoch`
+    times an epoch; with `patience`, training stops after that many evaluations without
+    improvement and the best weights are restored (the early stopping of phase 2).
+    `checkpoint(model, epoch)` is called after each completed epoch, so cancelling keeps
+    the last good one. Cancellation is checked before every step.
+    """
+    import copy
+    import time
+
+    from .progress import SILENT
+
+    progress = progress or SILENT
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16)
+    result = FitResult()
+    started = time.perf_counter()
+    per_epoch = max(1, math.ceil(source.training_patches / batch_size))
+    total = epochs * per_epoch
+    eval_every = max(1, per_epoch // max(1, evaluations_per_epoch))
+    has_validation = bool(source.validation_blocks)
+    best_state, bad_evals = None, 0
+
+    def validate():
+        batches = ((torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c))
+                   for a, b, c in source.batches(batch_size, rng, validation=True))
+        return trainer.evaluate(batches)["total"]
+
+    if has_validation:
+        result.best_validation = validate()
+        result.history.append({"step": 0, "epoch": 0, "validation": result.best_validation})
+        best_state = copy.deepcopy(model.state_dict())
+    step = 0
+    for epoch in range(1, epochs + 1):
+        trainer.set_lr(step_learning_rate((epoch - 1) / epochs, lr, lr_end or lr, lr_steps))
+        losses = []
+        for noisy, target, mask in source.batches(batch_size, rng):
+            progress.check()
+            parts = trainer.step(torch.from_numpy(noisy), torch.from_numpy(target), torch.from_numpy(mask))
+            losses.append(parts["total"])
+            step += 1
+            result.patches_seen += len(noisy)
+            progress.set(100.0 * min(step, total) / total)
+            if has_validation and (step % eval_every == 0):
+                v = validate()
+                result.history.append({"step": step, "epoch": epoch, "train": float(np.mean(losses[-eval_every:])), "validation": v})
+                progress.info(f"epoch {epoch} step {step}: training loss {np.mean(losses[-eval_every:]):.5f}, validation {v:.5f}")
+                if v < result.best_validation:
+                    result.best_validation, best_state, bad_evals = v, copy.deepcopy(model.state_dict()), 0
+                else:
+                    bad_evals += 1
+                    if patience is not None and bad_evals >= patience:
+                        result.stopped_early = True
+                        break
+        if not has_validation:
+            result.history.append({"step": step, "epoch": epoch, "train": float(np.mean(losses)) if losses else None})
+            progress.info(f"epoch {epoch}: training loss {np.mean(losses):.5f}")
+        if best_state is not None and patience is not None:
+            model.load_state_dict(best_state)
+        if checkpoint is not None:
+            checkpoint(model, epoch)
+        if result.stopped_early:
+            progress.info(f"early stop at step {step}: validation did not improve for {patience} evaluations")
+            break
+    model.eval()
+    result.steps = step
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,111 @@
+"""despecknet:finetune - phase 2, one-epoch unsupervised adaptation to the user's own image."""
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..core.domain import DOMAINS
+from ..core.inference import DEVICES, Despeckler
+from ..core.losses import PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
+from ..core.phases import fine_tune
+from ..core.tiled_predict import despeckle_raster
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
+
+PRESETS = [("Multi-look input (e.g. Sentinel-1 GRD): mu 0.01, xi 1, lambda 0", PHASE2_MULTILOOK),
+           ("Single-look input (e.g. SLC intensity): mu 0.01, xi 1, lambda 1e-4", PHASE2_SINGLELOOK),
+           ("Custom: MU, XI and LAMBDA_TV as given", None)]
+
+
+class FineTuneAlgorithm(DespeckNetAlgorithm):
+    INPUT, BAND, INPUT_DOMAIN, MODEL, PRESET = "INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "PRESET"
+    MU, XI, LAMBDA_TV, EPOCHS, PATIENCE, DEVICE = "MU", "XI", "LAMBDA_TV", "EPOCHS", "PATIENCE", "DEVICE"
+    OUTPUT_MODEL, OUTPUT_CHECKPOINT, OUTPUT = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "OUTPUT"
+    VALIDATION_LOSS, PROVIDER = "VALIDATION_LOSS", "PROVIDER"
+
+    def name(self):
+        return "finetune"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Fine-tune deSpeckNet on an image (phase 2)")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "Adapts a trained deSpeckNet to a new image, sensor or speckle regime without any clean "
+            "reference: one epoch over patches of the image itself, with the loss "
+            "mu·MSE(Y, X̂) + xi·MSE(Y, X̂·N̂) + lambda·TV(X̂).<br><br>"
+            "<b>Preset</b>: multi-look (mu 0.01, xi 1, lambda 0) for GRD-like data; single-look (adds TV, "
+            "lambda 1e-4) for SLC intensity; custom uses MU, XI, LAMBDA_TV.<br>"
+            "<b>Model</b>: a .pt checkpoint from training or an earlier tuning; empty means the bundled one.<br>"
+            "Part of the image (VALIDATION_FRACTION) is held out; tuning stops early when its loss stops "
+            "improving for PATIENCE evaluations, and the best weights are kept. Nodata is excluded.<br>"
+            "Outputs: the tuned ONNX model (for Despeckle SAR image), its .pt checkpoint, and optionally the "
+            "image despeckled with the tuned model."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Image to adapt to")))
+        self.addParameter(QgsProcessingParameterBand(self.BAND, self.tr("Band (empty: 1)"), 1, self.INPUT, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Base checkpoint (.pt; empty: bundled)"), extension="pt", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.PRESET, self.tr("Loss preset"), [p[0] for p in PRESETS], defaultValue=0))
+        for name, label, default in ((self.MU, "MU (custom preset)", 0.01), (self.XI, "XI (custom preset)", 1.0),
+                                     (self.LAMBDA_TV, "LAMBDA_TV (custom preset)", 0.0)):
+            self.add_number(name, label, default, advanced=True)
+        self.add_number(self.EPOCHS, "Epochs", 1, integer=True, minimum=1)
+        add_training_parameters(self, lr=1e-4, stride=40, validation=0.1, advanced_lr=True)
+        self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 3, advanced=True, integer=True)
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled with the tuned model"), optional=True, createByDefault=True))
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CHECKPOINT, self.tr("PyTorch checkpoint")))
+        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_LOSS, self.tr("Best validation loss")))
+        self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
+
+    @classmethod
+    def preset_weights(cls, index: int, mu: float, xi: float, lambda_tv: float) -> LossWeights:
+        preset = PRESETS[index][1]
+        return preset if preset is not None else LossWeights(mu, xi, lambda_tv)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = self.gdal_source(layer, "INPUT")
+        domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
+        band = self.parameterAsInt(parameters, self.BAND, context) or 1
+        weights = self.preset_weights(self.parameterAsEnum(parameters, self.PRESET, context),
+                                      *(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
+        feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}")
+        onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
+        if output and output == source:
+            raise QgsProcessingException("OUTPUT is the input raster: choose another file, the input is never overwritten.")
+        patience = self.parameterAsInt(parameters, self.PATIENCE, context)
+        train_feedback = self.progress(feedback)
+        if output:
+            # tuning takes most of the time; despeckling the rest
+            train_feedback = self.progress_part(feedback, 0.0, 70.0)
+        report = self.run_core(
+            fine_tune, source, onnx_path, band=band, domain=domain,
+            base_model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            weights=weights, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            patience=patience or None, progress=train_feedback, **training_arguments(self, parameters, context),
+        )
+        feedback.pushInfo(f"tuned in {report.seconds:.1f} s ({report.steps} steps, {report.patches_seen} patches"
+                          f"{', stopped early' if report.stopped_early else ''}); model {onnx_path}")
+        results = {self.OUTPUT_MODEL: onnx_path, self.OUTPUT_CHECKPOINT: report.checkpoint_path,
+                   self.VALIDATION_LOSS: report.best_validation if report.best_validation is not None else float("nan"),
+                   self.PROVIDER: ""}
+        if output:
+            despeckler = self.run_core(Despeckler, onnx_path, DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)], with_noise=False)
+            done = self.run_core(despeckle_raster, source, output, despeckler, bands=[band], domain=domain,
+                                 progress=self.progress_part(feedback, 70.0, 100.0))
+            results[self.OUTPUT] = output
+            results[self.PROVIDER] = done.provider
+        return results

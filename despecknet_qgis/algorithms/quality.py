@@ -1,0 +1,115 @@
+"""despecknet:quality - despeckling quality numbers, with or without a clean reference."""
+import math
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsProcessing,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+from osgeo import gdal
+
+from ..core.domain import DOMAINS
+from ..core.quality import quality_metrics
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+
+NUMBERS = [
+    ("MOR", "mor", "Mean of the ratio image Y/X̂ (1 = no bias)"),
+    ("VOR", "vor", "Variance of the ratio image (about 1/L)"),
+    ("PSNR", "psnr_8bit", "PSNR, 8-bit scaling as in the paper (dB)"),
+    ("SSIM", "ssim_8bit", "SSIM, 8-bit scaling"),
+    ("PSNR_DB", "psnr_db", "PSNR on dB values (dB)"),
+    ("SSIM_DB", "ssim_db", "SSIM on dB values"),
+    ("DG", "dg", "Despeckling gain (dB)"),
+    ("EPI", "epi", "Edge preservation index"),
+    ("CNN", None, "C_NN of X̂ at the points, mean (dB)"),
+    ("CNN_REFERENCE", None, "C_NN of the reference at the points, mean (dB)"),
+]
+
+
+class QualityAlgorithm(DespeckNetAlgorithm):
+    INPUT, NOISY, REFERENCE, POINTS = "INPUT", "NOISY", "REFERENCE", "POINTS"
+    BAND, INPUT_DOMAIN, OUTPUT_RATIO = "BAND", "INPUT_DOMAIN", "OUTPUT_RATIO"
+
+    def name(self):
+        return "quality"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Despeckling quality metrics")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "Measures a despeckled image X̂ against its noisy original Y and, when given, a clean reference X "
+            "(e.g. a temporal average). Always: MoR and VoR, mean and variance of the ratio image Y/X̂ (MoR "
+            "should be 1; VoR near 1/L; structure in the ratio image means signal was removed). With a "
+            "reference: PSNR after the paper's 8-bit scaling (it mostly measures bright targets on SAR), PSNR "
+            "and SSIM on dB values (rank despeckling sensibly), SSIM on 8-bit values, despeckling gain DG (higher "
+            "is better; empty when X̂ equals X exactly), and the edge preservation index EPI (1 = edges kept). "
+            "With POINTS on strong scatterers: C_NN, target over the mean of its 8 neighbours, in dB."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Despeckled raster (X̂)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.NOISY, self.tr("Noisy original (Y)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, self.tr("Clean reference (X, optional)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.POINTS, self.tr("Strong scatterers (points, optional)"),
+                                                              [QgsProcessing.TypeVectorPoint], optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_RATIO, self.tr("Ratio image Y/X̂"), optional=True, createByDefault=False))
+        for key, _, label in NUMBERS:
+            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        despeckled = self.gdal_source(layer, "INPUT")
+        noisy = self.gdal_source(self.parameterAsRasterLayer(parameters, self.NOISY, context), "NOISY")
+        ref_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
+        reference = self.gdal_source(ref_layer, "REFERENCE") if ref_layer is not None else None
+        points = self.pixel_points(parameters, context, layer, despeckled)
+        ratio = self.parameterAsOutputLayer(parameters, self.OUTPUT_RATIO, context) or None
+        report = self.run_core(
+            quality_metrics, despeckled, noisy, reference,
+            band=self.parameterAsInt(parameters, self.BAND, context),
+            domain=DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)],
+            points=points, ratio_output=ratio, progress=self.progress(feedback),
+        )
+        values = report.as_dict()
+        if report.c_nn:
+            values["CNN"] = sum(c[2] for c in report.c_nn) / len(report.c_nn)
+            if reference:
+                values["CNN_REFERENCE"] = sum(c[3] for c in report.c_nn) / len(report.c_nn)
+        results = {}
+        for key, attr, label in NUMBERS:
+            value = values.get(attr) if attr else values.get(key)
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                feedback.pushInfo(f"{key}: infinite (the despeckled image equals the reference); left empty.")
+                continue
+            results[key] = value
+            feedback.pushInfo(f"{key} = {value:.4f}  ({label})")
+        if ratio:
+            results[self.OUTPUT_RATIO] = ratio
+        return results
+
+    def pixel_points(self, parameters, context, layer, path):
+        source = self.parameterAsSource(parameters, self.POINTS, context)
+        if source is None:
+            return None
+        transform = QgsCoordinateTransform(source.sourceCrs(), layer.crs(), context.transformContext())
+        inv = gdal.InvGeoTransform(gdal.Open(path).GetGeoTransform())
+        points = []
+        for feature in source.getFeatures():
+            geom = feature.geometry()
+            if geom.isEmpty():
+                continue
+            geom.transform(transform)
+            for p in geom.asMultiPoint() if geom.isMultipart() else [geom.asPoint()]:
+                col, row = gdal.ApplyGeoTransform(inv, p.x(), p.y())
+                points.append((int(row), int(col)))
+        return points

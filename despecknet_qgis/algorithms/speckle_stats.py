@@ -1,0 +1,119 @@
+"""despecknet:specklestats - ENL and Cx of rasters inside homogeneous polygons, with an HTML report."""
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..core.domain import DOMAINS
+from ..core.region_stats import MIN_PIXELS, region_statistics
+from ..core.report_html import region_report
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+
+FIELDS = (("polygon", QVariant.Int), ("raster", QVariant.String), ("pixels", QVariant.Int), ("mean", QVariant.Double),
+          ("std", QVariant.Double), ("enl", QVariant.Double), ("cx", QVariant.Double), ("gamma_looks", QVariant.Double))
+
+
+def polygon_wkts(source, raster_crs, context):
+    """Polygons of `source` as WKT in the raster's CRS, with their feature ids."""
+    transform = QgsCoordinateTransform(source.sourceCrs(), raster_crs, context.transformContext())
+    out = []
+    for feature in source.getFeatures():
+        geom = feature.geometry()
+        if geom.isEmpty():
+            continue
+        if source.sourceCrs() != raster_crs:
+            geom.transform(transform)
+        out.append((feature.id(), geom.asWkt()))
+    return out
+
+
+class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
+    INPUTS, BAND, INPUT_DOMAIN, POLYGONS = "INPUTS", "BAND", "INPUT_DOMAIN", "POLYGONS"
+    OUTPUT, OUTPUT_HTML, ENL, CX = "OUTPUT", "OUTPUT_HTML", "ENL", "CX"
+
+    def name(self):
+        return "specklestats"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Speckle statistics on homogeneous areas (ENL, Cx)")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "For each polygon (draw them over homogeneous areas: a lake, a uniform field) and each raster "
+            "(e.g. the original, the despeckled image, the estimated speckle): pixel count, mean, standard "
+            "deviation, equivalent number of looks ENL = mean²/variance (higher is smoother) and coefficient "
+            "of variation Cx = std/mean (lower is smoother), computed on intensity. Polygons are reprojected to "
+            "each raster's CRS; nodata and pixels outside the raster are left out; polygons with fewer than "
+            f"{MIN_PIXELS} pixels get a warning.<br>The HTML report shows, per polygon, the histogram of "
+            "intensity over its mean and the fitted Gamma law with its number of looks. ENL and CX outputs give "
+            "the first polygon on the first raster, for the modeler."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, self.tr("Rasters"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.POLYGONS, self.tr("Homogeneous areas"), [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Statistics"), QgsProcessing.TypeVector))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, self.tr("HTML report"), "HTML files (*.html)", optional=True, createByDefault=True))
+        self.addOutput(QgsProcessingOutputNumber(self.ENL, self.tr("ENL (first polygon, first raster)")))
+        self.addOutput(QgsProcessingOutputNumber(self.CX, self.tr("Cx (first polygon, first raster)")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
+        source = self.parameterAsSource(parameters, self.POLYGONS, context)
+        if source is None:
+            raise QgsProcessingException("POLYGONS is not a readable polygon layer.")
+        band = self.parameterAsInt(parameters, self.BAND, context)
+        domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
+        fields = QgsFields()
+        for name, kind in FIELDS:
+            fields.append(QgsField(name, kind))
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
+        html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        rows, first = [], None
+        for k, layer in enumerate(layers):
+            path = self.gdal_source(layer, "INPUTS")
+            polygons = polygon_wkts(source, layer.crs(), context)
+            if not polygons:
+                raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
+            stats = self.run_core(region_statistics, path, [w for _, w in polygons], band, domain, keep_values=bool(html_path))
+            for (fid, _), st in zip(polygons, stats):
+                if feedback.isCanceled():
+                    return {}
+                if st.too_small:
+                    feedback.pushWarning(f"Polygon {fid} covers {st.pixels} valid pixel(s) of {layer.name()}: "
+                                         f"fewer than {MIN_PIXELS}, its ENL and Cx are unreliable.")
+                f = QgsFeature(fields)
+                f.setAttributes([int(fid), layer.name(), st.pixels] + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)])
+                sink.addFeature(f, QgsFeatureSink.FastInsert)
+                rows.append((str(fid), layer.name(), st))
+                first = first or st
+            feedback.setProgress(100.0 * (k + 1) / len(layers))
+        results = {self.OUTPUT: dest, self.ENL: _finite(first.enl), self.CX: _finite(first.cv)}
+        if html_path:
+            with open(html_path, "w", encoding="utf-8") as fh:
+                fh.write(region_report(rows))
+            results[self.OUTPUT_HTML] = html_path
+        return results
+
+
+def _finite(value):
+    """NULL in tables and outputs instead of NaN/inf, which JSON and attribute tables cannot hold."""
+    import math
+
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,92 @@
+"""despecknet:temporallabel - a clean reference label from a stack of co-registered dates."""
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+)
+
+from ..core.domain import DOMAINS
+from ..core.temporal_label import RULES, temporal_label
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+
+RULE_LABELS = [
+    "Speckle test: temporal variance beyond what L-look speckle gives (any units; recommended)",
+    "dB standard deviation <= threshold (any scale; threshold depends on looks)",
+    "Paper: standard deviation <= nu in the data's units (only for data scaled as in the paper)",
+]
+
+
+class TemporalLabelAlgorithm(DespeckNetAlgorithm):
+    INPUTS, BAND, INPUT_DOMAIN = "INPUTS", "BAND", "INPUT_DOMAIN"
+    STABILITY, THRESHOLD, LOOKS, ALPHA, MULTILOOK = "STABILITY", "THRESHOLD", "LOOKS", "ALPHA", "MULTILOOK"
+    OUTPUT, OUTPUT_MASK, STABLE_FRACTION, ESTIMATED_LOOKS = "OUTPUT", "OUTPUT_MASK", "STABLE_FRACTION", "ESTIMATED_LOOKS"
+
+    def name(self):
+        return "temporallabel"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Temporal reference label")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "Builds the clean reference image of deSpeckNet's phase 1 from co-registered acquisitions "
+            "of a stable area: the temporal mean where the pixel did not change, nodata elsewhere.<br><br>"
+            "<b>Inputs</b>: several rasters (one date each, band BAND) or one multi-band raster whose bands are dates.<br>"
+            "<b>Stability rule</b>: <i>speckle test</i> (default) compares the temporal coefficient of "
+            "variation with what L-look speckle alone gives for that many dates, at risk ALPHA; it works "
+            "whatever the calibration. LOOKS = 0 estimates L from the stack. <i>dB standard deviation</i> keeps "
+            "pixels whose dB values vary less than THRESHOLD dB (2 dB suits multi-looked GRD data; single-look "
+            "speckle alone varies by about 5.6 dB). <i>Paper</i> keeps pixels whose standard deviation is at most "
+            "THRESHOLD (ν = 0.1) in the data's own units: it keeps all or nothing unless the data is scaled like the paper's.<br>"
+            "<b>Multilook</b>: odd window to average the label over stable neighbours (recommended with few dates).<br>"
+            "Outputs: the label (input domain, NaN where unstable), the mask (1 stable, 0 changed) and the stable fraction."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, self.tr("Dates (rasters, or one multi-band raster)"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of each raster"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.STABILITY, self.tr("Stability rule"), RULE_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, self.tr("Threshold (ν for the paper's rule, dB for the dB rule; 0: default)"),
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Number of looks L for the speckle test (0: estimate)"),
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed (speckle test)"),
+                                             QgsProcessingParameterNumber.Double, 0.01, minValue=1e-6, maxValue=0.5)
+        alpha.setFlags(alpha.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(alpha)
+        self.addParameter(QgsProcessingParameterNumber(self.MULTILOOK, self.tr("Multilook window of the label (1 = none)"),
+                                                       QgsProcessingParameterNumber.Integer, 1, minValue=1, maxValue=31))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Temporal label")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Stability mask"), optional=True, createByDefault=True))
+        self.addOutput(QgsProcessingOutputNumber(self.STABLE_FRACTION, self.tr("Fraction of stable pixels")))
+        self.addOutput(QgsProcessingOutputNumber(self.ESTIMATED_LOOKS, self.tr("Number of looks used by the speckle test")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
+        paths = [self.gdal_source(layer) for layer in layers]
+        rule = RULES[self.parameterAsEnum(parameters, self.STABILITY, context)]
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
+        looks = self.parameterAsDouble(parameters, self.LOOKS, context) or None
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        mask = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context) or None
+        report = self.run_core(
+            temporal_label, paths, output, mask,
+            band=self.parameterAsInt(parameters, self.BAND, context),
+            domain=DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)],
+            rule=rule, threshold=threshold, looks=looks,
+            alpha=self.parameterAsDouble(parameters, self.ALPHA, context),
+            multilook=self.parameterAsInt(parameters, self.MULTILOOK, context),
+            progress=self.progress(feedback),
+        )
+        feedback.pushInfo(f"{report.stable_fraction:.1%} of {report.valid_pixels} valid pixels are stable "
+                          f"(rule {report.rule}, threshold {report.threshold:.4g})")
+        results = {self.OUTPUT: output, self.STABLE_FRACTION: report.stable_fraction,
+                   self.ESTIMATED_LOOKS: report.looks if report.looks is not None else 0.0}
+        if mask:
+            results[self.OUTPUT_MASK] = mask
+        return results

@@ -1,0 +1,91 @@
+"""despecknet:train - phase 1, supervised training on noisy images and their reference labels."""
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+)
+
+from ..core.domain import DOMAINS
+from ..core.losses import PHASE1, LossWeights
+from ..core.patches import ImagePair
+from ..core.phases import train
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
+
+
+class TrainAlgorithm(DespeckNetAlgorithm):
+    INPUT, REFERENCE, MASK, BAND, INPUT_DOMAIN = "INPUT", "REFERENCE", "MASK", "BAND", "INPUT_DOMAIN"
+    EPOCHS, LEARNING_RATE_END, LEARNING_RATE_STEPS = "EPOCHS", "LEARNING_RATE_END", "LEARNING_RATE_STEPS"
+    MU, XI, LAMBDA_TV, INITIAL_MODEL = "MU", "XI", "LAMBDA_TV", "INITIAL_MODEL"
+    OUTPUT_MODEL, OUTPUT_CHECKPOINT, VALIDATION_LOSS = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "VALIDATION_LOSS"
+
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.tr("Train deSpeckNet (phase 1, supervised)")
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.tr(
+            "Trains deSpeckNet on noisy images and clean reference labels (for example from Temporal reference "
+            "label), with the paper's loss mu·MSE(label, X̂) + xi·MSE(Y, X̂·N̂) + lambda·TV(X̂). Pixels that are "
+            "nodata in the image or the label, or 0 in the optional mask, contribute nothing.<br><br>"
+            "Give INPUT and REFERENCE layers in the same order (one label per image). Defaults follow the "
+            "paper: 40x40 patches, batch 128, Adam, learning rate 1e-3 down to 1e-4 in 3 steps, mu 1, xi 0.01. "
+            "Progress shows the loss per epoch; cancelling keeps the checkpoint of the last finished epoch.<br>"
+            "Outputs: an ONNX model for Despeckle SAR image and, beside it, a .pt checkpoint for fine-tuning or "
+            "further training (INITIAL_MODEL). Same seed, same data, same CPU: same model."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Noisy images"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.REFERENCE, self.tr("Reference labels (same order)"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.MASK, self.tr("Masks (1 = use; optional, same order)"), QgsProcessing.TypeRaster, optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of images and labels"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 30, minValue=1))
+        add_training_parameters(self, lr=1e-3, stride=40, validation=0.1, advanced_lr=False)
+        for name, label, default, advanced in (
+            (self.LEARNING_RATE_END, "Final learning rate", 1e-4, False),
+            (self.MU, "Weight mu of MSE(label, X̂)", PHASE1.mu, True),
+            (self.XI, "Weight xi of MSE(Y, X̂·N̂)", PHASE1.xi, True),
+            (self.LAMBDA_TV, "Weight lambda of TV(X̂)", PHASE1.lambda_tv, True),
+        ):
+            self.add_number(name, label, default, advanced)
+        self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate steps (stages from first to final rate)", 3, True, integer=True)
+        self.addParameter(QgsProcessingParameterFile(self.INITIAL_MODEL, self.tr("Initial checkpoint (.pt, optional)"), extension="pt", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model (ONNX)"), "ONNX models (*.onnx)"))
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CHECKPOINT, self.tr("PyTorch checkpoint")))
+        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_LOSS, self.tr("Best validation loss")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        images = [self.gdal_source(l, "INPUT") for l in self.parameterAsLayerList(parameters, self.INPUT, context)]
+        labels = [self.gdal_source(l, "REFERENCE") for l in self.parameterAsLayerList(parameters, self.REFERENCE, context)]
+        masks = [self.gdal_source(l, "MASK") for l in self.parameterAsLayerList(parameters, self.MASK, context)]
+        if len(images) != len(labels):
+            raise QgsProcessingException(f"{len(images)} image(s) but {len(labels)} label(s): give one REFERENCE per INPUT, in the same order.")
+        if masks and len(masks) != len(images):
+            raise QgsProcessingException(f"{len(masks)} mask(s) for {len(images)} image(s): give one MASK per INPUT or none.")
+        band = self.parameterAsInt(parameters, self.BAND, context)
+        domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
+        pairs = [ImagePair(img, band, lab, band, masks[i] if masks else None, domain) for i, (img, lab) in enumerate(zip(images, labels))]
+        onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        weights = LossWeights(*(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
+        report = self.run_core(
+            train, pairs, onnx_path,
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            lr_end=self.parameterAsDouble(parameters, self.LEARNING_RATE_END, context),
+            lr_steps=self.parameterAsInt(parameters, self.LEARNING_RATE_STEPS, context),
+            weights=weights,
+            initial_model=self.parameterAsFile(parameters, self.INITIAL_MODEL, context) or None,
+            progress=self.progress(feedback),
+            **training_arguments(self, parameters, context),
+        )
+        feedback.pushInfo(f"{report.steps} steps in {report.seconds:.0f} s; model {report.onnx_path}, checkpoint {report.checkpoint_path}")
+        return {self.OUTPUT_MODEL: report.onnx_path, self.OUTPUT_CHECKPOINT: report.checkpoint_path,
+                self.VALIDATION_LOSS: report.best_validation if report.best_validation is not None else float("nan")}

@@ -1,0 +1,158 @@
+"""Training patches streamed from rasters, block by block, in the network's domain.
+
+An image (and optionally its label and mask) is cut into blocks of a few patches a
+side; whole blocks go to training or validation, so validation patches are not
+neighbours of training patches. Each epoch reads the blocks in a new random order and
+shuffles patches within a small buffer of blocks: memory holds a few blocks, never
+the image. The label is normalised with the noisy image's offset, so the network
+learns the clean image at the noisy image's level, as despeckle uses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import domain as dm
+from .errors import DespeckNetError
+from .progress import SILENT, Progress
+from .raster import Window, check_bands, open_raster, read, valid_mask
+from .tiled_predict import band_statistics, nodata_of
+
+BLOCK_PATCHES = 4  # a block is 4x4 patch positions
+MIN_VALID = 0.5  # patches with fewer valid (and labelled) pixels are skipped
+SHUFFLE_BLOCKS = 16
+
+
+@dataclass
+class ImagePair:
+    """One training image: noisy raster, optional label raster and optional mask raster."""
+
+    noisy: str
+    band: int = 1
+    label: str | None = None
+    label_band: int = 1
+    mask: str | None = None
+    domain: str = "intensity"
+
+
+@dataclass
+class _Block:
+    image: int
+    window: Window
+
+
+class RasterPatches:
+    def __init__(self, pairs: list[ImagePair], patch: int = 40, stride: int = 40, validation_fraction: float = 0.0,
+                 seed: int = 0, progress: Progress = SILENT):
+        if patch < 8:
+            raise DespeckNetError("PATCH_SIZE must be at least 8 pixels.")
+        if stride < 1:
+            raise DespeckNetError("STRIDE must be at least 1 pixel.")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise DespeckNetError("VALIDATION_FRACTION must be between 0 and 1 (excluded).")
+        self.pairs, self.patch, self.stride = pairs, patch, stride
+        self.offsets: list[float] = []
+        blocks: list[_Block] = []
+        for i, pair in enumerate(pairs):
+            dm.check_domain(pair.domain)
+            ds = open_raster(pair.noisy)
+            check_bands(ds, [pair.band], pair.noisy)
+            for other, what in ((pair.label, "label"), (pair.mask, "mask")):
+                if other:
+                    _check_same_grid(ds, open_raster(other), pair.noisy, other, what)
+            if ds.RasterXSize < patch or ds.RasterYSize < patch:
+                raise DespeckNetError(
+                    f"{pair.noisy} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than one "
+                    f"{patch}x{patch} patch: lower PATCH_SIZE or use a larger image."
+                )
+            stats = band_statistics(ds, pair.band, pair.domain, pair.noisy, 512, progress, 0.0, 0.0)
+            self.offsets.append(stats.offset)
+            step = stride * BLOCK_PATCHES
+            for y in range(0, ds.RasterYSize - patch + 1, step):
+                for x in range(0, ds.RasterXSize - patch + 1, step):
+                    w = min(step - stride + patch, ds.RasterXSize - x)
+                    h = min(step - stride + patch, ds.RasterYSize - y)
+                    blocks.append(_Block(i, Window(x, y, w, h)))
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(blocks))
+        n_val = int(round(validation_fraction * len(blocks)))
+        if validation_fraction > 0 and n_val == 0 and len(blocks) > 1:
+            n_val = 1
+        if n_val >= len(blocks):
+            raise DespeckNetError("The images are too small to hold out validation patches: lower VALIDATION_FRACTION.")
+        self.validation_blocks = [blocks[k] for k in sorted(order[:n_val])]
+        self.training_blocks = [blocks[k] for k in sorted(order[n_val:])]
+        self.training_patches = sum(self._count(b) for b in self.training_blocks)
+        if self.training_patches == 0:
+            raise DespeckNetError(
+                "No training patch has enough valid pixels (at least half of each patch must be valid"
+                + (" and labelled" if any(p.label for p in pairs) else "") + "): check nodata, the label and the mask."
+            )
+
+    def _count(self, block: _Block) -> int:
+        return int(self._read_block(block)[2].sum(axis=(1, 2, 3)).__ge__(MIN_VALID * self.patch**2).sum())
+
+    def _read_block(self, block: _Block):
+        """(noisy, target, mask) patches of one block, float32, shape (n, 1, P, P)."""
+        pair, offset, win = self.pairs[block.image], self.offsets[block.image], block.window
+        ds = open_raster(pair.noisy)
+        band = ds.GetRasterBand(pair.band)
+        values = read(band, win).astype(np.float64)
+        valid = valid_mask(values, nodata_of(band))
+        y = dm.normalise(dm.to_intensity(np.where(valid, values, 1.0), pair.domain), offset)
+        y[~valid] = 0.0
+        if pair.label:
+            lds = open_raster(pair.label)
+            lband = lds.GetRasterBand(pair.label_band)
+            lvalues = read(lband, win).astype(np.float64)
+            lvalid = valid_mask(lvalues, nodata_of(lband)) & np.isfinite(lvalues)
+            lint = dm.to_intensity(np.where(lvalid, lvalues, 1.0), pair.domain)
+            lvalid &= lint > 0
+            target = dm.normalise(np.where(lvalid, lint, 1.0), offset)
+            valid = valid & lvalid
+        else:
+            target = y
+        if pair.mask:
+            mds = open_raster(pair.mask)
+            mband = mds.GetRasterBand(1)
+            m = read(mband, win)
+            valid = valid & valid_mask(m, nodata_of(mband)) & (m > 0)
+        p, s = self.patch, self.stride
+        ys = range(0, win.h - p + 1, s)
+        xs = range(0, win.w - p + 1, s)
+        idx = [(r, c) for r in ys for c in xs]
+        cut = lambda a: np.stack([a[r : r + p, c : c + p] for r, c in idx])[:, None].astype(np.float32)  # noqa: E731
+        return cut(y), cut(target), cut(valid.astype(np.float32))
+
+    def _patches(self, blocks, rng):
+        for b in blocks:
+            noisy, target, mask = self._read_block(b)
+            keep = mask.sum(axis=(1, 2, 3)) >= MIN_VALID * self.patch**2
+            yield noisy[keep], target[keep], mask[keep]
+
+    def batches(self, batch_size: int, rng: np.random.Generator, validation: bool = False):
+        """Yield (noisy, target, mask) numpy batches; training batches in a random order."""
+        blocks = self.validation_blocks if validation else [self.training_blocks[k] for k in rng.permutation(len(self.training_blocks))]
+        buffer: list[tuple] = []
+        for i, chunk in enumerate(self._patches(blocks, rng)):
+            buffer.append(chunk)
+            last = i == len(blocks) - 1
+            if len(buffer) < SHUFFLE_BLOCKS and not last:
+                continue
+            arrays = [np.concatenate(parts) for parts in zip(*buffer)]
+            buffer = []
+            order = np.arange(len(arrays[0])) if validation else rng.permutation(len(arrays[0]))
+            for k in range(0, len(order), batch_size):
+                sel = order[k : k + batch_size]
+                yield arrays[0][sel], arrays[1][sel], arrays[2][sel]
+
+
+def _check_same_grid(ds, other, name, other_name, what):
+    if (ds.RasterXSize, ds.RasterYSize) != (other.RasterXSize, other.RasterYSize):
+        raise DespeckNetError(
+            f"The {what} {other_name} is {other.RasterXSize}x{other.RasterYSize} pixels but {name} is "
+            f"{ds.RasterXSize}x{ds.RasterYSize}: they must cover the same pixel grid."
+        )
+    if ds.GetGeoTransform() != other.GetGeoTransform():
+        raise DespeckNetError(f"The {what} {other_name} has another geotransform than {name}: resample it onto the same grid.")

@@ -1,0 +1,130 @@
+"""Map tool: draw a polygon over a homogeneous area and read ENL and Cx of every visible raster.
+
+Left click adds a vertex, right click (or double click) closes the polygon, Esc starts
+over. The statistics of every visible GDAL raster layer are shown in the message bar
+and the log; each polygon is also kept in a memory layer that despecknet:specklestats
+can use.
+"""
+from qgis.core import (
+    Qgis,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsMessageLog,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsMapTool, QgsRubberBand
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QColor
+
+from ..core.errors import DespeckNetError
+from ..core.region_stats import region_statistics
+
+LAYER_NAME = "deSpeckNet homogeneous areas"
+
+
+def stats_for_visible_rasters(geometry: QgsGeometry, crs, layers, domain: str, project=None):
+    """(layer name, RegionStats) for each GDAL raster among `layers`; polygon given in `crs`."""
+    project = project or QgsProject.instance()
+    results = []
+    for layer in layers:
+        if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+            continue
+        geom = QgsGeometry(geometry)
+        if crs != layer.crs():
+            geom.transform(QgsCoordinateTransform(crs, layer.crs(), project.transformContext()))
+        try:
+            stats = region_statistics(layer.source(), [geom.asWkt()], 1, domain)[0]
+        except DespeckNetError as exc:
+            QgsMessageLog.logMessage(f"{layer.name()}: {exc}", "deSpeckNet", Qgis.Warning)
+            continue
+        results.append((layer.name(), stats))
+    return results
+
+
+def format_stats(results) -> str:
+    if not results:
+        return "no visible GDAL raster under the polygon"
+    return "; ".join(
+        f"{name}: ENL {st.enl:.2f}, Cx {st.cv:.3f} ({st.pixels} px{', too few' if st.too_small else ''})"
+        for name, st in results
+    )
+
+
+class HomogeneousAreaTool(QgsMapTool):
+    def __init__(self, canvas, domain_getter=lambda: "intensity", message_bar=None, keep_polygons=True):
+        super().__init__(canvas)
+        self.canvas = canvas
+        self.domain_getter = domain_getter
+        self.message_bar = message_bar
+        self.keep_polygons = keep_polygons
+        self.points: list[QgsPointXY] = []
+        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band.setColor(QColor(242, 193, 78, 90))
+        self.band.setStrokeColor(QColor(200, 120, 0))
+        self.band.setWidth(2)
+        self.last_results = []
+        self.layer = None
+        self.setCursor(Qt.CrossCursor)
+
+    def canvasPressEvent(self, event):  # noqa: N802 - QGIS API
+        if event.button() == Qt.LeftButton:
+            self.points.append(self.toMapCoordinates(event.pos()))
+            self._redraw()
+        elif event.button() == Qt.RightButton:
+            self.finish()
+
+    def canvasDoubleClickEvent(self, event):  # noqa: N802 - QGIS API
+        self.finish()
+
+    def canvasMoveEvent(self, event):  # noqa: N802 - QGIS API
+        if self.points:
+            self._redraw(self.toMapCoordinates(event.pos()))
+
+    def keyPressEvent(self, event):  # noqa: N802 - QGIS API
+        if event.key() == Qt.Key_Escape:
+            self.reset()
+
+    def _redraw(self, floating=None):
+        pts = self.points + ([floating] if floating is not None else [])
+        self.band.setToGeometry(QgsGeometry.fromPolygonXY([pts]) if len(pts) >= 3 else QgsGeometry.fromPolylineXY(pts), None)
+
+    def reset(self):
+        self.points = []
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+
+    def finish(self):
+        if len(self.points) < 3:
+            self.reset()
+            return None
+        geometry = QgsGeometry.fromPolygonXY([self.points])
+        crs = self.canvas.mapSettings().destinationCrs()
+        self.reset()
+        self.last_results = stats_for_visible_rasters(geometry, crs, self.canvas.layers(), self.domain_getter())
+        text = format_stats(self.last_results)
+        QgsMessageLog.logMessage(text, "deSpeckNet", Qgis.Info)
+        if self.message_bar is not None:
+            self.message_bar.pushMessage("deSpeckNet", text, Qgis.Info, 15)
+        if self.keep_polygons:
+            self._keep(geometry, crs)
+        return self.last_results
+
+    def _keep(self, geometry, crs):
+        project = QgsProject.instance()
+        if self.layer is None or project.mapLayer(self.layer.id()) is None:
+            self.layer = QgsVectorLayer(f"Polygon?crs={crs.authid()}&field=id:integer", LAYER_NAME, "memory")
+            project.addMapLayer(self.layer)
+        feature = QgsFeature(self.layer.fields())
+        feature.setGeometry(geometry)
+        feature.setAttributes([self.layer.featureCount() + 1])
+        self.layer.dataProvider().addFeatures([feature])
+        self.layer.updateExtents()
+        self.layer.triggerRepaint()
+
+    def deactivate(self):
+        self.reset()
+        super().deactivate()

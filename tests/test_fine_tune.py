@@ -1,0 +1,115 @@
+"""Phase 2 mechanics: presets, reproducibility, nodata, bad input, and the tuned model in despeckle."""
+import numpy as np
+import pytest
+import torch
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+
+from conftest import read_tif, speckled_scene, write_tif
+from despecknet_qgis.core.errors import Cancelled, DespeckNetError
+from despecknet_qgis.core.inference import Despeckler
+from despecknet_qgis.core.losses import PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
+from despecknet_qgis.core.model import DeSpeckNet
+from despecknet_qgis.core.phases import fine_tune
+from despecknet_qgis.core.progress import Progress
+from despecknet_qgis.core.training import CHECKPOINT_FORMAT, load_checkpoint
+
+FAST = dict(patch=24, stride=24, batch_size=16, evaluations_per_epoch=4)
+
+
+def base(tiny_model):
+    return tiny_model[0].replace(".onnx", ".pt")
+
+
+def test_presets_are_the_papers():
+    from despecknet_qgis.algorithms.finetune import FineTuneAlgorithm
+
+    assert (PHASE2_MULTILOOK.mu, PHASE2_MULTILOOK.xi, PHASE2_MULTILOOK.lambda_tv) == (0.01, 1.0, 0.0)
+    assert (PHASE2_SINGLELOOK.mu, PHASE2_SINGLELOOK.xi, PHASE2_SINGLELOOK.lambda_tv) == (0.01, 1.0, 1e-4)
+    assert FineTuneAlgorithm.preset_weights(0, 9, 9, 9) == PHASE2_MULTILOOK
+    assert FineTuneAlgorithm.preset_weights(1, 9, 9, 9) == PHASE2_SINGLELOOK
+    assert FineTuneAlgorithm.preset_weights(2, 0.5, 2.0, 1e-3) == LossWeights(0.5, 2.0, 1e-3)
+
+
+def test_tuned_model_is_reproducible_and_loads_in_despeckle(tiny_model, tmp_path):
+    y, _ = speckled_scene(128, seed=40)
+    y[:, :10] = 0.0
+    src = write_tif(tmp_path / "y.tif", y, nodata=0.0)
+    a = fine_tune(src, str(tmp_path / "a.onnx"), base_model=base(tiny_model), seed=3, **FAST)
+    b = fine_tune(src, str(tmp_path / "b.onnx"), base_model=base(tiny_model), seed=3, **FAST)
+    sa, sb = load_checkpoint(a.checkpoint_path)[0].state_dict(), load_checkpoint(b.checkpoint_path)[0].state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    record = load_checkpoint(a.checkpoint_path)[1]
+    assert record.phases[-1]["phase"] == 2 and record.phases[-1]["weights"]["xi"] == 1.0
+    d = Despeckler(a.onnx_path, "cpu")
+    assert d.info.version == "phase2"
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    despeckle_raster(src, str(tmp_path / "x.tif"), d)
+    x = read_tif(tmp_path / "x.tif")[0][0]
+    assert (x[:, :10] == 0).all() and (x[:, 10:] > 0).all()
+
+
+def test_training_changes_the_weights_and_tracks_validation(tiny_model, tmp_path):
+    y, _ = speckled_scene(160, looks=1.0, correlation=0.7, seed=41)
+    rep = fine_tune(write_tif(tmp_path / "y.tif", y), str(tmp_path / "t.onnx"), base_model=base(tiny_model),
+                    patience=None, **FAST)
+    tuned = load_checkpoint(rep.checkpoint_path)[0].state_dict()
+    start = load_checkpoint(base(tiny_model))[0].state_dict()
+    assert any(not torch.equal(tuned[k], start[k]) for k in tuned)
+    assert len([h for h in rep.history if "validation" in h]) >= 2 and rep.steps >= 2
+
+
+def test_nodata_is_excluded_from_tuning(tiny_model, tmp_path):
+    y, _ = speckled_scene(128, seed=42)
+    y[:, 64:] = -9999.0
+    rep = fine_tune(write_tif(tmp_path / "y.tif", y, nodata=-9999.0), str(tmp_path / "t.onnx"),
+                    base_model=base(tiny_model), validation_fraction=0.0, **FAST)
+    # Only patches of the valid left half: 5 rows x 2 columns of 24-pixel patches (and the boundary column half-valid).
+    assert rep.patches_seen <= 5 * 3
+
+
+def test_bad_inputs(tiny_model, tmp_path):
+    y, _ = speckled_scene(96, seed=43)
+    empty = write_tif(tmp_path / "empty.tif", np.full((96, 96), -1.0), nodata=-1.0)
+    with pytest.raises(DespeckNetError, match="no valid pixel"):
+        fine_tune(empty, str(tmp_path / "t.onnx"), base_model=base(tiny_model), **FAST)
+    small = write_tif(tmp_path / "small.tif", y[:20, :20])
+    with pytest.raises(DespeckNetError, match="smaller than one"):
+        fine_tune(small, str(tmp_path / "t.onnx"), base_model=base(tiny_model), **FAST)
+    other = tmp_path / "other.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": DeSpeckNet(width=32).state_dict(), "training": {}}, other)
+    with pytest.raises(DespeckNetError, match="does not fit the deSpeckNet architecture"):
+        fine_tune(write_tif(tmp_path / "y.tif", y), str(tmp_path / "t.onnx"), base_model=str(other), **FAST)
+    with pytest.raises(DespeckNetError, match="must end with .onnx"):
+        fine_tune(write_tif(tmp_path / "y.tif", y), str(tmp_path / "t.tif"), base_model=base(tiny_model), **FAST)
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_cancel(tiny_model, tmp_path):
+    y, _ = speckled_scene(128, seed=44)
+    with pytest.raises(Cancelled):
+        fine_tune(write_tif(tmp_path / "y.tif", y), str(tmp_path / "t.onnx"), base_model=base(tiny_model),
+                  progress=Progress(is_cancelled=lambda: True), **FAST)
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_finetune_algorithm_does_the_whole_job(qgis_processing, tiny_model, tmp_path):
+    import processing
+
+    from despecknet_qgis.provider import DespeckNetProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("despecknet") is None:
+        test_finetune_algorithm_does_the_whole_job.keep = DespeckNetProvider()
+        registry.addProvider(test_finetune_algorithm_does_the_whole_job.keep)
+    y, _ = speckled_scene(96, seed=45)
+    src = write_tif(tmp_path / "y.tif", y)
+    res = processing.run("despecknet:finetune", {
+        "INPUT": src, "MODEL": base(tiny_model), "PRESET": 1, "PATCH_SIZE": 24, "STRIDE": 24, "BATCH_SIZE": 8,
+        "OUTPUT_MODEL": str(tmp_path / "tuned.onnx"), "OUTPUT": str(tmp_path / "x.tif")}, feedback=QgsProcessingFeedback())
+    assert res["PROVIDER"] == "CPUExecutionProvider"
+    assert read_tif(res["OUTPUT"])[0][0].shape == (96, 96)
+    assert load_checkpoint(res["OUTPUT_CHECKPOINT"])[1].phases[-1]["weights"]["lambda_tv"] == 1e-4
+    with pytest.raises(QgsProcessingException, match="is the input raster"):
+        processing.run("despecknet:finetune", {"INPUT": src, "MODEL": base(tiny_model), "OUTPUT_MODEL": str(tmp_path / "t2.onnx"),
+                                               "OUTPUT": src}, feedback=QgsProcessingFeedback())

@@ -1,0 +1,103 @@
+"""Every metric against values worked out by hand on small arrays."""
+import math
+
+import numpy as np
+import pytest
+
+from conftest import read_tif, write_tif
+from despecknet_qgis.core import metrics as mt
+from despecknet_qgis.core.errors import DespeckNetError
+from despecknet_qgis.core.quality import quality_metrics
+from despecknet_qgis.core.region_stats import gamma_looks, region_statistics
+
+
+def test_enl_and_cv_by_hand():
+    v = np.array([1.0, 2.0, 3.0, 4.0])  # mean 2.5, sample variance 5/3
+    assert mt.enl(v) == pytest.approx(2.5**2 / (5 / 3))
+    assert mt.coefficient_of_variation(v) == pytest.approx(math.sqrt(5 / 3) / 2.5)
+    assert mt.enl(np.full(10, 3.0)) == math.inf
+
+
+@pytest.mark.parametrize("looks", [1.0, 4.0, 10.0])
+def test_enl_of_pure_speckle_on_a_constant_is_the_number_of_looks(looks):
+    sample = 5.0 * np.random.default_rng(0).gamma(looks, 1 / looks, 200_000)
+    assert mt.enl(sample) == pytest.approx(looks, rel=0.03)
+    assert mt.coefficient_of_variation(sample) == pytest.approx(1 / math.sqrt(looks), rel=0.02)
+    assert gamma_looks(sample) == pytest.approx(looks, rel=0.03)
+
+
+def test_psnr_dg_epi_cnn_by_hand():
+    assert mt.psnr(1.0) == pytest.approx(20 * math.log10(255))
+    assert mt.psnr(0.0) == math.inf
+    assert mt.despeckling_gain(10.0, 1.0) == pytest.approx(10.0)
+    assert mt.despeckling_gain(10.0, 0.0) == math.inf
+    assert mt.epi_from_gradients(5.0, 5.0) == 1.0
+    assert mt.epi_from_gradients(4.0, 5.0) == pytest.approx(0.8)
+    assert mt.epi_from_gradients(6.0, 5.0) == pytest.approx(0.8)
+    assert mt.epi_from_gradients(10.0, 5.0) == 0.0
+    img = np.ones((3, 3))
+    img[1, 1] = 100.0
+    assert mt.c_nn(img, 1, 1) == pytest.approx(20.0)
+    x = np.random.default_rng(1).uniform(1, 2, (32, 32))
+    assert np.allclose(mt.ssim_map(x, x, 1.0), 1.0)
+
+
+def test_quality_of_the_reference_itself(tmp_path):
+    rng = np.random.default_rng(2)
+    x = np.exp(rng.normal(0, 1, (64, 64)))
+    y = x * rng.gamma(1.0, 1.0, x.shape)
+    px, py = write_tif(tmp_path / "x.tif", x), write_tif(tmp_path / "y.tif", y)
+    r = quality_metrics(px, py, px, points=[(10, 10)])
+    assert r.psnr_8bit == math.inf and r.psnr_db == math.inf and r.dg == math.inf
+    assert r.epi == 1.0 and r.ssim_8bit == pytest.approx(1.0) and r.ssim_db == pytest.approx(1.0)
+    assert r.c_nn[0][2] == pytest.approx(r.c_nn[0][3])
+    # Ratio of pure unit-mean exponential speckle: mean about 1, variance about 1.
+    assert r.mor == pytest.approx(np.mean(y / x), rel=1e-6) and r.vor == pytest.approx(np.var(y / x, ddof=1), rel=1e-4)
+
+
+def test_quality_streaming_equals_whole_image(tmp_path):
+    rng = np.random.default_rng(3)
+    x = np.exp(rng.normal(0, 1, (100, 90)))
+    xh = x * rng.gamma(20.0, 1 / 20.0, x.shape)
+    y = x * rng.gamma(1.0, 1.0, x.shape)
+    paths = [write_tif(tmp_path / f"{n}.tif", a) for n, a in (("xh", xh), ("y", y), ("x", x))]
+    whole = quality_metrics(*paths, window=512)
+    tiled = quality_metrics(*paths, window=32)
+    for key in ("mor", "vor", "psnr_8bit", "ssim_8bit", "psnr_db", "ssim_db", "dg", "epi"):
+        assert getattr(tiled, key) == pytest.approx(getattr(whole, key), rel=1e-6), key
+    # By hand: DG from the linear MSEs, 8-bit PSNR from the reference's range.
+    assert whole.dg == pytest.approx(10 * np.log10(np.mean((y - x) ** 2) / np.mean((xh - x) ** 2)), rel=1e-6)
+    lo, hi = x.min(), x.max()
+    e8, x8 = mt.to_8bit(xh, lo, hi), mt.to_8bit(x, lo, hi)
+    assert whole.psnr_8bit == pytest.approx(20 * np.log10(255 / np.sqrt(np.mean((e8 - x8) ** 2))), rel=1e-6)
+    g = mt.sobel_magnitude
+    assert whole.epi == pytest.approx(mt.epi_from_gradients(g(xh).sum(), g(x).sum()), rel=1e-6)
+
+
+def test_quality_ratio_raster_and_nodata(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(1, 2, (40, 40))
+    y = x * rng.gamma(1.0, 1.0, x.shape)
+    y[:5] = -1
+    r = quality_metrics(write_tif(tmp_path / "x.tif", x), write_tif(tmp_path / "y.tif", y, nodata=-1.0),
+                        ratio_output=str(tmp_path / "ratio.tif"))
+    ratio = read_tif(tmp_path / "ratio.tif")[0][0]
+    assert np.isnan(ratio[:5]).all()
+    np.testing.assert_allclose(ratio[5:], (y / x)[5:], rtol=1e-6)
+    assert r.pixels == 35 * 40 and r.psnr_8bit is None
+
+
+def test_region_statistics_nodata_and_outside_pixels(tmp_path):
+    v = np.arange(100, dtype=np.float64).reshape(10, 10) + 1
+    v[0, 0] = -9999
+    path = write_tif(tmp_path / "v.tif", v, nodata=-9999, origin=(0.0, 100.0), pixel=10.0)
+    # Square covering pixel columns 0..2 and rows 0..2, plus a part outside the raster (x < 0).
+    square = "POLYGON((-50 100, 30 100, 30 70, -50 70, -50 100))"
+    st = region_statistics(path, [square])[0]
+    expected = v[:3, :3].ravel()[1:]  # nodata excluded
+    assert st.pixels == 8 and st.mean == pytest.approx(expected.mean())
+    assert st.enl == pytest.approx(mt.enl(expected)) and st.too_small
+    away = region_statistics(path, ["POLYGON((500 500, 600 500, 600 600, 500 500))"])[0]
+    assert away.pixels == 0 and math.isnan(away.enl)
+    with pytest.raises(DespeckNetError):
+        region_statistics(path, ["POLYGON EMPTY"])

@@ -1,0 +1,113 @@
+"""Phase 1 training engine and the despecknet:train workflow on small simulated pairs."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_tif, write_tif
+from despecknet_qgis.core.errors import Cancelled, DespeckNetError
+from despecknet_qgis.core.inference import Despeckler
+from despecknet_qgis.core.losses import PHASE1, LossWeights, despecknet_loss
+from despecknet_qgis.core.patches import ImagePair, RasterPatches
+from despecknet_qgis.core.phases import train
+from despecknet_qgis.core.progress import Progress
+from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
+from despecknet_qgis.core.tiled_predict import despeckle_raster
+from despecknet_qgis.core.training import load_checkpoint, step_learning_rate
+
+SMALL = dict(patch=24, stride=12, batch_size=16, lr=1e-3, lr_end=1e-3, lr_steps=1, validation_fraction=0.25)
+
+
+def pair(tmp_path, size=192, looks=5.0, seed=0, name="p"):
+    rng = np.random.default_rng(seed)
+    x = simulate_reflectivity((size, size), rng, parcel_size=32.0).reflectivity
+    y = x * simulate_speckle((size, size), looks, 0.0, rng)
+    return ImagePair(write_tif(tmp_path / f"{name}_y.tif", y.astype(np.float32)), 1,
+                     write_tif(tmp_path / f"{name}_x.tif", x.astype(np.float32)), 1)
+
+
+def test_masked_pixels_contribute_nothing():
+    g = torch.Generator().manual_seed(0)
+    clean, noise, noisy, target = (torch.randn(2, 1, 8, 8, generator=g) for _ in range(4))
+    mask = torch.ones(2, 1, 8, 8)
+    mask[:, :, :4] = 0
+    weights = LossWeights(1.0, 0.5, 0.1)
+    loss, _ = despecknet_loss(clean, noise, noisy, target, mask, weights)
+    # Garbage under the mask changes nothing.
+    target2, noisy2 = target.clone(), noisy.clone()
+    target2[:, :, :4] = 1e6
+    noisy2[:, :, :4] = -1e6
+    assert despecknet_loss(clean, noise, noisy2, target2, mask, weights)[0].item() == pytest.approx(loss.item())
+    # And equals the loss computed on the unmasked part alone (TV pairs inside it).
+    sub = [t[:, :, 4:] for t in (clean, noise, noisy, target)]
+    assert despecknet_loss(*sub, torch.ones(2, 1, 4, 8), weights)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_learning_rate_steps_like_the_paper():
+    lrs = [step_learning_rate(e / 30, 1e-3, 1e-4, 3) for e in range(30)]
+    assert lrs[0] == 1e-3 and lrs[-1] == pytest.approx(1e-4) and len(set(lrs)) == 3
+    assert lrs[9] == 1e-3 and lrs[10] < 1e-3
+
+
+def test_training_lowers_validation_loss_and_exports_a_usable_model(tmp_path):
+    report = train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=3, seed=1, **SMALL)
+    validation = [h["validation"] for h in report.history if "validation" in h]
+    assert validation[-1] < 0.7 * validation[0]
+    model, record = load_checkpoint(report.checkpoint_path)
+    assert record.phases[-1]["phase"] == 1 and record.phases[-1]["weights"]["mu"] == 1.0
+    d = Despeckler(report.onnx_path, "cpu")
+    assert d.info.training["phases"][-1]["phase"] == 1
+    y, _ = read_tif(tmp_path / "p_y.tif")
+    out = despeckle_raster(str(tmp_path / "p_y.tif"), str(tmp_path / "x_hat.tif"), d)
+    assert out.provider == "CPUExecutionProvider" and np.isfinite(read_tif(tmp_path / "x_hat.tif")[0][0]).all()
+
+
+def test_same_seed_same_model(tmp_path):
+    p = pair(tmp_path)
+    a = train([p], str(tmp_path / "a.onnx"), epochs=1, seed=7, **SMALL)
+    b = train([p], str(tmp_path / "b.onnx"), epochs=1, seed=7, **SMALL)
+    sa, sb = load_checkpoint(a.checkpoint_path)[0].state_dict(), load_checkpoint(b.checkpoint_path)[0].state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_mask_removes_pixels_from_training(tmp_path):
+    p = pair(tmp_path, seed=2)
+    mask = np.ones((192, 192), np.uint8)
+    mask[:, 96:] = 0
+    p.mask = write_tif(tmp_path / "mask.tif", mask, dtype=__import__("osgeo.gdal").gdal.GDT_Byte)
+    full = RasterPatches([pair(tmp_path, seed=2, name="q")], 24, 24)
+    half = RasterPatches([p], 24, 24)
+    assert 0.3 * full.training_patches <= half.training_patches <= 0.6 * full.training_patches
+    for _, _, m in half.batches(64, np.random.default_rng(0)):
+        assert m.mean() > 0.5
+
+
+def test_cancel_keeps_the_last_good_checkpoint(tmp_path):
+    def cancel_in_second_epoch():
+        return (tmp_path / "m.pt").exists()
+
+    with pytest.raises(Cancelled, match="checkpoint of epoch 1"):
+        train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=5, seed=1,
+              progress=Progress(is_cancelled=cancel_in_second_epoch), **{**SMALL, "validation_fraction": 0.0})
+    assert (tmp_path / "m.pt").exists() and not (tmp_path / "m.onnx").exists()
+    load_checkpoint(str(tmp_path / "m.pt"))
+
+
+def test_bad_training_inputs(tmp_path):
+    p = pair(tmp_path)
+    small = write_tif(tmp_path / "small_x.tif", np.ones((100, 192), np.float32))
+    with pytest.raises(DespeckNetError, match="same pixel grid"):
+        train([ImagePair(p.noisy, 1, small, 1)], str(tmp_path / "m.onnx"), **SMALL)
+    tiny = write_tif(tmp_path / "tiny.tif", np.ones((16, 16), np.float32))
+    with pytest.raises(DespeckNetError, match="smaller than one"):
+        train([ImagePair(tiny, 1, tiny, 1)], str(tmp_path / "m.onnx"), **SMALL)
+    empty = write_tif(tmp_path / "empty_x.tif", np.zeros((192, 192), np.float32))
+    with pytest.raises(DespeckNetError, match="No training patch"):
+        train([ImagePair(p.noisy, 1, empty, 1)], str(tmp_path / "m.onnx"), **SMALL)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DespeckNetError, match="not a readable PyTorch checkpoint"):
+        train([p], str(tmp_path / "m.onnx"), initial_model=str(junk), **SMALL)
+    (tmp_path / "m.pt").write_bytes(b"an earlier checkpoint")
+    with pytest.raises(DespeckNetError, match="overwrite the input"):
+        train([p], str(tmp_path / "m.onnx"), initial_model=str(tmp_path / "m.pt"), **SMALL)
+    assert (tmp_path / "m.pt").read_bytes() == b"an earlier checkpoint"

@@ -1,0 +1,101 @@
+"""`make bench`: speed and memory of despeckling (and, when available, tuning) on this CPU.
+
+Prints the machine's fp32 matrix-multiply rate, then for a 2048x2048 raster the
+seconds per megapixel, the achieved GFLOP/s (FLOP efficiency) and the peak resident
+memory of the despeckle process, for several tile sizes. Each run is a fresh process,
+so peak memory is its own.
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SIZE = 2048
+FLOP_PER_PIXEL_BRANCH = 2 * 9 * (64 + 15 * 64 * 64 + 64)  # one branch, multiply-adds counted as 2
+
+
+def matmul_gflops(n=2048, repeats=5):
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def child_despeckle(src, tile):
+    """Run in a subprocess: despeckle src, print timing and peak RSS as JSON."""
+    from despecknet_qgis.core.inference import Despeckler
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    d = Despeckler(None, "cpu", with_noise=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        report = despeckle_raster(src, os.path.join(tmp, "out.tif"), d, tile_size=tile)
+        seconds = time.perf_counter() - t
+    overlap = report_overlap = d.radius
+    tiles_px = 0
+    for y in range(0, SIZE, tile):
+        for x in range(0, SIZE, tile):
+            w = min(SIZE, x + tile + overlap) - max(0, x - overlap)
+            h = min(SIZE, y + tile + overlap) - max(0, y - overlap)
+            tiles_px += w * h
+    print(json.dumps({"seconds": seconds, "computed_pixels": tiles_px, "provider": report.provider,
+                      "overlap": report_overlap,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def make_raster(path):
+    from osgeo import gdal
+
+    from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
+
+    rng = np.random.default_rng(0)
+    x = simulate_reflectivity((SIZE, SIZE), rng, parcel_size=64.0).reflectivity
+    y = (x * simulate_speckle((SIZE, SIZE), 1.0, 0.7, rng)).astype(np.float32)
+    ds = gdal.GetDriverByName("GTiff").Create(path, SIZE, SIZE, 1, gdal.GDT_Float32, ["TILED=YES", "COMPRESS=DEFLATE"])
+    ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
+    ds.GetRasterBand(1).WriteArray(y)
+    ds = None
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child_despeckle(sys.argv[2], int(sys.argv[3]))
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    rate = matmul_gflops()
+    print(f"machine: {os.cpu_count()} logical CPUs, torch threads {threads}")
+    print(f"fp32 matrix multiply (torch.mm 2048^3, best of 5): {rate:.0f} GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "bench.tif")
+        make_raster(src)
+        mpix = SIZE * SIZE / 1e6
+        print(f"\ndespeckle {SIZE}x{SIZE} ({mpix:.1f} Mpixel), bundled model, CPU, FCN_clean only")
+        print(f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11}")
+        for tile in (256, 512, 1024):
+            proc = subprocess.run([sys.executable, __file__, "--child", src, str(tile)], capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(proc.stderr)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
+            print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f}")
+        print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included)")
+
+
+if __name__ == "__main__":
+    main()
