@@ -76,6 +76,23 @@ def despeckler(tiny_model):
     return Despeckler(tiny_model[0], "cpu")
 
 
+_PROVIDERS = []  # QGIS drops a provider's algorithms once Python lets go of the provider
+
+
+@pytest.fixture()
+def provider(qgis_processing):
+    """The despecknet provider in the Processing registry of the pytest-qgis application."""
+    from qgis.core import QgsApplication
+
+    from despecknet_qgis.provider import DespeckNetProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("despecknet") is None:
+        _PROVIDERS.append(DespeckNetProvider())
+        assert registry.addProvider(_PROVIDERS[-1])
+    return registry.providerById("despecknet")
+
+
 def run_qgis_process(*args, profile=None, timeout=300):
     env = dict(os.environ)
     if profile:

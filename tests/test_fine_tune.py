@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from conftest import read_tif, speckled_scene, write_tif
 from despecknet_qgis.core.errors import Cancelled, DespeckNetError
@@ -93,15 +93,9 @@ def test_cancel(tiny_model, tmp_path):
     assert not (tmp_path / "t.onnx").exists()
 
 
-def test_finetune_algorithm_does_the_whole_job(qgis_processing, tiny_model, tmp_path):
+def test_finetune_algorithm_does_the_whole_job(provider, tiny_model, tmp_path):
     import processing
 
-    from despecknet_qgis.provider import DespeckNetProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("despecknet") is None:
-        test_finetune_algorithm_does_the_whole_job.keep = DespeckNetProvider()
-        registry.addProvider(test_finetune_algorithm_does_the_whole_job.keep)
     y, _ = speckled_scene(96, seed=45)
     src = write_tif(tmp_path / "y.tif", y)
     res = processing.run("despecknet:finetune", {

@@ -11,20 +11,6 @@ from conftest import read_tif, speckled_scene, write_tif
 from despecknet_qgis.core.inference import bundled_model_path
 
 
-_KEEP = []  # QGIS drops a provider's algorithms once Python lets go of the provider
-
-
-@pytest.fixture()
-def provider(qgis_processing):
-    from despecknet_qgis.provider import DespeckNetProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("despecknet") is None:
-        _KEEP.append(DespeckNetProvider())
-        assert registry.addProvider(_KEEP[-1])
-    return registry.providerById("despecknet")
-
-
 def despeckle(params, feedback=None):
     import processing
 

@@ -4,7 +4,6 @@ import os
 import numpy as np
 import pytest
 from qgis.core import (
-    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -20,20 +19,6 @@ from conftest import read_tif, write_tif
 from despecknet_qgis.core.metrics import enl
 from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
 from despecknet_qgis.core.training import load_checkpoint
-
-_KEEP = []
-
-
-@pytest.fixture()
-def provider(qgis_processing):
-    from despecknet_qgis.provider import DespeckNetProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("despecknet") is None:
-        _KEEP.append(DespeckNetProvider())
-        assert registry.addProvider(_KEEP[-1])
-    return registry.providerById("despecknet")
-
 
 def run(alg, params):
     import processing

@@ -6,7 +6,7 @@ import torch
 from conftest import read_tif, write_tif
 from despecknet_qgis.core.errors import Cancelled, DespeckNetError
 from despecknet_qgis.core.inference import Despeckler
-from despecknet_qgis.core.losses import PHASE1, LossWeights, despecknet_loss
+from despecknet_qgis.core.losses import LossWeights, despecknet_loss
 from despecknet_qgis.core.patches import ImagePair, RasterPatches
 from despecknet_qgis.core.phases import train
 from despecknet_qgis.core.progress import Progress

@@ -9,6 +9,10 @@ TV is the mean absolute difference between horizontal and vertical neighbours.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is only needed by the caller's tensors; no import at plugin load
+    import torch
 
 
 

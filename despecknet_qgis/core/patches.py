@@ -16,8 +16,8 @@ import numpy as np
 from . import domain as dm
 from .errors import DespeckNetError
 from .progress import SILENT, Progress
-from .raster import Window, check_bands, open_raster, read, valid_mask
-from .tiled_predict import band_statistics, nodata_of
+from .raster import Window, check_bands, check_same_grid, nodata_of, open_raster, read, read_intensity, valid_mask
+from .tiled_predict import band_statistics
 
 BLOCK_PATCHES = 4  # a block is 4x4 patch positions
 MIN_VALID = 0.5  # patches with fewer valid (and labelled) pixels are skipped
@@ -52,6 +52,7 @@ class RasterPatches:
         if not 0.0 <= validation_fraction < 1.0:
             raise DespeckNetError("VALIDATION_FRACTION must be between 0 and 1 (excluded).")
         self.pairs, self.patch, self.stride = pairs, patch, stride
+        self._datasets: dict = {}
         self.offsets: list[float] = []
         blocks: list[_Block] = []
         for i, pair in enumerate(pairs):
@@ -60,7 +61,7 @@ class RasterPatches:
             check_bands(ds, [pair.band], pair.noisy)
             for other, what in ((pair.label, "label"), (pair.mask, "mask")):
                 if other:
-                    _check_same_grid(ds, open_raster(other), pair.noisy, other, what)
+                    check_same_grid(ds, pair.noisy, open_raster(other), f"The {what} {other}")
             if ds.RasterXSize < patch or ds.RasterYSize < patch:
                 raise DespeckNetError(
                     f"{pair.noisy} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than one "
@@ -90,32 +91,30 @@ class RasterPatches:
                 + (" and labelled" if any(p.label for p in pairs) else "") + "): check nodata, the label and the mask."
             )
 
+    def _dataset(self, path: str):
+        # A GDAL band must not outlive its dataset: keep each one open here.
+        if path not in self._datasets:
+            self._datasets[path] = open_raster(path)
+        return self._datasets[path]
+
     def _count(self, block: _Block) -> int:
         return int(self._read_block(block)[2].sum(axis=(1, 2, 3)).__ge__(MIN_VALID * self.patch**2).sum())
 
     def _read_block(self, block: _Block):
         """(noisy, target, mask) patches of one block, float32, shape (n, 1, P, P)."""
         pair, offset, win = self.pairs[block.image], self.offsets[block.image], block.window
-        ds = open_raster(pair.noisy)
-        band = ds.GetRasterBand(pair.band)
-        values = read(band, win).astype(np.float64)
-        valid = valid_mask(values, nodata_of(band))
-        y = dm.normalise(dm.to_intensity(np.where(valid, values, 1.0), pair.domain), offset)
+        intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
+        y = dm.normalise(intensity, offset)
         y[~valid] = 0.0
         if pair.label:
-            lds = open_raster(pair.label)
-            lband = lds.GetRasterBand(pair.label_band)
-            lvalues = read(lband, win).astype(np.float64)
-            lvalid = valid_mask(lvalues, nodata_of(lband)) & np.isfinite(lvalues)
-            lint = dm.to_intensity(np.where(lvalid, lvalues, 1.0), pair.domain)
+            lint, lvalid = read_intensity(self._dataset(pair.label).GetRasterBand(pair.label_band), win, pair.domain)
             lvalid &= lint > 0
             target = dm.normalise(np.where(lvalid, lint, 1.0), offset)
             valid = valid & lvalid
         else:
             target = y
         if pair.mask:
-            mds = open_raster(pair.mask)
-            mband = mds.GetRasterBand(1)
+            mband = self._dataset(pair.mask).GetRasterBand(1)
             m = read(mband, win)
             valid = valid & valid_mask(m, nodata_of(mband)) & (m > 0)
         p, s = self.patch, self.stride
@@ -147,12 +146,3 @@ class RasterPatches:
                 sel = order[k : k + batch_size]
                 yield arrays[0][sel], arrays[1][sel], arrays[2][sel]
 
-
-def _check_same_grid(ds, other, name, other_name, what):
-    if (ds.RasterXSize, ds.RasterYSize) != (other.RasterXSize, other.RasterYSize):
-        raise DespeckNetError(
-            f"The {what} {other_name} is {other.RasterXSize}x{other.RasterYSize} pixels but {name} is "
-            f"{ds.RasterXSize}x{ds.RasterYSize}: they must cover the same pixel grid."
-        )
-    if ds.GetGeoTransform() != other.GetGeoTransform():
-        raise DespeckNetError(f"The {what} {other_name} has another geotransform than {name}: resample it onto the same grid.")

@@ -20,8 +20,7 @@ from . import domain as dm
 from . import metrics as mt
 from .errors import DespeckNetError
 from .progress import SILENT, Progress
-from .raster import RasterOutput, check_bands, open_raster, read, same_file, valid_mask, windows
-from .tiled_predict import nodata_of
+from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
 
 MARGIN = mt.SSIM_RADIUS + 2
 
@@ -47,21 +46,10 @@ class _Band:
     def __init__(self, path, band, domain, what):
         self.ds = open_raster(path)
         self.band = self.ds.GetRasterBand(check_bands(self.ds, [band], path)[0])
-        self.nodata = nodata_of(self.band)
-        self.domain, self.path, self.what = domain, path, what
+        self.domain, self.name = domain, f"{what} {path}"
 
     def intensity(self, win):
-        v = read(self.band, win).astype(np.float64)
-        valid = valid_mask(v, self.nodata) & np.isfinite(v)
-        return dm.to_intensity(np.where(valid, v, 1.0), self.domain), valid
-
-
-def _same_grid(a, b):
-    if (a.ds.RasterXSize, a.ds.RasterYSize) != (b.ds.RasterXSize, b.ds.RasterYSize):
-        raise DespeckNetError(f"{b.what} {b.path} is {b.ds.RasterXSize}x{b.ds.RasterYSize} pixels but {a.what} {a.path} is "
-                              f"{a.ds.RasterXSize}x{a.ds.RasterYSize}: they must share one pixel grid.")
-    if a.ds.GetGeoTransform() != b.ds.GetGeoTransform():
-        raise DespeckNetError(f"{b.what} {b.path} has another geotransform than {a.what} {a.path}.")
+        return read_intensity(self.band, win, self.domain)
 
 
 def quality_metrics(
@@ -79,9 +67,9 @@ def quality_metrics(
     est = _Band(despeckled, band, domain, "INPUT")
     noi = _Band(noisy, band, domain, "NOISY")
     ref = _Band(reference, band, domain, "REFERENCE") if reference else None
-    _same_grid(est, noi)
+    check_same_grid(est.ds, est.name, noi.ds, noi.name)
     if ref is not None:
-        _same_grid(est, ref)
+        check_same_grid(est.ds, est.name, ref.ds, ref.name)
     if ratio_output:
         for p in filter(None, (despeckled, noisy, reference)):
             if same_file(ratio_output, p):
@@ -108,8 +96,8 @@ def quality_metrics(
 
     ratio = mt.RatioStats()
     sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
-    out = RasterOutput(ratio_output, est.ds, 1, [float("nan")]) if ratio_output else None
-    try:
+    outputs = Outputs(RasterOutput(ratio_output, est.ds, 1, [float("nan")]) if ratio_output else None)
+    with outputs as (out,):
         for win in tiles:
             progress.check()
             outer = win.grown(MARGIN, width, height)
@@ -145,11 +133,7 @@ def quality_metrics(
             progress.set(100.0 * done / steps)
         if ratio.count == 0:
             raise DespeckNetError("INPUT and NOISY share no valid pixel: nothing to measure.")
-        if out is not None:
-            out.commit()
-    finally:
-        if out is not None and out.ds is not None:
-            out.discard()
+        outputs.commit()
 
     report = QualityReport(pixels=ratio.count, mor=ratio.mean, vor=ratio.variance)
     if ref is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
+from . import domain as dm
 from .errors import DespeckNetError
 
 CREATION_OPTIONS = {
@@ -72,6 +73,32 @@ def read(band: gdal.Band, win: Window) -> np.ndarray:
     if data is None:
         raise DespeckNetError(f"Reading window {win} failed: {gdal.GetLastErrorMsg()}")
     return data
+
+
+def nodata_of(band: gdal.Band) -> float | None:
+    nd = band.GetNoDataValue()
+    return None if nd is None else float(nd)
+
+
+def read_intensity(band: gdal.Band, win: Window, domain: str) -> tuple[np.ndarray, np.ndarray]:
+    """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1."""
+    values = read(band, win).astype(np.float64)
+    valid = valid_mask(values, nodata_of(band)) & np.isfinite(values)
+    return dm.to_intensity(np.where(valid, values, 1.0), domain), valid
+
+
+def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:
+    """Rasters used pixel by pixel together must share size, geotransform and CRS."""
+    if (other.RasterXSize, other.RasterYSize) != (ref.RasterXSize, ref.RasterYSize):
+        raise DespeckNetError(
+            f"{other_name} is {other.RasterXSize}x{other.RasterYSize} pixels but {ref_name} is "
+            f"{ref.RasterXSize}x{ref.RasterYSize}: they must cover the same pixel grid (co-register or resample)."
+        )
+    if other.GetGeoTransform() != ref.GetGeoTransform():
+        raise DespeckNetError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
+    a, b = other.GetSpatialRef(), ref.GetSpatialRef()
+    if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
+        raise DespeckNetError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
 
 
 def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -154,6 +181,27 @@ class RasterOutput:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None or self.ds is not None:
             self.discard()
+        return False
+
+
+class Outputs:
+    """Several RasterOutputs (None entries allowed) that appear together or not at all."""
+
+    def __init__(self, *outputs):
+        self.outputs = outputs
+
+    def __enter__(self):
+        return self.outputs
+
+    def commit(self) -> None:
+        for out in self.outputs:
+            if out is not None:
+                out.commit()
+
+    def __exit__(self, exc_type, exc, tb):
+        for out in self.outputs:
+            if out is not None and out.ds is not None:
+                out.discard()
         return False
 
 

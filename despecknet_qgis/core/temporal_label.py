@@ -25,8 +25,7 @@ import numpy as np
 from . import domain as dm
 from .errors import DespeckNetError
 from .progress import SILENT, Progress
-from .raster import RasterOutput, Window, check_bands, open_raster, read, same_file, valid_mask, windows
-from .tiled_predict import nodata_of
+from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
 
 RULES = ("speckle_test", "db_std", "paper")
 LABEL_NODATA = float("nan")
@@ -85,27 +84,15 @@ def _stack_dates(paths: list[str], band: int | None) -> list[Date]:
 def _check_grid(dates: list[Date]):
     ref = open_raster(dates[0].path)
     for d in dates[1:]:
-        ds = open_raster(d.path)
-        if (ds.RasterXSize, ds.RasterYSize) != (ref.RasterXSize, ref.RasterYSize):
-            raise DespeckNetError(
-                f"{d.path} is {ds.RasterXSize}x{ds.RasterYSize} pixels, {dates[0].path} is "
-                f"{ref.RasterXSize}x{ref.RasterYSize}: all dates must be co-registered on one grid."
-            )
-        if ds.GetGeoTransform() != ref.GetGeoTransform():
-            raise DespeckNetError(f"{d.path} has another geotransform than {dates[0].path}: co-register the dates on one grid.")
-        a, b = ds.GetSpatialRef(), ref.GetSpatialRef()
-        if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
-            raise DespeckNetError(f"{d.path} has another CRS than {dates[0].path}: reproject the dates onto one grid.")
+        check_same_grid(ref, dates[0].path, open_raster(d.path), d.path)
     return ref
 
 
 def _read_stack(dates, win, domain, datasets):
     stack, valid = [], None
     for d, ds in zip(dates, datasets):
-        band = ds.GetRasterBand(d.band)
-        v = read(band, win).astype(np.float64)
-        ok = valid_mask(v, nodata_of(band)) & np.isfinite(v)
-        stack.append(dm.to_intensity(np.where(ok, v, 1.0), domain))
+        intensity, ok = read_intensity(ds.GetRasterBand(d.band), win, domain)
+        stack.append(intensity)
         valid = ok if valid is None else valid & ok
     stack = np.stack(stack)
     if domain in ("intensity", "amplitude") and (stack[:, valid] < 0).any():
@@ -183,36 +170,30 @@ def temporal_label(
 
     half = multilook // 2
     stable_count = valid_count = 0
-    with RasterOutput(output, ref, 1, [LABEL_NODATA]) as label_out:
-        mask_out = RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte") if mask_output else None
-        try:
-            for k, win in enumerate(tiles):
-                progress.check()
-                outer = win.grown(half, width, height)
-                inner = win.within(outer)
-                stack, valid = _read_stack(dates, outer, domain, datasets)
-                mean, stat = _statistics(stack, rule)
-                stable = valid & (stat <= threshold)
-                if half:
-                    from scipy.ndimage import uniform_filter
+    outputs = Outputs(RasterOutput(output, ref, 1, [LABEL_NODATA]),
+                      RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte") if mask_output else None)
+    with outputs as (label_out, mask_out):
+        for k, win in enumerate(tiles):
+            progress.check()
+            outer = win.grown(half, width, height)
+            inner = win.within(outer)
+            stack, valid = _read_stack(dates, outer, domain, datasets)
+            mean, stat = _statistics(stack, rule)
+            stable = valid & (stat <= threshold)
+            if half:
+                from scipy.ndimage import uniform_filter
 
-                    num = uniform_filter(np.where(stable, mean, 0.0), multilook, mode="constant")
-                    den = uniform_filter(stable.astype(np.float64), multilook, mode="constant")
-                    mean = np.where(den > 0, num / np.maximum(den, 1e-12), mean)
-                s, v = stable[inner], valid[inner]
-                stable_count += int(s.sum())
-                valid_count += int(v.sum())
-                label = np.where(s, dm.from_intensity(mean[inner], domain), np.nan)
-                label_out.write(1, win, label)
-                if mask_out is not None:
-                    mask_out.write(1, win, np.where(v, s.astype(np.uint8), MASK_NODATA))
-                progress.set(100.0 * (k + 1) / len(tiles))
-            if valid_count == 0:
-                raise DespeckNetError("The stack has no pixel valid on every date: nothing to label.")
+                num = uniform_filter(np.where(stable, mean, 0.0), multilook, mode="constant")
+                den = uniform_filter(stable.astype(np.float64), multilook, mode="constant")
+                mean = np.where(den > 0, num / np.maximum(den, 1e-12), mean)
+            s, v = stable[inner], valid[inner]
+            stable_count += int(s.sum())
+            valid_count += int(v.sum())
+            label_out.write(1, win, np.where(s, dm.from_intensity(mean[inner], domain), np.nan))
             if mask_out is not None:
-                mask_out.commit()
-            label_out.commit()
-        finally:
-            if mask_out is not None and mask_out.ds is not None:
-                mask_out.discard()
+                mask_out.write(1, win, np.where(v, s.astype(np.uint8), MASK_NODATA))
+            progress.set(100.0 * (k + 1) / len(tiles))
+        if valid_count == 0:
+            raise DespeckNetError("The stack has no pixel valid on every date: nothing to label.")
+        outputs.commit()
     return LabelReport(stable_count / valid_count, valid_count, looks, float(threshold), rule)

@@ -17,7 +17,7 @@ from . import domain as dm
 from .errors import DespeckNetError
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import RasterOutput, Window, check_bands, open_raster, read, same_file, valid_mask, windows
+from .raster import Outputs, RasterOutput, check_bands, nodata_of, open_raster, read, read_intensity, same_file, valid_mask, windows
 
 STATS_SHARE = 5.0  # percent of the progress bar for the statistics pass
 
@@ -37,11 +37,6 @@ class DespeckleReport:
     bands: list[BandStats] = field(default_factory=list)
     seconds: float = 0.0
     tiles: int = 0
-
-
-def nodata_of(band) -> float | None:
-    nd = band.GetNoDataValue()
-    return None if nd is None else float(nd)
 
 
 def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, progress: Progress, share: float, done: float) -> BandStats:
@@ -114,35 +109,28 @@ def despeckle_raster(
 
     tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
     total = len(tiles) * len(bands)
-    with RasterOutput(output_path, ds, len(bands), nodata) as out:
-        noise_out = RasterOutput(noise_path, ds, len(bands), nodata) if noise_path else None
-        try:
-            done = 0
-            for win in tiles:
-                outer = win.grown(overlap, ds.RasterXSize, ds.RasterYSize)
-                inner = win.within(outer)
-                for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
-                    progress.check()
-                    values = read(ds.GetRasterBand(b), outer).astype(np.float64)
-                    valid = valid_mask(values, nd)
-                    z = dm.normalise(dm.to_intensity(np.where(valid, values, 1.0), domain), st.offset)
-                    # Nodata becomes the band's mean level: the same whatever the nodata value.
-                    z[~valid] = 0.0
-                    clean, noise = despeckler.predict(z, with_noise=noise_out is not None)
-                    keep = valid[inner]
-                    result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
-                    out.write(i, win, _with_nodata(result, keep, nd))
-                    if noise_out is not None:
-                        n = dm.speckle_from_log(noise[inner], domain)
-                        noise_out.write(i, win, _with_nodata(n, keep, nd))
-                    done += 1
-                    progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
-            if noise_out is not None:
-                noise_out.commit()
-            out.commit()
-        finally:
-            if noise_out is not None and noise_out.ds is not None:
-                noise_out.discard()
+    outputs = Outputs(RasterOutput(output_path, ds, len(bands), nodata),
+                      RasterOutput(noise_path, ds, len(bands), nodata) if noise_path else None)
+    with outputs as (out, noise_out):
+        done = 0
+        for win in tiles:
+            outer = win.grown(overlap, ds.RasterXSize, ds.RasterYSize)
+            inner = win.within(outer)
+            for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
+                progress.check()
+                intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
+                z = dm.normalise(intensity, st.offset)
+                # Nodata becomes the band's mean level: the same whatever the nodata value.
+                z[~valid] = 0.0
+                clean, noise = despeckler.predict(z, with_noise=noise_out is not None)
+                keep = valid[inner]
+                result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
+                out.write(i, win, _with_nodata(result, keep, nd))
+                if noise_out is not None:
+                    noise_out.write(i, win, _with_nodata(dm.speckle_from_log(noise[inner], domain), keep, nd))
+                done += 1
+                progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
+        outputs.commit()
     return DespeckleReport(
         output=output_path,
         noise_output=noise_path,
