@@ -28,6 +28,8 @@ def test_presets_are_the_papers():
     assert FineTuneAlgorithm.preset_weights(0, 9, 9, 9) == PHASE2_MULTILOOK
     assert FineTuneAlgorithm.preset_weights(1, 9, 9, 9) == PHASE2_SINGLELOOK
     assert FineTuneAlgorithm.preset_weights(2, 0.5, 2.0, 1e-3) == LossWeights(0.5, 2.0, 1e-3)
+    assert [FineTuneAlgorithm.preset_looks(i, 0.0) for i in range(3)] == [4.4, 1.0, None]
+    assert FineTuneAlgorithm.preset_looks(1, 3.0) == 3.0
 
 
 def test_tuned_model_is_reproducible_and_loads_in_despeckle(tiny_model, tmp_path):
@@ -103,7 +105,25 @@ def test_finetune_algorithm_does_the_whole_job(provider, tiny_model, tmp_path):
         "OUTPUT_MODEL": str(tmp_path / "tuned.onnx"), "OUTPUT": str(tmp_path / "x.tif")}, feedback=QgsProcessingFeedback())
     assert res["PROVIDER"] == "CPUExecutionProvider"
     assert read_tif(res["OUTPUT"])[0][0].shape == (96, 96)
-    assert load_checkpoint(res["OUTPUT_CHECKPOINT"])[1].phases[-1]["weights"]["lambda_tv"] == 1e-4
+    phase = load_checkpoint(res["OUTPUT_CHECKPOINT"])[1].phases[-1]
+    assert phase["weights"]["lambda_tv"] == 1e-4 and phase["looks"] == 1.0
     with pytest.raises(QgsProcessingException, match="is the input raster"):
         processing.run("despecknet:finetune", {"INPUT": src, "MODEL": base(tiny_model), "OUTPUT_MODEL": str(tmp_path / "t2.onnx"),
                                                "OUTPUT": src}, feedback=QgsProcessingFeedback())
+
+
+def test_looks_remove_the_log_bias_from_the_target(tmp_path):
+    from despecknet_qgis.core.domain import LOG_SCALE, log_speckle_mean
+    from despecknet_qgis.core.patches import ImagePair, RasterPatches
+
+    y, _ = speckled_scene(96, seed=46)
+    src = write_tif(tmp_path / "y.tif", y)
+    shift = log_speckle_mean(1.0) / LOG_SCALE
+    assert log_speckle_mean(1.0) == pytest.approx(-0.5772, abs=1e-4)  # -Euler's gamma: -2.5 dB
+    plain = RasterPatches([ImagePair(src)], 24, 24)
+    debiased = RasterPatches([ImagePair(src, target_shift=shift)], 24, 24)
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    (ya, ta, _), (yb, tb, _) = next(plain.batches(8, rng_a)), next(debiased.batches(8, rng_b))
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(ta, ya)
+    np.testing.assert_allclose(tb, yb - shift, atol=1e-6)

@@ -19,14 +19,16 @@ from ..core.phases import fine_tune
 from ..core.tiled_predict import despeckle_raster
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
 
-PRESETS = [("Multi-look input (e.g. Sentinel-1 GRD): mu 0.01, xi 1, lambda 0", PHASE2_MULTILOOK),
-           ("Single-look input (e.g. SLC intensity): mu 0.01, xi 1, lambda 1e-4", PHASE2_SINGLELOOK),
-           ("Custom: MU, XI and LAMBDA_TV as given", None)]
+# (label, loss weights, number of looks assumed when LOOKS is 0)
+PRESETS = [("Multi-look input (e.g. Sentinel-1 GRD): mu 0.01, xi 1, lambda 0", PHASE2_MULTILOOK, 4.4),
+           ("Single-look input (e.g. SLC intensity): mu 0.01, xi 1, lambda 1e-4", PHASE2_SINGLELOOK, 1.0),
+           ("Custom: MU, XI and LAMBDA_TV as given", None, None)]
 
 
 class FineTuneAlgorithm(DespeckNetAlgorithm):
     INPUT, BAND, INPUT_DOMAIN, MODEL, PRESET = "INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "PRESET"
     MU, XI, LAMBDA_TV, EPOCHS, PATIENCE, DEVICE = "MU", "XI", "LAMBDA_TV", "EPOCHS", "PATIENCE", "DEVICE"
+    LOOKS = "LOOKS"
     OUTPUT_MODEL, OUTPUT_CHECKPOINT, OUTPUT = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "OUTPUT"
     VALIDATION_LOSS, PROVIDER = "VALIDATION_LOSS", "PROVIDER"
 
@@ -43,6 +45,9 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "mu·MSE(Y, X̂) + xi·MSE(Y, X̂·N̂) + lambda·TV(X̂).<br><br>"
             "<b>Preset</b>: multi-look (mu 0.01, xi 1, lambda 0) for GRD-like data; single-look (adds TV, "
             "lambda 1e-4) for SLC intensity; custom uses MU, XI, LAMBDA_TV.<br>"
+            "<b>Looks</b>: number of looks L of the image; it removes the speckle's log bias from the target so "
+            "the mean radiometry is kept. 0 takes the preset's (4.4, Sentinel-1 GRD IW, for multi-look; 1 for "
+            "single-look; no correction for custom).<br>"
             "<b>Model</b>: a .pt checkpoint from training or an earlier tuning; empty means the bundled one.<br>"
             "Part of the image (VALIDATION_FRACTION) is held out; tuning stops early when its loss stops "
             "improving for PATIENCE evaluations, and the best weights are kept. Nodata is excluded.<br>"
@@ -59,6 +64,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         for name, label, default in ((self.MU, "MU (custom preset)", 0.01), (self.XI, "XI (custom preset)", 1.0),
                                      (self.LAMBDA_TV, "LAMBDA_TV (custom preset)", 0.0)):
             self.add_number(name, label, default, advanced=True)
+        self.add_number(self.LOOKS, "Number of looks L (0: the preset's)", 0.0)
         self.add_number(self.EPOCHS, "Epochs", 1, integer=True, minimum=1)
         add_training_parameters(self, lr=1e-4, stride=40, validation=0.1, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 3, advanced=True, integer=True)
@@ -74,14 +80,19 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         preset = PRESETS[index][1]
         return preset if preset is not None else LossWeights(mu, xi, lambda_tv)
 
+    @classmethod
+    def preset_looks(cls, index: int, looks: float):
+        return looks or PRESETS[index][2]
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         source = self.gdal_source(layer, "INPUT")
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
         band = self.parameterAsInt(parameters, self.BAND, context) or 1
-        weights = self.preset_weights(self.parameterAsEnum(parameters, self.PRESET, context),
-                                      *(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
-        feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}")
+        preset = self.parameterAsEnum(parameters, self.PRESET, context)
+        weights = self.preset_weights(preset, *(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
+        looks = self.preset_looks(preset, self.parameterAsDouble(parameters, self.LOOKS, context))
+        feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}; looks {looks}")
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
         if output and output == source:
@@ -94,7 +105,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         report = self.run_core(
             fine_tune, source, onnx_path, band=band, domain=domain,
             base_model=self.parameterAsFile(parameters, self.MODEL, context) or None,
-            weights=weights, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             patience=patience or None, progress=train_feedback, **training_arguments(self, parameters, context),
         )
         feedback.pushInfo(f"tuned in {report.seconds:.1f} s ({report.steps} steps, {report.patches_seen} patches"

@@ -67,6 +67,13 @@ def denormalise(z: np.ndarray, offset: float) -> np.ndarray:
     return np.exp(LOG_SCALE * z.astype(np.float64) + offset)
 
 
+def log_speckle_mean(looks: float) -> float:
+    """E[ln N] for L-look Gamma speckle (mean 1): digamma(L) - ln(L); spatial correlation does not change it."""
+    from scipy.special import digamma
+
+    return float(digamma(looks) - np.log(looks))
+
+
 class LogMean:
     """Streaming mean of ln(intensity) over valid, strictly positive pixels."""
 

@@ -34,6 +34,9 @@ class ImagePair:
     label_band: int = 1
     mask: str | None = None
     domain: str = "intensity"
+    # Without a label the target is the image itself, shifted by this much in the
+    # normalised log domain (phase 2 removes the speckle's log bias E[ln N] this way).
+    target_shift: float = 0.0
 
 
 @dataclass
@@ -112,7 +115,7 @@ class RasterPatches:
             target = dm.normalise(np.where(lvalid, lint, 1.0), offset)
             valid = valid & lvalid
         else:
-            target = y
+            target = np.where(valid, y - np.float32(pair.target_shift), 0.0).astype(np.float32)
         if pair.mask:
             mband = self._dataset(pair.mask).GetRasterBand(1)
             m = read(mband, win)

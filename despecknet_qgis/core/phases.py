@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, DespeckNetError
 from .losses import PHASE1, PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
 from .patches import ImagePair, RasterPatches
@@ -147,25 +148,35 @@ def fine_tune(
     batch_size: int = 128,
     lr: float = 1e-4,
     validation_fraction: float = 0.1,
+    looks: float | None = None,
     evaluations_per_epoch: int = 8,
     patience: int | None = 3,
     seed: int = 0,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
 ) -> TrainingReport:
-    """Phase 2: adapt a trained model to `image` without any label (target = the image itself)."""
+    """Phase 2: adapt a trained model to `image` without any label (target = the image itself).
+
+    In the log domain the image is biased low by E[ln N] = digamma(L) - ln(L) (-2.5 dB for
+    one look); with `looks` given, the mu term's target is corrected by that much, so the
+    tuned model keeps the mean radiometry (the paper's linear MSE has no such bias).
+    """
     base = base_model or bundled_checkpoint_path()
     _check_output(onnx_path, [image, base])
     if epochs < 1:
         raise DespeckNetError("EPOCHS must be at least 1.")
     model, record = _base_model(base, seed)
-    source = RasterPatches([ImagePair(image, band, domain=domain)], patch, stride, validation_fraction, seed, progress)
+    if looks is not None and looks <= 0:
+        raise DespeckNetError("LOOKS must be positive.")
+    shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
+    source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift)], patch, stride,
+                           validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
     result, ckpt = _run(
         model, record, source, weights, onnx_path, version="phase2",
         description=f"deSpeckNet tuned (phase 2) on {os.path.basename(image)}", progress=progress,
         phase_info={"phase": 2, "data": os.path.basename(image), "base": os.path.basename(base), "epochs": epochs,
-                    "patch": patch, "stride": stride, "batch": batch_size, "lr": lr},
+                    "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, evaluations_per_epoch=evaluations_per_epoch,
         patience=patience if source.validation_blocks else None, use_bf16=use_bf16,
     )

@@ -129,13 +129,6 @@ def sample_regime(rng) -> tuple[float, float]:
     return looks, correlation
 
 
-def log_speckle_mean(looks: float) -> float:
-    """E[ln N] for L-look Gamma speckle: digamma(L) - ln(L), correlated or not."""
-    from scipy.special import digamma
-
-    return float(digamma(looks) - np.log(looks))
-
-
 class SimulatedPatches:
     """Endless supervised batches (noisy, clean, mask) in the network's normalised log domain.
 
@@ -171,7 +164,7 @@ class SimulatedPatches:
                 xp = xp[:, ::-1]
             looks, corr = self.regimes[int(rng.integers(len(self.regimes)))] if self.regimes else sample_regime(rng)
             yp = xp * simulate_speckle((p, p), looks, corr, rng)
-            offset = self.log_means[k] + log_speckle_mean(looks) + rng.normal(0.0, 0.3)
+            offset = self.log_means[k] + self.dm.log_speckle_mean(looks) + rng.normal(0.0, 0.3)
             noisy[i, 0] = self.dm.normalise(yp, offset)
             clean[i, 0] = self.dm.normalise(xp, offset)
             if rng.uniform() < self.nodata_fraction:
