@@ -147,3 +147,11 @@ def test_failed_run_keeps_the_previous_output(despeckler, tmp_path):
     with pytest.raises(DespeckNetError):
         run(despeckler, write_tif(tmp_path / "bad.tif", bad), dst)
     assert dst.read_bytes() == b"previous result"
+
+
+def test_failing_second_output_leaves_no_temporary_file(despeckler, tmp_path):
+    y, _ = speckled_scene(64, seed=11)
+    src = write_tif(tmp_path / "y.tif", y)
+    with pytest.raises(DespeckNetError, match="does not exist"):
+        run(despeckler, src, tmp_path / "x.tif", noise_path=str(tmp_path / "missing_dir" / "n.tif"))
+    assert sorted(os.listdir(tmp_path)) == ["y.tif"]

@@ -57,15 +57,30 @@ def child_despeckle(src, tile):
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def make_raster(path):
+def child_fine_tune(src, stride):
+    """Run in a subprocess: one tuning epoch of the bundled checkpoint on src."""
+    from despecknet_qgis.core.losses import PHASE2_SINGLELOOK
+    from despecknet_qgis.core.phases import fine_tune
+    from despecknet_qgis.core.training import bf16_supported
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        rep = fine_tune(src, os.path.join(tmp, "tuned.onnx"), weights=PHASE2_SINGLELOOK, looks=1.0, stride=stride,
+                        patience=None)
+        seconds = time.perf_counter() - t
+    print(json.dumps({"seconds": seconds, "train_seconds": rep.seconds, "steps": rep.steps, "patches": rep.patches_seen,
+                      "bf16": bf16_supported(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def make_raster(path, size=SIZE):
     from osgeo import gdal
 
     from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
 
     rng = np.random.default_rng(0)
-    x = simulate_reflectivity((SIZE, SIZE), rng, parcel_size=64.0).reflectivity
-    y = (x * simulate_speckle((SIZE, SIZE), 1.0, 0.7, rng)).astype(np.float32)
-    ds = gdal.GetDriverByName("GTiff").Create(path, SIZE, SIZE, 1, gdal.GDT_Float32, ["TILED=YES", "COMPRESS=DEFLATE"])
+    x = simulate_reflectivity((size, size), rng, parcel_size=64.0).reflectivity
+    y = (x * simulate_speckle((size, size), 1.0, 0.7, rng)).astype(np.float32)
+    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 1, gdal.GDT_Float32, ["TILED=YES", "COMPRESS=DEFLATE"])
     ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
     ds.GetRasterBand(1).WriteArray(y)
     ds = None
@@ -74,6 +89,9 @@ def make_raster(path):
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child_despeckle(sys.argv[2], int(sys.argv[3]))
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--child-tune":
+        child_fine_tune(sys.argv[2], int(sys.argv[3]))
         return
     import torch
 
@@ -95,6 +113,23 @@ def main():
             gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
             print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f}")
         print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included)")
+
+        tune_size = 1024
+        src = os.path.join(tmp, "tune.tif")
+        make_raster(src, tune_size)
+        mpix = tune_size * tune_size / 1e6
+        print(f"\nfine-tune, one epoch on {tune_size}x{tune_size} ({mpix:.2f} Mpixel), single-look preset, 40x40 patches, batch 128")
+        print(f"{'stride':>6} {'patches':>8} {'steps':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'peak RSS MB':>11}")
+        for stride in (10, 20):
+            proc = subprocess.run([sys.executable, __file__, "--child-tune", src, str(stride)], capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(proc.stderr)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            # forward + backward of both branches: about 3x the forward FLOP of two branches
+            gflops = 3 * 2 * FLOP_PER_PIXEL_BRANCH * r["patches"] * 40 * 40 / r["train_seconds"] / 1e9
+            print(f"{stride:>6} {r['patches']:>8} {r['steps']:>6} {r['seconds'] / mpix:>9.1f} {r['seconds']:>8.1f} "
+                  f"{gflops:>8.0f} {r['peak_rss_mb']:>11.0f}")
+        print(f"(bf16 autocast: {r['bf16']}; the time includes validation passes and the ONNX export)")
 
 
 if __name__ == "__main__":

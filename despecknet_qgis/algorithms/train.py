@@ -49,7 +49,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of images and labels"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 30, minValue=1))
-        add_training_parameters(self, lr=1e-3, stride=40, validation=0.1, advanced_lr=False)
+        add_training_parameters(self, lr=1e-3, stride=9, validation=0.1, advanced_lr=False)
         for name, label, default, advanced in (
             (self.LEARNING_RATE_END, "Final learning rate", 1e-4, False),
             (self.MU, "Weight mu of MSE(label, X̂)", PHASE1.mu, True),

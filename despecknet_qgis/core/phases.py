@@ -101,7 +101,7 @@ def train(
     onnx_path: str,
     epochs: int = 30,
     patch: int = 40,
-    stride: int = 40,
+    stride: int = 9,
     batch_size: int = 128,
     lr: float = 1e-3,
     lr_end: float = 1e-4,

@@ -96,7 +96,7 @@ def quality_metrics(
 
     ratio = mt.RatioStats()
     sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
-    outputs = Outputs(RasterOutput(ratio_output, est.ds, 1, [float("nan")]) if ratio_output else None)
+    outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")])) if ratio_output else None)
     with outputs as (out,):
         for win in tiles:
             progress.check()

@@ -185,10 +185,20 @@ class RasterOutput:
 
 
 class Outputs:
-    """Several RasterOutputs (None entries allowed) that appear together or not at all."""
+    """Several RasterOutputs that appear together or not at all.
 
-    def __init__(self, *outputs):
-        self.outputs = outputs
+    Takes functions that create them (None for an output not asked for), so that a
+    failure to create the second one still removes the first one's temporary file.
+    """
+
+    def __init__(self, *makers):
+        self.outputs = []
+        try:
+            for make in makers:
+                self.outputs.append(make() if make is not None else None)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
 
     def __enter__(self):
         return self.outputs

@@ -170,8 +170,8 @@ def temporal_label(
 
     half = multilook // 2
     stable_count = valid_count = 0
-    outputs = Outputs(RasterOutput(output, ref, 1, [LABEL_NODATA]),
-                      RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte") if mask_output else None)
+    outputs = Outputs(lambda: RasterOutput(output, ref, 1, [LABEL_NODATA]),
+                      (lambda: RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte")) if mask_output else None)
     with outputs as (label_out, mask_out):
         for k, win in enumerate(tiles):
             progress.check()

@@ -109,8 +109,8 @@ def despeckle_raster(
 
     tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
     total = len(tiles) * len(bands)
-    outputs = Outputs(RasterOutput(output_path, ds, len(bands), nodata),
-                      RasterOutput(noise_path, ds, len(bands), nodata) if noise_path else None)
+    outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata),
+                      (lambda: RasterOutput(noise_path, ds, len(bands), nodata)) if noise_path else None)
     with outputs as (out, noise_out):
         done = 0
         for win in tiles:

@@ -1,0 +1,35 @@
+"""The plugin object: provider registration headless, toolbar and map tool with a GUI."""
+from qgis.core import QgsApplication
+
+
+def test_init_processing_without_iface_registers_the_provider_once(qgis_processing):
+    from despecknet_qgis import classFactory
+
+    plugin = classFactory(None)  # what qgis_process does
+    registry = QgsApplication.processingRegistry()
+    before = registry.providerById("despecknet")
+    plugin.initProcessing()
+    plugin.initGui()  # no iface: no GUI, no second provider
+    provider = registry.providerById("despecknet")
+    assert provider is not None
+    ids = {a.id() for a in provider.algorithms()}
+    assert ids == {"despecknet:despeckle", "despecknet:temporallabel", "despecknet:train", "despecknet:finetune",
+                   "despecknet:specklestats", "despecknet:quality"}
+    plugin.unload()
+    if before is None:
+        assert registry.providerById("despecknet") is None
+
+
+def test_gui_adds_a_checkable_action_that_activates_the_map_tool(qgis_iface, qgis_processing):
+    from despecknet_qgis import classFactory
+    from despecknet_qgis.gui.homogeneous_area_tool import HomogeneousAreaTool
+
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        assert plugin.action.isCheckable() and isinstance(plugin.tool, HomogeneousAreaTool)
+        plugin.action.trigger()
+        assert qgis_iface.mapCanvas().mapTool() is plugin.tool
+        assert plugin.domain_box.currentText() == "intensity"
+    finally:
+        plugin.unload()
