@@ -17,9 +17,12 @@ class DespeckNetPlugin:
         self.toolbar = None
 
     def initProcessing(self):  # noqa: N802 - QGIS API
-        if self.provider is None:
-            self.provider = DespeckNetProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+        registry = QgsApplication.processingRegistry()
+        # Another copy of the plugin may hold the id already: QGIS would refuse (and delete) ours.
+        if self.provider is None and registry.providerById("despecknet") is None:
+            provider = DespeckNetProvider()
+            if registry.addProvider(provider):
+                self.provider = provider
 
     def initGui(self):  # noqa: N802 - QGIS API
         self.initProcessing()

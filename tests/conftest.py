@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from osgeo import gdal, osr
+from osgeo import gdal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -15,20 +15,9 @@ QGIS_PROCESS = os.path.join(ROOT, "tools", "qgis_process")
 
 def write_tif(path, bands, nodata=None, epsg=32633, origin=(500000.0, 4000000.0), pixel=20.0, dtype=gdal.GDT_Float32):
     """Write a GeoTIFF from a 2-D array or a list of 2-D arrays."""
-    bands = [bands] if np.ndim(bands) == 2 else list(bands)
-    h, w = bands[0].shape
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, len(bands), dtype)
-    ds.SetGeoTransform((origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, b in enumerate(bands, start=1):
-        band = ds.GetRasterBand(i)
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-        band.WriteArray(b)
-    ds = None
-    return str(path)
+    from despecknet_qgis.core.raster import write_raster
+
+    return write_raster(path, bands, (origin[0], pixel, 0.0, origin[1], 0.0, -pixel), epsg, nodata, dtype)
 
 
 def read_tif(path):

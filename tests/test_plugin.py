@@ -5,19 +5,25 @@ from qgis.core import QgsApplication
 def test_init_processing_without_iface_registers_the_provider_once(qgis_processing):
     from despecknet_qgis import classFactory
 
-    plugin = classFactory(None)  # what qgis_process does
     registry = QgsApplication.processingRegistry()
-    before = registry.providerById("despecknet")
+    earlier = registry.providerById("despecknet")
+    if earlier is not None:  # registered by another test's fixture: take it out for this test
+        registry.removeProvider(earlier)
+    plugin = classFactory(None)  # what qgis_process does
     plugin.initProcessing()
     plugin.initGui()  # no iface: no GUI, no second provider
     provider = registry.providerById("despecknet")
-    assert provider is not None
+    assert provider is plugin.provider
     ids = {a.id() for a in provider.algorithms()}
     assert ids == {"despecknet:despeckle", "despecknet:temporallabel", "despecknet:train", "despecknet:finetune",
                    "despecknet:specklestats", "despecknet:quality"}
+    # A second copy of the plugin neither registers a duplicate nor removes the first one's provider.
+    other = classFactory(None)
+    other.initProcessing()
+    other.unload()
+    assert registry.providerById("despecknet") is provider
     plugin.unload()
-    if before is None:
-        assert registry.providerById("despecknet") is None
+    assert registry.providerById("despecknet") is None
 
 
 def test_gui_adds_a_checkable_action_that_activates_the_map_tool(qgis_iface, qgis_processing):

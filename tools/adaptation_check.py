@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
 from despecknet_qgis.core.inference import Despeckler  # noqa: E402
+from despecknet_qgis.core.raster import read_band, write_raster  # noqa: E402
 from despecknet_qgis.core.losses import PHASE1, PHASE2_SINGLELOOK  # noqa: E402
 from despecknet_qgis.core.metrics import enl, psnr_db  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
@@ -44,21 +45,6 @@ def train_source(path, steps, seed, batch=64):
     record.add(phase=1, data="simulated, 5 looks, uncorrelated", steps=steps, batch=batch, seed=seed)
     save_checkpoint(path, model, record)
     export_onnx(model, path.replace(".pt", ".onnx"), record, "source-5looks")
-
-
-def write(path, array):
-    from osgeo import gdal
-
-    ds = gdal.GetDriverByName("GTiff").Create(path, array.shape[1], array.shape[0], 1, gdal.GDT_Float32)
-    ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
-    ds.GetRasterBand(1).WriteArray(array.astype(np.float32))
-    ds = None
-
-
-def read(path):
-    from osgeo import gdal
-
-    return gdal.Open(path).GetRasterBand(1).ReadAsArray().astype(np.float64)
 
 
 def scores(xhat, y, scene):
@@ -87,17 +73,17 @@ def main():
     scene = simulate_reflectivity((args.size, args.size), rng, parcel_size=48.0)
     y = scene.reflectivity * simulate_speckle(scene.reflectivity.shape, 1.0, 0.8, rng)
     target = os.path.join(tmp, "target.tif")
-    write(target, y)
+    write_raster(target, y)
     print(f"target: {args.size}x{args.size}, 1 look, correlated speckle; noisy PSNR(dB) {psnr_db(y, scene.reflectivity):.2f}")
     despeckle_raster(target, os.path.join(tmp, "untuned.tif"), Despeckler(source.replace(".pt", ".onnx"), "cpu", with_noise=False))
-    print("untuned:", {k: round(v, 3) for k, v in scores(read(os.path.join(tmp, "untuned.tif")), y, scene).items()})
+    print("untuned:", {k: round(v, 3) for k, v in scores(read_band(os.path.join(tmp, "untuned.tif")), y, scene).items()})
     for looks in (None, 1.0):
         t = time.time()
         rep = fine_tune(target, os.path.join(tmp, "tuned.onnx"), base_model=source, weights=PHASE2_SINGLELOOK, looks=looks,
                         lr=args.lr, stride=args.stride, seed=0)
         seconds = time.time() - t
         despeckle_raster(target, os.path.join(tmp, "tuned.tif"), Despeckler(rep.onnx_path, "cpu", with_noise=False))
-        s = scores(read(os.path.join(tmp, "tuned.tif")), y, scene)
+        s = scores(read_band(os.path.join(tmp, "tuned.tif")), y, scene)
         print(f"tuned (looks={looks}, {rep.steps} steps, {seconds:.1f} s, early stop {rep.stopped_early}):",
               {k: round(v, 3) for k, v in s.items()})
 

@@ -73,17 +73,13 @@ def child_fine_tune(src, stride):
 
 
 def make_raster(path, size=SIZE):
-    from osgeo import gdal
-
+    from despecknet_qgis.core.raster import write_raster
     from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
 
     rng = np.random.default_rng(0)
     x = simulate_reflectivity((size, size), rng, parcel_size=64.0).reflectivity
     y = (x * simulate_speckle((size, size), 1.0, 0.7, rng)).astype(np.float32)
-    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 1, gdal.GDT_Float32, ["TILED=YES", "COMPRESS=DEFLATE"])
-    ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
-    ds.GetRasterBand(1).WriteArray(y)
-    ds = None
+    write_raster(path, y, options=["TILED=YES", "COMPRESS=DEFLATE"])
 
 
 def main():

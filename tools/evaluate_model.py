@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from despecknet_qgis.core.inference import Despeckler  # noqa: E402
+from despecknet_qgis.core.raster import read_band, write_raster  # noqa: E402
 from despecknet_qgis.core.metrics import enl, psnr_db  # noqa: E402
 from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle  # noqa: E402
 from despecknet_qgis.core.tiled_predict import despeckle_raster  # noqa: E402
@@ -22,21 +23,6 @@ from despecknet_qgis.core.tiled_predict import despeckle_raster  # noqa: E402
 REGIMES = [(1.0, 0.0), (1.0, 0.8), (2.0, 0.0), (4.4, 0.0), (4.4, 0.7), (10.0, 0.0)]
 SEEDS = (90001, 90002)
 SIZE = 384
-
-
-def write(path, a):
-    from osgeo import gdal
-
-    ds = gdal.GetDriverByName("GTiff").Create(path, a.shape[1], a.shape[0], 1, gdal.GDT_Float32)
-    ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
-    ds.GetRasterBand(1).WriteArray(a.astype(np.float32))
-    ds = None
-
-
-def read(path):
-    from osgeo import gdal
-
-    return gdal.Open(path).GetRasterBand(1).ReadAsArray().astype(np.float64)
 
 
 def homogeneous_enl(img, scene):
@@ -58,9 +44,9 @@ def main():
             rng = np.random.default_rng(seed)
             scene = simulate_reflectivity((SIZE, SIZE), rng, parcel_size=48.0)
             y = scene.reflectivity * simulate_speckle((SIZE, SIZE), looks, corr, rng)
-            write(os.path.join(tmp, "y.tif"), y)
+            write_raster(os.path.join(tmp, "y.tif"), y)
             despeckle_raster(os.path.join(tmp, "y.tif"), os.path.join(tmp, "x.tif"), d)
-            x = read(os.path.join(tmp, "x.tif"))
+            x = read_band(os.path.join(tmp, "x.tif"))
             rows.append((psnr_db(y, scene.reflectivity), psnr_db(x, scene.reflectivity),
                          homogeneous_enl(y, scene), homogeneous_enl(x, scene), float(np.mean(y / x))))
         m = np.mean(rows, axis=0)

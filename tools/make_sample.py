@@ -10,11 +10,11 @@ import os
 import sys
 
 import numpy as np
-from osgeo import gdal, osr
 from scipy import ndimage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from despecknet_qgis.core.raster import write_raster  # noqa: E402
 from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle  # noqa: E402
 
 SIZE = 512
@@ -25,17 +25,8 @@ BORDER = 24  # columns of nodata on the left, as at the edge of a real swath
 
 
 def write(path, array, nodata=None):
-    drv = gdal.GetDriverByName("GTiff")
-    ds = drv.Create(path, SIZE, SIZE, 1, gdal.GDT_Float32, ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"])
-    ds.SetGeoTransform((ORIGIN[0], PIXEL, 0.0, ORIGIN[1], 0.0, -PIXEL))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(EPSG)
-    ds.SetProjection(srs.ExportToWkt())
-    band = ds.GetRasterBand(1)
-    if nodata is not None:
-        band.SetNoDataValue(nodata)
-    band.WriteArray(array.astype(np.float32))
-    ds = None
+    write_raster(path, array, (ORIGIN[0], PIXEL, 0.0, ORIGIN[1], 0.0, -PIXEL), EPSG, nodata,
+                 options=["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"])
 
 
 def main():

@@ -215,6 +215,34 @@ class Outputs:
         return False
 
 
+def read_band(path: str, band: int = 1) -> np.ndarray:
+    """A whole band as float64: for small rasters (tools, tests), never inside a streamed job."""
+    ds = open_raster(path)  # the dataset must outlive the band read from it
+    return ds.GetRasterBand(band).ReadAsArray().astype(np.float64)
+
+
+def write_raster(path: str, bands, geotransform=(0.0, 10.0, 0.0, 0.0, 0.0, -10.0), epsg: int | None = None,
+                 nodata: float | None = None, data_type: int = gdal.GDT_Float32, options=()) -> str:
+    """Write a 2-D array, or a list of them, as a GeoTIFF (small rasters: tools, tests, samples)."""
+    from osgeo import osr
+
+    bands = [bands] if np.ndim(bands) == 2 else list(bands)
+    h, w = bands[0].shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, len(bands), data_type, list(options))
+    ds.SetGeoTransform(tuple(geotransform))
+    if epsg is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        ds.SetProjection(srs.ExportToWkt())
+    for i, b in enumerate(bands, start=1):
+        band = ds.GetRasterBand(i)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        band.WriteArray(b)
+    ds = None
+    return str(path)
+
+
 def same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
