@@ -39,3 +39,23 @@ def test_metadata_has_every_required_field():
     meta = dict(parser.items("general"))
     for key in ("name", "description", "version", "qgisMinimumVersion", "author", "email", "about", "tracker", "repository"):
         assert meta.get(key), key
+
+
+def test_unzipped_package_loads_in_qgis_process(tmp_path):
+    from conftest import run_qgis_process
+
+    zip_path = build(str(tmp_path / "despecknet_qgis.zip"))
+    plugins = tmp_path / "plugins"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(plugins)
+    ini = tmp_path / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\ndespecknet_qgis=true\n")
+    os.environ["DESPECKNET_QGIS_PLUGINPATH"] = str(plugins)
+    try:
+        proc = run_qgis_process("list", profile=tmp_path / "profile")
+    finally:
+        os.environ.pop("DESPECKNET_QGIS_PLUGINPATH")
+    assert proc.returncode == 0, proc.stderr
+    for alg in ("despeckle", "temporallabel", "train", "finetune", "specklestats", "quality"):
+        assert f"despecknet:{alg}" in proc.stdout

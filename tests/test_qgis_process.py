@@ -84,6 +84,12 @@ def test_label_train_finetune_stats_quality_headless(profile, tiny_model, tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = parse_json(proc.stdout)["results"]["OUTPUT_CHECKPOINT"]
     assert model.exists() and os.path.exists(ckpt)
+    # The model trained from the temporal label despeckles through despecknet:despeckle.
+    from_label = tmp_path / "from_label.tif"
+    proc = run_qgis_process("--json", "run", "despecknet:despeckle", "--", f"INPUT={dates[2]}", f"MODEL={model}",
+                            f"OUTPUT={from_label}", profile=profile)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert np.isfinite(read_tif(from_label)[0][0]).all()
 
     tuned, out = tmp_path / "tuned.onnx", tmp_path / "x.tif"
     proc = run_qgis_process("--json", "run", "despecknet:finetune", "--", f"INPUT={dates[1]}", f"MODEL={ckpt}",

@@ -62,13 +62,15 @@ def main():
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--stride", type=int, default=20)
+    ap.add_argument("--patience", type=int, default=0, help="early stopping patience (0: off)")
+    ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     source = args.source or os.path.join(tmp, "source.pt")
     if not args.source:
         t = time.time()
         train_source(source, args.steps, args.seed)
-        print(f"source model: {args.steps} steps on 5-look uncorrelated speckle in {time.time() - t:.0f} s")
+        print(f"source model: {args.steps} steps on 5-look uncorrelated speckle in {time.time() - t:.0f} s ({source})")
     rng = np.random.default_rng(args.seed + 100)
     scene = simulate_reflectivity((args.size, args.size), rng, parcel_size=48.0)
     y = scene.reflectivity * simulate_speckle(scene.reflectivity.shape, 1.0, 0.8, rng)
@@ -80,7 +82,7 @@ def main():
     for looks in (None, 1.0):
         t = time.time()
         rep = fine_tune(target, os.path.join(tmp, "tuned.onnx"), base_model=source, weights=PHASE2_SINGLELOOK, looks=looks,
-                        lr=args.lr, stride=args.stride, seed=0)
+                        lr=args.lr, stride=args.stride, seed=0, patience=args.patience or None, epochs=args.epochs)
         seconds = time.time() - t
         despeckle_raster(target, os.path.join(tmp, "tuned.tif"), Despeckler(rep.onnx_path, "cpu", with_noise=False))
         s = scores(read_band(os.path.join(tmp, "tuned.tif")), y, scene)

@@ -66,7 +66,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             self.add_number(name, label, default, advanced=True)
         self.add_number(self.LOOKS, "Number of looks L (0: the preset's)", 0.0)
         self.add_number(self.EPOCHS, "Epochs", 1, integer=True, minimum=1)
-        add_training_parameters(self, lr=1e-4, stride=40, validation=0.1, advanced_lr=True)
+        add_training_parameters(self, lr=1e-4, stride=20, validation=0.1, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 3, advanced=True, integer=True)
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))

@@ -67,6 +67,9 @@ def export_onnx(model: DeSpeckNet, path: str, record: TrainingRecord, version: s
         import onnx
 
         onnx.save_model(proto, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

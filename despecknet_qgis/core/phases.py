@@ -144,7 +144,7 @@ def fine_tune(
     weights: LossWeights = PHASE2_MULTILOOK,
     epochs: int = 1,
     patch: int = 40,
-    stride: int = 40,
+    stride: int = 20,
     batch_size: int = 128,
     lr: float = 1e-4,
     validation_fraction: float = 0.1,
