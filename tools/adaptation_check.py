@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
 from despecknet_qgis.core.inference import Despeckler  # noqa: E402
 from despecknet_qgis.core.raster import read_band, write_raster  # noqa: E402
-from despecknet_qgis.core.losses import PHASE1, PHASE2_SINGLELOOK  # noqa: E402
+from despecknet_qgis.core.losses import PHASE1, PHASE2_SINGLELOOK, LossWeights  # noqa: E402
 from despecknet_qgis.core.metrics import enl, psnr_db  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
 from despecknet_qgis.core.phases import fine_tune  # noqa: E402
@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--stride", type=int, default=20)
     ap.add_argument("--patience", type=int, default=0, help="early stopping patience (0: off)")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lambda-tv", type=float, default=PHASE2_SINGLELOOK.lambda_tv)
+    ap.add_argument("--mu", type=float, default=PHASE2_SINGLELOOK.mu)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     source = args.source or os.path.join(tmp, "source.pt")
@@ -79,9 +81,10 @@ def main():
     print(f"target: {args.size}x{args.size}, 1 look, correlated speckle; noisy PSNR(dB) {psnr_db(y, scene.reflectivity):.2f}")
     despeckle_raster(target, os.path.join(tmp, "untuned.tif"), Despeckler(source.replace(".pt", ".onnx"), "cpu", with_noise=False))
     print("untuned:", {k: round(v, 3) for k, v in scores(read_band(os.path.join(tmp, "untuned.tif")), y, scene).items()})
-    for looks in (None, 1.0):
+    for looks in (1.0,):
         t = time.time()
-        rep = fine_tune(target, os.path.join(tmp, "tuned.onnx"), base_model=source, weights=PHASE2_SINGLELOOK, looks=looks,
+        weights = LossWeights(args.mu, PHASE2_SINGLELOOK.xi, args.lambda_tv)
+        rep = fine_tune(target, os.path.join(tmp, "tuned.onnx"), base_model=source, weights=weights, looks=looks,
                         lr=args.lr, stride=args.stride, seed=0, patience=args.patience or None, epochs=args.epochs)
         seconds = time.time() - t
         despeckle_raster(target, os.path.join(tmp, "tuned.tif"), Despeckler(rep.onnx_path, "cpu", with_noise=False))

@@ -1,4 +1,6 @@
 """despecknet:specklestats - ENL and Cx of rasters inside homogeneous polygons, with an HTML report."""
+import math
+
 from qgis.core import (
     QgsCoordinateTransform,
     QgsFeature,
@@ -114,6 +116,4 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
 
 def _finite(value):
     """NULL in tables and outputs instead of NaN/inf, which JSON and attribute tables cannot hold."""
-    import math
-
     return value if value is not None and math.isfinite(value) else None
