@@ -127,3 +127,33 @@ def test_looks_remove_the_log_bias_from_the_target(tmp_path):
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_allclose(ta, ya)
     np.testing.assert_allclose(tb, yb - shift, atol=1e-6)
+
+
+def test_tuning_adapts_a_5_look_model_to_1_look_correlated_speckle(tmp_path):
+    """The issue's evidence: trained on 5-look uncorrelated speckle, tuned on a 1-look correlated image.
+
+    The source checkpoint is tests/data/source_5looks_uncorrelated.pt (tools/adaptation_check.py
+    --steps 400 --seed 5); tuning uses the algorithm's defaults with the single-look preset.
+    """
+    import os
+
+    from despecknet_qgis.core.export import export_onnx
+    from despecknet_qgis.core.metrics import psnr_db
+    from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    source = os.path.join(os.path.dirname(__file__), "data", "source_5looks_uncorrelated.pt")
+    model, record = load_checkpoint(source)
+    export_onnx(model, str(tmp_path / "untuned.onnx"), record, "source")
+    rng = np.random.default_rng(105)
+    scene = simulate_reflectivity((384, 384), rng, parcel_size=48.0)
+    y = scene.reflectivity * simulate_speckle((384, 384), 1.0, 0.8, rng)
+    src = write_tif(tmp_path / "y.tif", y)
+    despeckle_raster(src, str(tmp_path / "untuned.tif"), Despeckler(str(tmp_path / "untuned.onnx"), "cpu"))
+    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), base_model=source, weights=PHASE2_SINGLELOOK, looks=1.0, seed=0)
+    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
+    untuned, tuned = read_tif(tmp_path / "untuned.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0]
+    gain = psnr_db(tuned, scene.reflectivity) - psnr_db(untuned, scene.reflectivity)
+    assert gain > 1.0, gain
+    assert abs(np.mean(y / tuned) - 1.0) < 0.05
+    assert abs(np.mean(y / untuned) - 1.0) > 0.1  # the untuned model was biased

@@ -7,6 +7,8 @@
    ENL on the homogeneous parts, and the mean of the ratio Y / X_hat (MoR).
 
 Usage: adaptation_check.py [--steps N] [--source model.pt] [--seed S]
+tests/data/source_5looks_uncorrelated.pt came from `adaptation_check.py --steps 400 --seed 5`
+(`--save-source` keeps the trained checkpoint).
 """
 import argparse
 import os
@@ -66,13 +68,26 @@ def main():
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lambda-tv", type=float, default=PHASE2_SINGLELOOK.lambda_tv)
     ap.add_argument("--mu", type=float, default=PHASE2_SINGLELOOK.mu)
+    ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--save-source", default=None, help="copy the trained source checkpoint here")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     source = args.source or os.path.join(tmp, "source.pt")
+    if args.source and not os.path.exists(args.source.replace(".pt", ".onnx")):
+        from despecknet_qgis.core.training import load_checkpoint
+
+        model, record = load_checkpoint(args.source)
+        source = os.path.join(tmp, "source.pt")
+        save_checkpoint(source, model, record)
+        export_onnx(model, source.replace(".pt", ".onnx"), record, "source")
     if not args.source:
         t = time.time()
         train_source(source, args.steps, args.seed)
         print(f"source model: {args.steps} steps on 5-look uncorrelated speckle in {time.time() - t:.0f} s ({source})")
+        if args.save_source:
+            import shutil
+
+            shutil.copy(source, args.save_source)
     rng = np.random.default_rng(args.seed + 100)
     scene = simulate_reflectivity((args.size, args.size), rng, parcel_size=48.0)
     y = scene.reflectivity * simulate_speckle(scene.reflectivity.shape, 1.0, 0.8, rng)
@@ -85,7 +100,7 @@ def main():
         t = time.time()
         weights = LossWeights(args.mu, PHASE2_SINGLELOOK.xi, args.lambda_tv)
         rep = fine_tune(target, os.path.join(tmp, "tuned.onnx"), base_model=source, weights=weights, looks=looks,
-                        lr=args.lr, stride=args.stride, seed=0, patience=args.patience or None, epochs=args.epochs)
+                        lr=args.lr, stride=args.stride, seed=0, calibrate=not args.no_calibrate, patience=args.patience or None, epochs=args.epochs)
         seconds = time.time() - t
         despeckle_raster(target, os.path.join(tmp, "tuned.tif"), Despeckler(rep.onnx_path, "cpu", with_noise=False))
         s = scores(read_band(os.path.join(tmp, "tuned.tif")), y, scene)

@@ -49,8 +49,11 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "the mean radiometry is kept. 0 takes the preset's (4.4, Sentinel-1 GRD IW, for multi-look; 1 for "
             "single-look; no correction for custom).<br>"
             "<b>Model</b>: a .pt checkpoint from training or an earlier tuning; empty means the bundled one.<br>"
-            "Part of the image (VALIDATION_FRACTION) is held out; tuning stops early when its loss stops "
-            "improving for PATIENCE evaluations, and the best weights are kept. Nodata is excluded.<br>"
+            "Part of the image (VALIDATION_FRACTION) is held out and its loss reported. PATIENCE > 0 stops "
+            "early when that loss stops improving and keeps the best weights; it is off by default because "
+            "the held-out loss mostly measures reconstruction, which the noisy image itself minimises. "
+            "Finally the model is scaled so that the mean of Y/X̂ on the image is 1 (no radiometric bias). "
+            "Nodata is excluded.<br>"
             "Outputs: the tuned ONNX model (for Despeckle SAR image), its .pt checkpoint, and optionally the "
             "image despeckled with the tuned model."
         )
@@ -67,7 +70,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         self.add_number(self.LOOKS, "Number of looks L (0: the preset's)", 0.0)
         self.add_number(self.EPOCHS, "Epochs", 1, integer=True, minimum=1)
         add_training_parameters(self, lr=1e-4, stride=20, validation=0.1, advanced_lr=True)
-        self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 3, advanced=True, integer=True)
+        self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 0, advanced=True, integer=True)
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled with the tuned model"), optional=True, createByDefault=True))

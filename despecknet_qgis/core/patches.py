@@ -127,6 +127,16 @@ class RasterPatches:
         cut = lambda a: np.stack([a[r : r + p, c : c + p] for r, c in idx])[:, None].astype(np.float32)  # noqa: E731
         return cut(y), cut(target), cut(valid.astype(np.float32))
 
+    def block_images(self, max_blocks: int = 64):
+        """(noisy z, valid) of whole blocks of the first image, spread over it: for calibration."""
+        blocks = [b for b in self.training_blocks + self.validation_blocks if b.image == 0]
+        for b in blocks[:: max(1, len(blocks) // max_blocks)]:
+            pair, win = self.pairs[0], b.window
+            intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
+            z = dm.normalise(intensity, self.offsets[0])
+            z[~valid] = 0.0
+            yield z, valid
+
     def _patches(self, blocks, rng):
         for b in blocks:
             noisy, target, mask = self._read_block(b)

@@ -52,7 +52,8 @@ def _check_output(onnx_path: str, inputs: list[str]) -> None:
             raise DespeckNetError(f"OUTPUT_MODEL would overwrite the input {p}: choose another file name.")
 
 
-def _run(model, record, source, weights, onnx_path, version, description, progress, phase_info, **fit_args):
+def _run(model, record, source, weights, onnx_path, version, description, progress, phase_info, before_export=None,
+         **fit_args):
     from .export import export_onnx
     from .training import fit, save_checkpoint
 
@@ -74,6 +75,8 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
     finally:
         if os.path.exists(tmp_ckpt):
             os.remove(tmp_ckpt)
+    if before_export is not None:
+        phase_info = {**phase_info, **before_export(model)}
     record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
                seconds=round(result.seconds, 1), best_validation=result.best_validation, stopped_early=result.stopped_early,
                seed=fit_args.get("seed"), bf16=fit_args.get("use_bf16"))
@@ -81,6 +84,40 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
     os.replace(tmp_ckpt, ckpt)
     export_onnx(model, onnx_path, record, version, description)
     return result, ckpt
+
+
+def radiometric_gain(model, source, margin: int = 12) -> float:
+    """mean(Y / X_hat) over the valid centres of blocks of the image (MoR; 1 = unbiased)."""
+    import numpy as np
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for z, valid in source.block_images():
+            clean = model.clean(torch.from_numpy(z)[None, None]).numpy()[0, 0]
+            inner = (slice(margin, -margin), slice(margin, -margin)) if min(z.shape) > 4 * margin else (slice(None), slice(None))
+            keep = valid[inner]
+            ratio = np.exp(LOG_SCALE * (z[inner][keep].astype(np.float64) - clean[inner][keep]))
+            total += float(ratio.sum())
+            count += int(keep.sum())
+    return total / count if count else 1.0
+
+
+def calibrate_radiometry(model, source) -> float:
+    """Scale X_hat so that mean(Y / X_hat) = 1 on the image: E[Y | X] = X for unit-mean speckle.
+
+    The gain is folded into the bias of the clean branch's last convolution (a constant
+    in the log domain), so the exported model carries it. Returns the gain applied.
+    """
+    import math
+
+    import torch
+
+    gain = radiometric_gain(model, source)
+    with torch.no_grad():
+        model.clean[-1].bias += math.log(gain) / LOG_SCALE
+    return gain
 
 
 def _base_model(initial: str | None, seed: int):
@@ -149,8 +186,9 @@ def fine_tune(
     lr: float = 1e-4,
     validation_fraction: float = 0.1,
     looks: float | None = None,
+    calibrate: bool = True,
     evaluations_per_epoch: int = 8,
-    patience: int | None = 3,
+    patience: int | None = None,
     seed: int = 0,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
@@ -158,8 +196,9 @@ def fine_tune(
     """Phase 2: adapt a trained model to `image` without any label (target = the image itself).
 
     In the log domain the image is biased low by E[ln N] = digamma(L) - ln(L) (-2.5 dB for
-    one look); with `looks` given, the mu term's target is corrected by that much, so the
-    tuned model keeps the mean radiometry (the paper's linear MSE has no such bias).
+    one look); with `looks` given, the mu term's target is corrected by that much (the
+    paper's linear MSE has no such bias). With `calibrate`, the tuned model is finally
+    scaled so that the mean of Y / X_hat on the image is 1 (see calibrate_radiometry).
     """
     base = base_model or bundled_checkpoint_path()
     _check_output(onnx_path, [image, base])
@@ -179,6 +218,7 @@ def fine_tune(
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, evaluations_per_epoch=evaluations_per_epoch,
         patience=patience if source.validation_blocks else None, use_bf16=use_bf16,
+        before_export=(lambda m: {"radiometric_gain": calibrate_radiometry(m, source)}) if calibrate else None,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)
