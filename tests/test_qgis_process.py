@@ -93,7 +93,8 @@ def test_label_train_finetune_stats_quality_headless(profile, tiny_model, tmp_pa
 
     tuned, out = tmp_path / "tuned.onnx", tmp_path / "x.tif"
     proc = run_qgis_process("--json", "run", "despecknet:finetune", "--", f"INPUT={dates[1]}", f"MODEL={ckpt}",
-                            "PATCH_SIZE=24", "BATCH_SIZE=8", f"OUTPUT_MODEL={tuned}", f"OUTPUT={out}", profile=profile)
+                            "PRESET=1", "PATCH_SIZE=24", "BATCH_SIZE=8", f"OUTPUT_MODEL={tuned}", f"OUTPUT={out}",
+                            profile=profile)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert parse_json(proc.stdout)["results"]["PROVIDER"] == "CPUExecutionProvider" and tuned.exists() and out.exists()
 

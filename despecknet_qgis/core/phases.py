@@ -187,6 +187,7 @@ def fine_tune(
     validation_fraction: float = 0.1,
     looks: float | None = None,
     calibrate: bool = True,
+    freeze_batchnorm: bool = True,
     evaluations_per_epoch: int = 8,
     patience: int | None = None,
     seed: int = 0,
@@ -217,7 +218,7 @@ def fine_tune(
         phase_info={"phase": 2, "data": os.path.basename(image), "base": os.path.basename(base), "epochs": epochs,
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, evaluations_per_epoch=evaluations_per_epoch,
-        patience=patience if source.validation_blocks else None, use_bf16=use_bf16,
+        patience=patience if source.validation_blocks else None, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm,
         before_export=(lambda m: {"radiometric_gain": calibrate_radiometry(m, source)}) if calibrate else None,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,

@@ -53,8 +53,11 @@ class TrainingRecord:
 
 
 class Trainer:
-    def __init__(self, model: DeSpeckNet, weights: LossWeights, lr: float = 1e-3, use_bf16: bool | None = None):
+    def __init__(self, model: DeSpeckNet, weights: LossWeights, lr: float = 1e-3, use_bf16: bool | None = None,
+                 freeze_batchnorm: bool = False):
         self.model = model.to(memory_format=torch.channels_last)
+        # Fine-tuning on one image: its few batches would otherwise rewrite the running statistics.
+        self.freeze_batchnorm = freeze_batchnorm
         self.weights = weights
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999))
         self.use_bf16 = bf16_supported() if use_bf16 is None else use_bf16
@@ -70,6 +73,10 @@ class Trainer:
 
     def step(self, noisy, target, mask) -> dict[str, float]:
         self.model.train()
+        if self.freeze_batchnorm:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
         clean, noise = self._forward(noisy)
         loss, parts = despecknet_loss(clean, noise, noisy, target, mask, self.weights)
         if not math.isfinite(parts["total"]):
@@ -145,6 +152,7 @@ def fit(
     patience: int | None = None,
     checkpoint=None,
     use_bf16: bool | None = None,
+    freeze_batchnorm: bool = False,
 ) -> FitResult:
     """Train `model` on a RasterPatches source; returns the loss history.
 
@@ -162,7 +170,7 @@ def fit(
     progress = progress or SILENT
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16)
+    trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm)
     result = FitResult()
     started = time.perf_counter()
     per_epoch = max(1, math.ceil(source.training_patches / batch_size))
