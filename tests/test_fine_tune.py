@@ -157,3 +157,15 @@ def test_tuning_adapts_a_5_look_model_to_1_look_correlated_speckle(tmp_path):
     assert gain > 1.0, gain
     assert abs(np.mean(y / tuned) - 1.0) < 0.05
     assert abs(np.mean(y / untuned) - 1.0) > 0.1  # the untuned model was biased
+
+
+def test_batchnorm_statistics_stay_frozen_and_the_gain_is_recorded(tiny_model, tmp_path):
+    """(MoR after calibration is checked with a trained model in the adaptation test.)"""
+    y, _ = speckled_scene(128, seed=47)
+    src = write_tif(tmp_path / "y.tif", y)
+    rep = fine_tune(src, str(tmp_path / "t.onnx"), base_model=base(tiny_model), **FAST)
+    start = load_checkpoint(base(tiny_model))[0].state_dict()
+    tuned = load_checkpoint(rep.checkpoint_path)[0].state_dict()
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 60 and all(torch.equal(start[k], tuned[k]) for k in stats)
+    assert "radiometric_gain" in load_checkpoint(rep.checkpoint_path)[1].phases[-1]
