@@ -54,6 +54,7 @@ def test_training_lowers_validation_loss_and_exports_a_usable_model(tmp_path):
     assert validation[-1] < 0.7 * validation[0]
     model, record = load_checkpoint(report.checkpoint_path)
     assert record.phases[-1]["phase"] == 1 and record.phases[-1]["weights"]["mu"] == 1.0
+    assert isinstance(record.phases[-1]["bf16"], bool)
     d = Despeckler(report.onnx_path, "cpu")
     assert d.info.training["phases"][-1]["phase"] == 1
     y, _ = read_tif(tmp_path / "p_y.tif")

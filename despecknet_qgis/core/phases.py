@@ -79,7 +79,7 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
         phase_info = {**phase_info, **before_export(model)}
     record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
                seconds=round(result.seconds, 1), best_validation=result.best_validation, stopped_early=result.stopped_early,
-               seed=fit_args.get("seed"), bf16=fit_args.get("use_bf16"))
+               seed=fit_args.get("seed"), bf16=result.bf16)
     save_checkpoint(tmp_ckpt, model, record)
     os.replace(tmp_ckpt, ckpt)
     export_onnx(model, onnx_path, record, version, description)

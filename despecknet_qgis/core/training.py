@@ -135,6 +135,7 @@ class FitResult:
     steps: int = 0
     seconds: float = 0.0
     patches_seen: int = 0
+    bf16: bool = False
 
 
 def fit(
@@ -171,7 +172,7 @@ def fit(
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm)
-    result = FitResult()
+    result = FitResult(bf16=trainer.use_bf16)
     started = time.perf_counter()
     per_epoch = max(1, math.ceil(source.training_patches / batch_size))
     total = epochs * per_epoch
