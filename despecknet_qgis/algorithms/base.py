@@ -82,6 +82,20 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         return text
 
 
+def geometries_in_crs(source, crs, context):
+    """(feature id, geometry) of a feature source's non-empty features, reprojected to `crs`."""
+    from qgis.core import QgsCoordinateTransform
+
+    transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    for feature in source.getFeatures():
+        geom = feature.geometry()
+        if geom.isEmpty():
+            continue
+        if source.sourceCrs() != crs:
+            geom.transform(transform)
+        yield feature.id(), geom
+
+
 def add_training_parameters(alg, lr, stride, validation, advanced_lr):
     """PATCH_SIZE, STRIDE, BATCH_SIZE, LEARNING_RATE, SEED, VALIDATION_FRACTION: shared by train and finetune."""
     alg.add_number("PATCH_SIZE", "Patch size (pixels)", 40, integer=True, minimum=8)

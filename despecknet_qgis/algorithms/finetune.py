@@ -16,6 +16,7 @@ from ..core.domain import DOMAINS
 from ..core.inference import DEVICES, Despeckler
 from ..core.losses import PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
 from ..core.phases import fine_tune
+from ..core.raster import same_file
 from ..core.tiled_predict import despeckle_raster
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
 
@@ -98,7 +99,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}; looks {looks}")
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
-        if output and output == source:
+        if output and same_file(output, source):  # checked before tuning, not only when despeckling
             raise QgsProcessingException("OUTPUT is the input raster: choose another file, the input is never overwritten.")
         patience = self.parameterAsInt(parameters, self.PATIENCE, context)
         train_feedback = self.progress(feedback)

@@ -2,7 +2,6 @@
 import math
 
 from qgis.core import (
-    QgsCoordinateTransform,
     QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
@@ -15,7 +14,7 @@ from osgeo import gdal
 
 from ..core.domain import DOMAINS
 from ..core.quality import quality_metrics
-from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
 
 NUMBERS = [
     ("MOR", "mor", "Mean of the ratio image Y/X̂ (1 = no bias)"),
@@ -101,14 +100,9 @@ class QualityAlgorithm(DespeckNetAlgorithm):
         source = self.parameterAsSource(parameters, self.POINTS, context)
         if source is None:
             return None
-        transform = QgsCoordinateTransform(source.sourceCrs(), layer.crs(), context.transformContext())
         inv = gdal.InvGeoTransform(gdal.Open(path).GetGeoTransform())
         points = []
-        for feature in source.getFeatures():
-            geom = feature.geometry()
-            if geom.isEmpty():
-                continue
-            geom.transform(transform)
+        for _, geom in geometries_in_crs(source, layer.crs(), context):
             for p in geom.asMultiPoint() if geom.isMultipart() else [geom.asPoint()]:
                 col, row = gdal.ApplyGeoTransform(inv, p.x(), p.y())
                 points.append((int(row), int(col)))

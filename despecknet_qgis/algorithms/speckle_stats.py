@@ -2,7 +2,6 @@
 import math
 
 from qgis.core import (
-    QgsCoordinateTransform,
     QgsFeature,
     QgsFeatureSink,
     QgsField,
@@ -23,24 +22,10 @@ from qgis.PyQt.QtCore import QVariant
 from ..core.domain import DOMAINS
 from ..core.region_stats import MIN_PIXELS, region_statistics
 from ..core.report_html import region_report
-from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
 
 FIELDS = (("polygon", QVariant.Int), ("raster", QVariant.String), ("pixels", QVariant.Int), ("mean", QVariant.Double),
           ("std", QVariant.Double), ("enl", QVariant.Double), ("cx", QVariant.Double), ("gamma_looks", QVariant.Double))
-
-
-def polygon_wkts(source, raster_crs, context):
-    """Polygons of `source` as WKT in the raster's CRS, with their feature ids."""
-    transform = QgsCoordinateTransform(source.sourceCrs(), raster_crs, context.transformContext())
-    out = []
-    for feature in source.getFeatures():
-        geom = feature.geometry()
-        if geom.isEmpty():
-            continue
-        if source.sourceCrs() != raster_crs:
-            geom.transform(transform)
-        out.append((feature.id(), geom.asWkt()))
-    return out
 
 
 class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
@@ -90,7 +75,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         rows, first = [], None
         for k, layer in enumerate(layers):
             path = self.gdal_source(layer, "INPUTS")
-            polygons = polygon_wkts(source, layer.crs(), context)
+            polygons = [(fid, geom.asWkt()) for fid, geom in geometries_in_crs(source, layer.crs(), context)]
             if not polygons:
                 raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
             stats = self.run_core(region_statistics, path, [w for _, w in polygons], band, domain, keep_values=bool(html_path))

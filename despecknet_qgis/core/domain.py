@@ -62,6 +62,13 @@ def normalise(intensity: np.ndarray, offset: float) -> np.ndarray:
     return np.clip(z, -Z_LIMIT, Z_LIMIT).astype(np.float32)
 
 
+def network_input(intensity: np.ndarray, valid: np.ndarray, offset: float) -> np.ndarray:
+    """Normalised z with invalid pixels at 0, the band's mean level: the same whatever the nodata value."""
+    z = normalise(intensity, offset)
+    z[~valid] = 0.0
+    return z
+
+
 def denormalise(z: np.ndarray, offset: float) -> np.ndarray:
     """Network output z -> intensity (float64, always positive)."""
     return np.exp(LOG_SCALE * z.astype(np.float64) + offset)

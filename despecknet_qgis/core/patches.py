@@ -100,15 +100,18 @@ class RasterPatches:
             self._datasets[path] = open_raster(path)
         return self._datasets[path]
 
+    def _kept(self, mask: np.ndarray) -> np.ndarray:
+        """Patches with enough valid (and labelled, unmasked) pixels to train on."""
+        return mask.sum(axis=(1, 2, 3)) >= MIN_VALID * self.patch**2
+
     def _count(self, block: _Block) -> int:
-        return int(self._read_block(block)[2].sum(axis=(1, 2, 3)).__ge__(MIN_VALID * self.patch**2).sum())
+        return int(self._kept(self._read_block(block)[2]).sum())
 
     def _read_block(self, block: _Block):
         """(noisy, target, mask) patches of one block, float32, shape (n, 1, P, P)."""
         pair, offset, win = self.pairs[block.image], self.offsets[block.image], block.window
         intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
-        y = dm.normalise(intensity, offset)
-        y[~valid] = 0.0
+        y = dm.network_input(intensity, valid, offset)
         if pair.label:
             lint, lvalid = read_intensity(self._dataset(pair.label).GetRasterBand(pair.label_band), win, pair.domain)
             lvalid &= lint > 0
@@ -133,14 +136,12 @@ class RasterPatches:
         for b in blocks[:: max(1, len(blocks) // max_blocks)]:
             pair, win = self.pairs[0], b.window
             intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
-            z = dm.normalise(intensity, self.offsets[0])
-            z[~valid] = 0.0
-            yield z, valid
+            yield dm.network_input(intensity, valid, self.offsets[0]), valid
 
     def _patches(self, blocks, rng):
         for b in blocks:
             noisy, target, mask = self._read_block(b)
-            keep = mask.sum(axis=(1, 2, 3)) >= MIN_VALID * self.patch**2
+            keep = self._kept(mask)
             yield noisy[keep], target[keep], mask[keep]
 
     def batches(self, batch_size: int, rng: np.random.Generator, validation: bool = False):

@@ -119,10 +119,7 @@ def despeckle_raster(
             for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
                 progress.check()
                 intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
-                z = dm.normalise(intensity, st.offset)
-                # Nodata becomes the band's mean level: the same whatever the nodata value.
-                z[~valid] = 0.0
-                clean, noise = despeckler.predict(z, with_noise=noise_out is not None)
+                clean, noise = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise_out is not None)
                 keep = valid[inner]
                 result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
                 out.write(i, win, _with_nodata(result, keep, nd))
