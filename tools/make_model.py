@@ -1,86 +1,188 @@
-"""Train the bundled deSpeckNet on simulated SAR scenes (phase 1) and export it.
+"""Train the bundled deSpeckNet (phase 1) on realistic simulated SAR scenes, resumably.
 
-Reproducible on a CPU: `make model` (fixed seed). Writes models/despecknet.onnx, the
-PyTorch checkpoint models/despecknet.pt and models/training_log.json (losses,
-validation quality, time). See models/MODEL_CARD.md.
+Training is long on a CPU (about 2 s a step here), so it adds up across runs: the whole
+training state (weights, Adam moments, step, data generator, history) is saved every
+`--save-every` steps to a state file outside the work tree
+(`$DESPECKNET_TRAINING_STATE`, default `~/.cache/despecknet_qgis/training_state.pt`),
+and the next run continues from it. Without a state file, training starts from the
+bundled checkpoint (`--init`, or `--scratch` for random weights).
+
+Candidates go to `build/model/` (ONNX, checkpoint, log) every `--candidate-every`
+steps and at the end; the bundled model in `models/` is replaced only by `--publish`,
+after `make bench-quality` has shown that the candidate is better. SIGTERM and Ctrl-C
+save the state before leaving.
+
+    make model                                   # continue (or start) up to 4000 steps
+    tools/make_model.py --steps 8000             # extend the same stage
+    tools/make_model.py --publish                # candidate -> models/ (after the benchmark)
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import json
+import math
 import os
 import platform
+import shutil
+import signal
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
-from despecknet_qgis.core.losses import PHASE1  # noqa: E402
+from despecknet_qgis.core.losses import PHASE1_BUNDLED  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
 from despecknet_qgis.core.simulate import SimulatedPatches  # noqa: E402
-from despecknet_qgis.core.training import Trainer, TrainingRecord, save_checkpoint, seed_everything, step_learning_rate  # noqa: E402
+from despecknet_qgis.core.training import (  # noqa: E402
+    Trainer, TrainingRecord, load_checkpoint, save_checkpoint, seed_everything,
+)
 
-VERSION = "0.1.0-sim"
+VERSION = "0.2.0-sim"
+DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
+               "scatterers; 1 to 10 looks, with and without spatial correlation)")
+STATE_FORMAT = "despecknet-training-state/1"
+DEFAULT_STATE = os.environ.get("DESPECKNET_TRAINING_STATE",
+                               os.path.join(os.path.expanduser("~"), ".cache", "despecknet_qgis", "training_state.pt"))
+CANDIDATE_DIR = os.path.join(ROOT, "build", "model")
+BUNDLED_DIR = os.path.join(ROOT, "models")
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50) -> float:
+    """Short linear warm-up (Adam's moments start empty on resume from a bare checkpoint), then cosine decay."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr_end + 0.5 * (lr - lr_end) * (1.0 + math.cos(math.pi * t))
+
+
+def atomic_save(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_candidate(model, record: TrainingRecord, stage: dict, log: dict, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    full = TrainingRecord(phases=[*record.phases, stage])
+    save_checkpoint(os.path.join(folder, "despecknet.pt"), model, full)
+    export_onnx(model, os.path.join(folder, "despecknet.onnx"), full, VERSION, DESCRIPTION)
+    with open(os.path.join(folder, "training_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=4000, help="total steps of this training stage")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--patch", type=int, default=40)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-end", type=float, default=1e-4)
-    ap.add_argument("--lr-steps", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr-end", type=float, default=2e-5)
+    ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "models"))
+    ap.add_argument("--state", default=DEFAULT_STATE)
+    ap.add_argument("--init", default=os.path.join(BUNDLED_DIR, "despecknet.pt"), help="checkpoint to start from")
+    ap.add_argument("--scratch", action="store_true", help="start from random weights instead of --init")
+    ap.add_argument("--save-every", type=int, default=25)
+    ap.add_argument("--candidate-every", type=int, default=500)
     ap.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
+    ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
     args = ap.parse_args()
 
+    if args.publish:
+        for name in ("despecknet.onnx", "despecknet.pt", "training_log.json"):
+            shutil.copyfile(os.path.join(CANDIDATE_DIR, name), os.path.join(BUNDLED_DIR, name))
+        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    train = SimulatedPatches(n_scenes=64, patch=args.patch, seed=args.seed)
-    val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000)
+    train = SimulatedPatches(n_scenes=128, patch=args.patch, seed=args.seed, realistic=True)
+    val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
 
-    model = DeSpeckNet()
-    trainer = Trainer(model, PHASE1, lr=args.lr, use_bf16=False if args.fp32 else None)
-    log = {"args": vars(args), "bf16": trainer.use_bf16, "torch": torch.__version__,
-           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "history": []}
-    started = time.time()
-    baseline = trainer.evaluate(val)
-    print(f"validation before training: {baseline}", flush=True)
-    log["validation_start"] = baseline
-    running = []
-    for step in range(1, args.steps + 1):
-        trainer.set_lr(step_learning_rate((step - 1) / args.steps, args.lr, args.lr_end, args.lr_steps))
-        parts = trainer.step(*(torch.from_numpy(a) for a in train.batch(args.batch)))
-        running.append(parts["fidelity"])
+    if os.path.exists(args.state):
+        state = torch.load(args.state, map_location="cpu", weights_only=False)  # our own file
+        if state.get("format") != STATE_FORMAT:
+            sys.exit(f"{args.state} is not a training state of this script; move it away to start anew.")
+        model = DeSpeckNet()
+        model.load_state_dict(state["model"])
+        record = TrainingRecord(**state["record"])
+        step, log = state["step"], state["log"]
+        train.rng.bit_generator.state = state["data_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming {args.state} at step {step} of {args.steps}", flush=True)
+    else:
+        if args.scratch:
+            model, record = DeSpeckNet(), TrainingRecord()
+        else:
+            model, record = load_checkpoint(args.init)
+        step = 0
+        log = {"init": None if args.scratch else os.path.relpath(os.path.abspath(args.init), ROOT), "history": [],
+               "runs": []}
+        state = None
+        print(f"new training stage from {log['init'] or 'random weights'}; state file {args.state}", flush=True)
+
+    trainer = Trainer(model, PHASE1_BUNDLED, lr=args.lr, use_bf16=False if args.fp32 else None)
+    if state is not None:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
+    log["runs"].append({"start_step": step, "bf16": trainer.use_bf16, "torch": torch.__version__,
+                        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if step == 0:
+        log["validation_start"] = trainer.evaluate(val)
+        print(f"validation before this stage: {log['validation_start']}", flush=True)
+
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def stage_entry(seconds):
+        return {"phase": 1, "data": "realistic simulated SAR scenes (tools/make_model.py)", "steps": step,
+                "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,
+                "weights": asdict(PHASE1_BUNDLED), "bf16": trainer.use_bf16, "seconds": round(seconds)}
+
+    def save_state():
+        atomic_save({"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                     "step": step, "record": asdict(record), "log": log, "data_rng": train.rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state()}, args.state)
+
+    run_started = time.time()
+    previous_seconds = sum(r.get("seconds", 0) for r in log["runs"][:-1])
+    running: list[dict] = []
+    while step < args.steps and not stop["now"]:
+        trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end))
+        running.append(trainer.step(*(torch.from_numpy(a) for a in train.batch(args.batch))))
+        step += 1
+        log["runs"][-1]["seconds"] = round(time.time() - run_started, 1)
         if step % 50 == 0 or step == args.steps:
             v = trainer.evaluate(val)
-            entry = {"step": step, "seconds": round(time.time() - started, 1), "train_fidelity": float(np.mean(running)), **{f"val_{k}": x for k, x in v.items()}}
+            entry = {"step": step, "seconds": round(previous_seconds + time.time() - run_started, 1),
+                     **{f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]},
+                     **{f"val_{k}": x for k, x in v.items()}}
             log["history"].append(entry)
             running = []
             print(json.dumps(entry), flush=True)
-    seconds = time.time() - started
-    record = TrainingRecord()
-    record.add(phase=1, data="simulated SAR scenes (tools/make_model.py)", steps=args.steps, batch=args.batch,
-               patch=args.patch, lr=[args.lr, args.lr_end], seed=args.seed, weights=asdict(PHASE1),
-               bf16=trainer.use_bf16, seconds=round(seconds))
-    os.makedirs(args.out, exist_ok=True)
-    save_checkpoint(os.path.join(args.out, "despecknet.pt"), model, record)
-    export_onnx(model, os.path.join(args.out, "despecknet.onnx"), record, VERSION,
-                "deSpeckNet phase 1 on simulated SAR scenes (1 to 10 looks, with and without spatial correlation)")
-    log["seconds"] = seconds
-    with open(os.path.join(args.out, "training_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
-    print(f"done in {seconds:.0f} s", flush=True)
+        if step % args.save_every == 0:
+            save_state()
+        if step % args.candidate_every == 0:
+            write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log,
+                            os.path.join(CANDIDATE_DIR, f"step{step}"))
+    save_state()
+    write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log, CANDIDATE_DIR)
+    print(f"{'stopped' if stop['now'] else 'done'} at step {step}; state in {args.state}; candidate in {CANDIDATE_DIR}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,14 @@ agricultural parcels with sharp borders, textured forest, smooth dark water, roa
 an urban block, and bright point scatterers 15 to 35 dB above their surroundings.
 Speckle N has mean 1 and L looks (Gamma law), optionally spatially correlated as in
 over-sampled SLC products; the observed intensity is Y = X * N.
+
+`realistic=True` scenes (training and the quality benchmark) add what flat parcels
+lack and what real images show: texture inside fields (fine grain and crop rows),
+gradual variations across parcels, and point scatterers that are deterministic, not
+speckled: a pylon or a building corner returns the same strong echo in every look,
+spread by the sensor's impulse response (`observe`). A network trained on speckled
+points learns to shrink every bright pixel, and one trained on flat parcels learns
+to paint.
 """
 from __future__ import annotations
 
@@ -30,12 +38,32 @@ def _smooth_field(shape, sigma, rng):
 
 @dataclass
 class Scene:
-    reflectivity: np.ndarray  # X, linear intensity
+    reflectivity: np.ndarray  # X, linear intensity (distributed clutter; with the points unless realistic)
     parcels: np.ndarray  # int label of the parcel of each pixel
     homogeneous: np.ndarray  # bool: untextured parcels (fields, water), no scatterer
+    # Deterministic point scatterers (intensity, 0 elsewhere): realistic scenes only.
+    targets: np.ndarray | None = None
+
+    def reference(self, correlation: float = 0.0) -> np.ndarray:
+        """E[Y]: the clutter plus the points spread by the impulse response (see observe)."""
+        if self.targets is None:
+            return self.reflectivity
+        return self.reflectivity + spread_targets(self.targets, correlation)
 
 
-def simulate_reflectivity(shape=(256, 256), rng=None, parcel_size=48.0) -> Scene:
+def _field_texture(shape, rng) -> np.ndarray:
+    """dB texture of crop fields: fine correlated grain, sometimes oriented rows."""
+    h, w = shape
+    grain = _smooth_field(shape, rng.uniform(0.6, 3.0), rng) * rng.uniform(0.2, 1.6)
+    if rng.uniform() < 0.35:
+        yy, xx = np.mgrid[0:h, 0:w]
+        angle, period = rng.uniform(0, np.pi), rng.uniform(4.0, 12.0)
+        rows = np.sin(2 * np.pi * (yy * np.cos(angle) + xx * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
+        grain = grain + rng.uniform(0.5, 2.0) * rows
+    return grain
+
+
+def simulate_reflectivity(shape=(256, 256), rng=None, parcel_size=48.0, realistic=False) -> Scene:
     rng = np.random.default_rng(rng)
     h, w = shape
     n_seeds = max(4, int(h * w / parcel_size**2))
@@ -64,8 +92,20 @@ def simulate_reflectivity(shape=(256, 256), rng=None, parcel_size=48.0) -> Scene
         tex /= tex.mean()
         x_db = np.where(forest, x_db + db(np.maximum(tex, 1e-3)) * 2.5, x_db)
 
+    if realistic:
+        # Each field its own texture; slow variations that cross parcel borders (+-3 dB).
+        textured = np.zeros(n_seeds, bool)
+        for k in np.flatnonzero(kind == "field"):
+            if rng.uniform() < 0.7:
+                inside = parcels == k
+                x_db[inside] += _field_texture(shape, rng)[inside]
+                textured[k] = True
+        x_db = x_db + rng.uniform(0.5, 1.5) * _smooth_field(shape, rng.uniform(25, 60), rng)
     x = undb(x_db)
     homogeneous = (kind[parcels] != "forest")
+    if realistic:
+        homogeneous &= ~textured[parcels]
+    targets = np.zeros(shape) if realistic else None
 
     # Roads: straight segments, 1 to 3 pixels wide, dark asphalt or bright kerbs.
     for _ in range(rng.integers(1, 4)):
@@ -87,16 +127,23 @@ def simulate_reflectivity(shape=(256, 256), rng=None, parcel_size=48.0) -> Scene
         homogeneous &= ~ndimage.binary_dilation(block, iterations=4)
         n_pts = int(bh * bw / 60)
         py, px = rng.integers(y0, y0 + bh, n_pts), rng.integers(x0, x0 + bw, n_pts)
-        x[py, px] = undb(rng.uniform(8.0, 22.0, n_pts))
+        if realistic:
+            targets[py, px] = undb(rng.uniform(8.0, 25.0, n_pts))
+        else:
+            x[py, px] = undb(rng.uniform(8.0, 22.0, n_pts))
 
-    # Isolated point scatterers (pylons, farm buildings): +15 to +35 dB over their field.
-    n_iso = max(1, int(h * w / 8000))
+    # Isolated point scatterers (pylons, farm buildings): +15 to +35 dB over their field
+    # (+15 to +40 dB, and more of them, in realistic scenes).
+    n_iso = max(1, int(h * w / (3000 if realistic else 8000)))
     py, px = rng.integers(1, h - 1, n_iso), rng.integers(1, w - 1, n_iso)
-    x[py, px] = x[py, px] * undb(rng.uniform(15.0, 35.0, n_iso))
+    if realistic:
+        targets[py, px] = x[py, px] * undb(rng.uniform(15.0, 40.0, n_iso))
+    else:
+        x[py, px] = x[py, px] * undb(rng.uniform(15.0, 35.0, n_iso))
     iso = np.zeros(shape, bool)
     iso[py, px] = True
     homogeneous &= ~ndimage.binary_dilation(iso, iterations=4)
-    return Scene(x, parcels, homogeneous)
+    return Scene(x, parcels, homogeneous, targets)
 
 
 def simulate_speckle(shape, looks=1.0, correlation=0.0, rng=None) -> np.ndarray:
@@ -122,6 +169,38 @@ def simulate_speckle(shape, looks=1.0, correlation=0.0, rng=None) -> np.ndarray:
     return out / n
 
 
+def impulse_power(correlation: float) -> np.ndarray | None:
+    """|h|^2 of the Gaussian impulse response used by simulate_speckle, summing to 1 (None: a delta)."""
+    if correlation <= 0:
+        return None
+    r = int(np.ceil(3 * correlation))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    power = np.exp(-(yy**2 + xx**2) / (2 * correlation**2)) ** 2
+    return power / power.sum()
+
+
+def spread_targets(targets: np.ndarray, correlation: float) -> np.ndarray:
+    """Mean intensity of deterministic points seen through the impulse response (energy kept)."""
+    power = impulse_power(correlation)
+    return targets if power is None else ndimage.convolve(targets, power, mode="constant")
+
+
+def observe(clutter, targets, looks=1.0, correlation=0.0, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """Observed intensity Y and its expectation E[Y] for clutter plus deterministic points.
+
+    The clutter is speckled (simulate_speckle); each point adds a constant echo T spread
+    by the impulse response, summed coherently with the clutter at a random phase:
+    Y = C N + T + 2 sqrt(C N T) cos(phi) / sqrt(L) (Rician for one look), E[Y] = C + T.
+    """
+    rng = np.random.default_rng(rng)
+    y = clutter * simulate_speckle(clutter.shape, looks, correlation, rng)
+    if targets is None or not targets.any():
+        return y, clutter
+    t = spread_targets(targets, correlation)
+    cross = 2.0 * np.sqrt(y * t) * np.cos(rng.uniform(0, 2 * np.pi, clutter.shape)) / np.sqrt(max(looks, 1.0))
+    return y + t + cross, clutter + t
+
+
 def sample_regime(rng) -> tuple[float, float]:
     """A random speckle regime for training: (looks, correlation)."""
     looks = float(rng.choice([1.0, 1.0, 2.0, 3.0, 4.4, 6.0, 10.0]))
@@ -139,13 +218,15 @@ class SimulatedPatches:
     borders of real acquisitions.
     """
 
-    def __init__(self, n_scenes=48, scene_size=256, patch=40, seed=0, regimes=None, nodata_fraction=0.1):
+    def __init__(self, n_scenes=48, scene_size=256, patch=40, seed=0, regimes=None, nodata_fraction=0.1,
+                 realistic=False):
         from . import domain as dm
 
         self.dm = dm
         self.rng = np.random.default_rng(seed)
-        self.scenes = [simulate_reflectivity((scene_size, scene_size), self.rng) for _ in range(n_scenes)]
-        self.log_means = [float(np.log(s.reflectivity).mean()) for s in self.scenes]
+        self.scenes = [simulate_reflectivity((scene_size, scene_size), self.rng, realistic=realistic)
+                       for _ in range(n_scenes)]
+        self.log_means = [float(np.log(s.reference()).mean()) for s in self.scenes]
         self.patch = patch
         self.regimes = regimes
         self.nodata_fraction = nodata_fraction
@@ -157,13 +238,21 @@ class SimulatedPatches:
         mask = np.ones_like(noisy)
         for i in range(size):
             k = int(rng.integers(len(self.scenes)))
-            x = self.scenes[k].reflectivity
+            scene = self.scenes[k]
+            x = scene.reflectivity
             y0, x0 = rng.integers(0, x.shape[0] - p + 1), rng.integers(0, x.shape[1] - p + 1)
-            xp = np.rot90(x[y0 : y0 + p, x0 : x0 + p], int(rng.integers(4)))
-            if rng.uniform() < 0.5:
-                xp = xp[:, ::-1]
+            turn, flip = int(rng.integers(4)), rng.uniform() < 0.5
+
+            def cut(a):
+                a = np.rot90(a[y0 : y0 + p, x0 : x0 + p], turn)
+                return a[:, ::-1] if flip else a
+
             looks, corr = self.regimes[int(rng.integers(len(self.regimes)))] if self.regimes else sample_regime(rng)
-            yp = xp * simulate_speckle((p, p), looks, corr, rng)
+            if scene.targets is None:
+                xp = cut(x)
+                yp = xp * simulate_speckle((p, p), looks, corr, rng)
+            else:
+                yp, xp = observe(cut(x), cut(scene.targets), looks, corr, rng)
             offset = self.log_means[k] + self.dm.log_speckle_mean(looks) + rng.normal(0.0, 0.3)
             noisy[i, 0] = self.dm.normalise(yp, offset)
             clean[i, 0] = self.dm.normalise(xp, offset)
