@@ -3,7 +3,7 @@ PY := .venv/bin/python
 QGIS_PROCESS := tools/qgis_process
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup demo test bench model sample package clean
+.PHONY: setup demo test bench bench-quality model sample package clean
 
 setup:
 	@tools/setup.sh
@@ -16,6 +16,14 @@ test: setup
 
 bench: setup
 	$(PY) tools/bench.py
+
+# Despeckling quality beside peers (OTB, BM3D, SAR2SAR: tools/setup_peers.sh installs them into
+# build/peers-venv, never into .venv) on simulated regimes and the real dates of ../shared/data.
+# Report: build/bench-quality/report.md. BENCH_ARGS="--quick" for a short run, "--no-finetune" to skip phase 2,
+# "--candidate LABEL=model.onnx" to score another model.
+bench-quality: setup
+	@tools/setup_peers.sh
+	nice -n 15 $(PY) tools/bench_quality.py $(BENCH_ARGS)
 
 # Retrain the bundled model from scratch on simulated scenes (CPU, about an hour).
 model: setup

@@ -101,3 +101,77 @@ def test_region_statistics_nodata_and_outside_pixels(tmp_path):
     assert away.pixels == 0 and math.isnan(away.enl)
     with pytest.raises(DespeckNetError):
         region_statistics(path, ["POLYGON EMPTY"])
+
+
+def test_glcm_homogeneity_by_hand():
+    g = np.array([[0, 1], [1, 0]])
+    # (0,1) and (1,0): two pairs each, |diff| 1 -> 1/2; the two diagonals: one pair each, equal -> 1.
+    assert mt.glcm_homogeneity(g) == pytest.approx((4 * 0.5 + 2 * 1.0) / 6)
+    assert mt.glcm_homogeneity(np.full((5, 5), 3)) == 1.0
+    # A pair with an invalid member (-1) is left out. Valid pairs: row 1 (2, 0) -> 1/5; column 0 (0, 2) -> 1/5;
+    # main diagonal (0, 0) -> 1; the anti-diagonal pair holds the -1.
+    g = np.array([[0, -1], [2, 0]])
+    assert mt.glcm_homogeneity(g) == pytest.approx((0.2 + 0.2 + 1.0) / 3)
+
+
+def test_quantise_by_rank_gives_equal_populations():
+    v = np.random.default_rng(4).exponential(1.0, (64, 64))
+    valid = np.ones(v.shape, bool)
+    valid[:4] = False
+    q = mt.quantise_by_rank(v, valid, 8)
+    assert (q[~valid] == -1).all()
+    counts = np.bincount(q[valid], minlength=8)
+    assert counts.min() >= counts.max() - 2 and len(counts) == 8
+    # monotone: a larger value never gets a lower level
+    order = np.argsort(v[valid])
+    assert (np.diff(q[valid][order]) >= 0).all()
+
+
+def test_ratio_structure_separates_pure_speckle_from_removed_signal():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    shape = (128, 128)
+    valid = np.ones(shape, bool)
+    white = rng.gamma(1.0, 1.0, shape)
+    signal = np.exp(ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 8)  # smooth texture a filter removed
+    assert mt.ratio_structure(white, valid) < 0.5
+    assert mt.ratio_structure(white * signal, valid) > 5.0
+    # gain-free: a radiometric bias of the ratio changes nothing
+    assert mt.ratio_structure(3.0 * white * signal, valid) == pytest.approx(mt.ratio_structure(white * signal, valid))
+    # an invalid band is ignored, not read as structure
+    masked = white.copy()
+    masked[:, :20] = 0.0
+    valid[:, :20] = False
+    assert mt.ratio_structure(masked, valid) < 0.5
+
+
+def test_ratio_first_order_and_m_index():
+    rng = np.random.default_rng(6)
+    speckle = [s / s.mean() for s in (rng.gamma(4.0, 0.25, 2000) for _ in range(3))]  # mean exactly 1
+    noisy = [5.0 * s for s in speckle]
+    assert mt.ratio_first_order(noisy, speckle) == pytest.approx(0.0, abs=1e-12)  # ratio = the speckle itself
+    # a 20 % radiometric bias: r_mu = 0.2, r_ENL = 0 -> 0.1
+    assert mt.ratio_first_order(noisy, [0.8 * s for s in speckle]) == pytest.approx(0.1)
+    # only half the speckle variance in the ratio (the filter left speckle in X_hat): ENL doubles, r_ENL = 1
+    half = [1.0 + (s - 1.0) / np.sqrt(2.0) for s in speckle]
+    assert mt.ratio_first_order(noisy, half) == pytest.approx(0.5)
+    image = rng.gamma(4.0, 0.25, (64, 64))
+    valid = np.ones(image.shape, bool)
+    assert mt.m_index(noisy, speckle, image, valid) == pytest.approx(mt.ratio_structure(image, valid))
+
+
+def test_most_homogeneous_windows():
+    rng = np.random.default_rng(7)
+    img = rng.gamma(1.0, 1.0, (64, 64)) * 10
+    img[40:64, 0:24] = 5.0 + rng.normal(0, 0.01, (24, 24))  # flat corner
+    valid = np.ones(img.shape, bool)
+    valid[:, 56:] = False
+    wins = mt.most_homogeneous_windows(img, valid, size=16, count=3)
+    assert len(wins) == 3
+    assert wins[0][0].start >= 40 and wins[0][1].stop <= 24  # flattest first
+    taken = np.zeros(img.shape, int)
+    for r, c in wins:
+        taken[r, c] += 1
+        assert valid[r, c].all()
+    assert taken.max() == 1  # no overlap
