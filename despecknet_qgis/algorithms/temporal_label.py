@@ -10,20 +10,25 @@ from qgis.core import (
 )
 
 from ..core.domain import DOMAINS
-from ..core.temporal_label import RULES, temporal_label
+from ..core.temporal_label import DEFAULT_RULE, RULES, temporal_label
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
+# Same order as core RULES: new rules go at the end so that saved enum indices keep their meaning.
 RULE_LABELS = [
-    "Speckle test: temporal variance beyond what L-look speckle gives (any units; recommended)",
+    "Speckle test: temporal variance beyond what L-look speckle gives, per pixel (any units; misses gradual change)",
     "dB standard deviation <= threshold (any scale; threshold depends on looks)",
     "Paper: standard deviation <= nu in the data's units (only for data scaled as in the paper)",
+    "Omnibus change test over a small window, with a trend test (any units; recommended)",
 ]
 
 
 class TemporalLabelAlgorithm(DespeckNetAlgorithm):
     INPUTS, BAND, INPUT_DOMAIN = "INPUTS", "BAND", "INPUT_DOMAIN"
     STABILITY, THRESHOLD, LOOKS, ALPHA, MULTILOOK = "STABILITY", "THRESHOLD", "LOOKS", "ALPHA", "MULTILOOK"
+    TEST_WINDOW = "TEST_WINDOW"
     OUTPUT, OUTPUT_MASK, STABLE_FRACTION, ESTIMATED_LOOKS = "OUTPUT", "OUTPUT_MASK", "STABLE_FRACTION", "ESTIMATED_LOOKS"
+    ARGUMENTS = {"inputs": "INPUTS", "mask_output": "OUTPUT_MASK", "multilook": "MULTILOOK", "alpha": "ALPHA",
+                 "threshold": "THRESHOLD", "rule": "STABILITY", "test_window": "TEST_WINDOW"}
 
     def name(self):
         return "temporallabel"
@@ -35,10 +40,18 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
         return self.tr(
             "Builds the clean reference image of deSpeckNet's phase 1 from co-registered acquisitions "
             "of a stable area: the temporal mean where the pixel did not change, nodata elsewhere.<br><br>"
-            "<b>Inputs</b>: several rasters (one date each, band BAND) or one multi-band raster whose bands are dates.<br>"
-            "<b>Stability rule</b>: <i>speckle test</i> (default) compares the temporal coefficient of "
-            "variation with what L-look speckle alone gives for that many dates, at risk ALPHA; it works "
-            "whatever the calibration. LOOKS = 0 estimates L from the stack. <i>dB standard deviation</i> keeps "
+            "<b>Inputs</b>: several rasters (one date each, band BAND) or one multi-band raster whose bands are dates, "
+            "in time order.<br>"
+            "<b>Stability rule</b>: <i>omnibus change test</i> (default) is the likelihood-ratio test for equal "
+            "Gamma means over the dates (Conradsen et al. 2016), run on the geometric mean of a TEST_WINDOW × "
+            "TEST_WINDOW window of each date, together with a test for a trend over the dates; a pixel is stable when "
+            "neither rejects at risk ALPHA (ALPHA/2 each). The window raises the looks so that gradual change "
+            "(a few dB over the series) is caught; its number of looks is measured on the stack, so spatially "
+            "correlated speckle is accounted for. About ALPHA of the stable pixels, and a border of TEST_WINDOW/2 "
+            "pixels around changed areas, are masked. <i>Speckle test</i> compares each pixel's temporal coefficient of "
+            "variation with what L-look speckle alone gives for that many dates, at risk ALPHA; it misses most "
+            "gradual change. Both work whatever the calibration; LOOKS = 0 estimates L from the stack. "
+            "<i>dB standard deviation</i> keeps "
             "pixels whose dB values vary less than THRESHOLD dB (2 dB suits multi-looked GRD data; single-look "
             "speckle alone varies by about 5.6 dB). <i>Paper</i> keeps pixels whose standard deviation is at most "
             "THRESHOLD (ν = 0.1) in the data's own units: it keeps all or nothing unless the data is scaled like the paper's.<br>"
@@ -50,15 +63,20 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, self.tr("Dates (rasters, or one multi-band raster)"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of each raster"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
-        self.addParameter(QgsProcessingParameterEnum(self.STABILITY, self.tr("Stability rule"), RULE_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.STABILITY, self.tr("Stability rule"), RULE_LABELS,
+                                                     defaultValue=RULES.index(DEFAULT_RULE)))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, self.tr("Threshold (ν for the paper's rule, dB for the dB rule; 0: default)"),
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Number of looks L for the speckle test (0: estimate)"),
+        self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Number of looks L of one date, for the speckle and omnibus tests (0: estimate)"),
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed (speckle test)"),
+        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed (speckle and omnibus tests)"),
                                              QgsProcessingParameterNumber.Double, 0.01, minValue=1e-6, maxValue=0.5)
         alpha.setFlags(alpha.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(alpha)
+        test_window = QgsProcessingParameterNumber(self.TEST_WINDOW, self.tr("Window of the omnibus test (odd; 1 = per pixel)"),
+                                                   QgsProcessingParameterNumber.Integer, 3, minValue=1, maxValue=15)
+        test_window.setFlags(test_window.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(test_window)
         self.addParameter(QgsProcessingParameterNumber(self.MULTILOOK, self.tr("Multilook window of the label (1 = none)"),
                                                        QgsProcessingParameterNumber.Integer, 1, minValue=1, maxValue=31))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Temporal label")))
@@ -81,6 +99,7 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
             rule=rule, threshold=threshold, looks=looks,
             alpha=self.parameterAsDouble(parameters, self.ALPHA, context),
             multilook=self.parameterAsInt(parameters, self.MULTILOOK, context),
+            test_window=self.parameterAsInt(parameters, self.TEST_WINDOW, context),
             progress=self.progress(feedback),
         )
         feedback.pushInfo(f"{report.stable_fraction:.1%} of {report.valid_pixels} valid pixels are stable "
