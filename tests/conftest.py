@@ -82,6 +82,29 @@ def provider(qgis_processing):
     return registry.providerById("despecknet")
 
 
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    """An isolated QGIS profile with only this plugin staged and enabled, for qgis_process."""
+    base = tmp_path_factory.mktemp("qgis")
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "despecknet_qgis").symlink_to(os.path.join(ROOT, "despecknet_qgis"))
+    ini = base / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\ndespecknet_qgis=true\n")
+    os.environ["DESPECKNET_QGIS_PLUGINPATH"] = str(plugins)
+    yield base / "profile"
+    os.environ.pop("DESPECKNET_QGIS_PLUGINPATH", None)
+
+
+def qgis_process_command(*args, profile=None):
+    """The command line and environment of a qgis_process run (for runs started in the background)."""
+    env = dict(os.environ)
+    if profile:
+        env["DESPECKNET_QGIS_PROFILE"] = str(profile)
+    return [QGIS_PROCESS, *args], env
+
+
 def run_qgis_process(*args, profile=None, timeout=300):
     env = dict(os.environ)
     if profile:

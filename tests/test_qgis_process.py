@@ -6,23 +6,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import ROOT, read_tif, run_qgis_process, speckled_scene, write_tif
+from conftest import read_tif, run_qgis_process, speckled_scene, write_tif
 from despecknet_qgis.core.tiled_predict import despeckle_raster
-
-
-@pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    """An isolated QGIS profile with only this plugin staged and enabled."""
-    base = tmp_path_factory.mktemp("qgis")
-    plugins = base / "plugins"
-    plugins.mkdir()
-    (plugins / "despecknet_qgis").symlink_to(os.path.join(ROOT, "despecknet_qgis"))
-    ini = base / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
-    ini.parent.mkdir(parents=True)
-    ini.write_text("[PythonPlugins]\ndespecknet_qgis=true\n")
-    os.environ["DESPECKNET_QGIS_PLUGINPATH"] = str(plugins)
-    yield base / "profile"
-    os.environ.pop("DESPECKNET_QGIS_PLUGINPATH", None)
 
 
 def parse_json(stdout):

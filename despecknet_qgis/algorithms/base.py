@@ -1,14 +1,44 @@
-"""What every deSpeckNet algorithm shares: core errors and feedback in QGIS terms."""
+"""What every deSpeckNet algorithm shares: parameter checks, core errors and feedback in QGIS terms.
+
+- `checkParameterValues` says what is allowed where QGIS would only say "Incorrect
+  parameter value for X": numeric ranges, enum values (names accepted too: DEVICE=cpu),
+  model files of the wrong kind or missing, layers of the wrong geometry or with
+  impossible coordinates, and destinations that are folders, in missing or read-only
+  folders, the same as an input, the same as another output, or the bundled model.
+  All of that before any work starts.
+- `run_core` runs a core function with SIGTERM handled as a cancel and GDAL's block cache
+  bounded, and turns its errors into QgsProcessingException, with the core's argument
+  names (`tile_size`) replaced by this algorithm's parameter names (TILE_SIZE).
+"""
+import os
+import re
+import sys
+
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorLayer,
+    QgsProcessingUtils,
+    QgsWkbTypes,
 )
 
+from ..core.defaults import RANGES, Range, TrainingDefaults
 from ..core.domain import DOMAINS
-from ..core.errors import DespeckNetError
-from ..core.progress import Progress
+from ..core.errors import DespeckNetError, rename_arguments, translate
+from ..core.files import check_outputs, same_file
+from ..core.inference import DEVICES
+from ..core.progress import Progress, terminate_as_cancel
 
 DOMAIN_LABELS = [
     "Intensity (linear power: sigma0, beta0, DN²)",
@@ -17,8 +47,32 @@ DOMAIN_LABELS = [
 ]
 assert len(DOMAIN_LABELS) == len(DOMAINS)
 
+# Core argument names -> Processing parameter names, for the messages of core errors.
+# An algorithm adds or overrides entries in its own ARGUMENTS.
+COMMON_ARGUMENTS = {
+    "domain": "INPUT_DOMAIN", "device": "DEVICE", "band": "BAND", "bands": "BAND",
+    "model_path": "MODEL", "tile_size": "TILE_SIZE", "overlap": "OVERLAP",
+    "input_path": "INPUT", "output_path": "OUTPUT", "output": "OUTPUT",
+    "epochs": "EPOCHS", "patch": "PATCH_SIZE", "stride": "STRIDE", "batch_size": "BATCH_SIZE",
+    "lr": "LEARNING_RATE", "lr_end": "LEARNING_RATE_END", "lr_steps": "LEARNING_RATE_STEPS",
+    "validation_fraction": "VALIDATION_FRACTION", "seed": "SEED", "looks": "LOOKS", "patience": "PATIENCE",
+    "onnx_path": "OUTPUT_MODEL", "checkpoint_path": "the checkpoint (.pt) beside OUTPUT_MODEL",
+}
+
+_GEOMETRY_OF_TYPE = {
+    QgsProcessing.TypeVectorPoint: (QgsWkbTypes.PointGeometry, "points"),
+    QgsProcessing.TypeVectorLine: (QgsWkbTypes.LineGeometry, "lines"),
+    QgsProcessing.TypeVectorPolygon: (QgsWkbTypes.PolygonGeometry, "polygons"),
+}
+_GEOMETRY_NAMES = {QgsWkbTypes.PointGeometry: "points", QgsWkbTypes.LineGeometry: "lines",
+                   QgsWkbTypes.PolygonGeometry: "polygons", QgsWkbTypes.NullGeometry: "no geometry"}
+_UNBOUNDED = 1e300
+
 
 class DespeckNetAlgorithm(QgsProcessingAlgorithm):
+    ARGUMENTS: dict = {}  # this algorithm's own core argument -> parameter names (beside COMMON_ARGUMENTS)
+    UNIQUE_LAYERS: tuple = ()  # multiple-layer parameters in which a file may appear only once
+
     def group(self):
         return self.tr("deSpeckNet")
 
@@ -27,6 +81,222 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
+
+    def tr(self, text):
+        return text
+
+    # --- enum values by name ------------------------------------------------------------------
+
+    def enum_names(self) -> dict:
+        """Enum parameter -> the names accepted instead of an index (same order as the options)."""
+        from ..core.defaults import PHASE2_PRESETS
+        from ..core.temporal_label import RULES
+
+        return {"INPUT_DOMAIN": list(DOMAINS), "DEVICE": list(DEVICES), "PRESET": [p.key for p in PHASE2_PRESETS],
+                "STABILITY": list(RULES)}
+
+    def _enum_index(self, name, value):
+        """The index an enum value stands for (an index or one of the names), None if neither."""
+        definition = self.parameterDefinition(name)
+        options = definition.options()
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, (int, float)) and float(value).is_integer():
+            return int(value) if 0 <= int(value) < len(options) else None
+        text = str(value).strip()
+        if re.fullmatch(r"-?\d+", text):
+            return int(text) if 0 <= int(text) < len(options) else None
+        names = self.enum_names().get(name, [])
+        lowered = [n.lower() for n in names]
+        return lowered.index(text.lower()) if text.lower() in lowered else None
+
+    def parameterAsEnum(self, parameters, name, context):  # noqa: N802 - QGIS API
+        value = parameters.get(name) if hasattr(parameters, "get") else None
+        if isinstance(value, str) and not re.fullmatch(r"\s*-?\d+\s*", value):
+            index = self._enum_index(name, value)
+            if index is not None:
+                return index
+        return super().parameterAsEnum(parameters, name, context)
+
+    # --- checks before any work ------------------------------------------------------------
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        try:
+            message = self.check_values(parameters, context)
+        except QgsProcessingException as exc:
+            message = str(exc)
+        if message:
+            return False, message
+        # QGIS's own checks, with enum names given as their indices (it accepts only those)
+        indexed = dict(parameters)
+        for definition in self.parameterDefinitions():
+            if isinstance(definition, QgsProcessingParameterEnum) and definition.name() in indexed:
+                index = self._enum_index(definition.name(), indexed[definition.name()])
+                if index is not None:
+                    indexed[definition.name()] = index
+        return super().checkParameterValues(indexed, context)
+
+    def check_values(self, parameters, context):
+        """A message saying what is wrong with the parameters, or None. Runs before any work."""
+        inputs, outputs = {}, {}
+        for d in self.parameterDefinitions():
+            name, value = d.name(), parameters.get(d.name())
+            if value is None:
+                continue
+            message = None
+            if isinstance(d, QgsProcessingParameterNumber):
+                message = self._check_number(d, value)
+            elif isinstance(d, QgsProcessingParameterEnum):
+                message = self._check_enum(d, value)
+            elif isinstance(d, QgsProcessingParameterFile):
+                message = self._check_file(d, value)
+                if not message and value:
+                    inputs[name] = [str(value)]
+            elif isinstance(d, (QgsProcessingParameterRasterLayer, QgsProcessingParameterMultipleLayers,
+                                QgsProcessingParameterFeatureSource, QgsProcessingParameterVectorLayer)):
+                message = self._check_layers(d, value, context)
+                if not message:
+                    inputs[name] = self._layer_paths(d, parameters, context)
+                    message = self._check_unique(d, inputs[name]) or self._check_features(d, parameters, context)
+            elif isinstance(d, (QgsProcessingParameterRasterDestination, QgsProcessingParameterFileDestination,
+                                QgsProcessingParameterFeatureSink)):
+                path = self._destination_path(d, parameters, context)
+                if path:
+                    outputs[name] = path
+            if message:
+                return message
+        try:
+            check_outputs(outputs, inputs)
+        except DespeckNetError as exc:
+            return rename_arguments(str(exc), {})
+        return None
+
+    @staticmethod
+    def _check_number(d, value):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or value == "":
+            return None  # an expression or another dynamic value: QGIS evaluates and checks it
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{d.name()} = {value!r} is not a number: {d.description()}."
+        lo = d.minimum() if abs(d.minimum()) < _UNBOUNDED else None
+        hi = d.maximum() if abs(d.maximum()) < _UNBOUNDED else None
+        allowed = Range(lo, hi)
+        if not allowed.contains(number):
+            return f"{d.name()} = {number:g} is out of range: '{d.description()}' must be {allowed.describe()}."
+        return None
+
+    def _check_enum(self, d, value):
+        if not isinstance(value, (str, int, float, list, tuple)) or isinstance(value, bool):
+            return None
+        if isinstance(value, (list, tuple)):
+            return None if d.allowMultiple() else f"{d.name()} takes one value."
+        if value == "" and d.flags() & QgsProcessingParameterDefinition.FlagOptional:
+            return None
+        if self._enum_index(d.name(), value) is not None:
+            return None
+        names = self.enum_names().get(d.name(), [])
+        choices = ", ".join(f"{i} ({names[i] if i < len(names) else label})" for i, label in enumerate(d.options()))
+        return f"{d.name()} = {value!r} is not one of its choices: give the number{' or the name' if names else ''} of one of {choices}."
+
+    @staticmethod
+    def _check_file(d, value):
+        if not isinstance(value, str):
+            return None
+        path = value
+        if not path:
+            return None
+        ext = d.extension().lower().lstrip(".") if d.behavior() == QgsProcessingParameterFile.File else ""
+        if os.path.isdir(path):
+            return f"{d.name()} {path} is a folder: choose the {'.' + ext + ' ' if ext else ''}file in it."
+        if not os.path.exists(path):
+            return f"{d.name()}: the file {path} does not exist."
+        stem, given = os.path.splitext(path)
+        given = given.lower().lstrip(".")
+        if ext and given != ext:
+            if ext == "onnx" and given in ("pt", "pth"):
+                return (f"{d.name()} {path} is a PyTorch checkpoint; this needs the ONNX model written beside it by "
+                        f"Train or Fine-tune ({stem}.onnx).")
+            if ext == "pt" and given == "onnx":
+                return (f"{d.name()} {path} is an ONNX model; this needs the .pt checkpoint written beside it by "
+                        f"Train or Fine-tune ({stem}.pt).")
+            return f"{d.name()} {path} is not a .{ext} file."
+        return None
+
+    @staticmethod
+    def _check_layers(d, value, context):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not isinstance(v, str) or not v:
+                continue
+            path = v.split("|")[0]
+            if os.path.exists(path) or QgsProcessingUtils.mapLayerFromString(v, context, False) is not None:
+                continue
+            if "://" in v or v.startswith(("memory:", "dbname=", "PG:", "ogr:")):
+                continue  # a service or database source: QGIS checks those itself
+            return f"{d.name()}: the file {path} does not exist."
+        return None
+
+    def _layer_paths(self, d, parameters, context) -> list:
+        """The files behind a layer parameter's layers (for the output checks)."""
+        if isinstance(d, QgsProcessingParameterMultipleLayers):
+            layers = self.parameterAsLayerList(parameters, d.name(), context)
+        elif isinstance(d, QgsProcessingParameterRasterLayer):
+            layers = [self.parameterAsRasterLayer(parameters, d.name(), context)]
+        else:
+            layers = [self.parameterAsVectorLayer(parameters, d.name(), context)]
+        paths = []
+        for layer in layers:
+            if layer is not None and layer.providerType() in ("gdal", "ogr"):
+                paths.append(layer.source().split("|")[0])
+        return paths
+
+    def _check_unique(self, d, paths):
+        if d.name() not in self.UNIQUE_LAYERS:
+            return None
+        for i, p in enumerate(paths):
+            if any(same_file(p, q) for q in paths[i + 1:]):
+                return f"{d.name()} lists {p} more than once: give each file once."
+        return None
+
+    def _check_features(self, d, parameters, context):
+        """Vector inputs: the geometry type asked for, and coordinates possible in the layer's CRS."""
+        if not isinstance(d, QgsProcessingParameterFeatureSource):
+            return None
+        source = self.parameterAsSource(parameters, d.name(), context)
+        if source is None:
+            return None
+        wanted = [_GEOMETRY_OF_TYPE[t] for t in d.dataTypes() if t in _GEOMETRY_OF_TYPE]
+        geometry = QgsWkbTypes.geometryType(source.wkbType())
+        if wanted and geometry not in [w[0] for w in wanted]:
+            return (f"{d.name()} holds {_GEOMETRY_NAMES.get(geometry, 'other geometries')}; "
+                    f"give a layer of {' or '.join(w[1] for w in wanted)}.")
+        crs = source.sourceCrs()
+        extent = source.sourceExtent()
+        if crs.isValid() and crs.isGeographic() and not extent.isEmpty() and (
+                abs(extent.xMinimum()) > 180.001 or abs(extent.xMaximum()) > 180.001
+                or abs(extent.yMinimum()) > 90.001 or abs(extent.yMaximum()) > 90.001):
+            return (f"{d.name()} has coordinates up to ({extent.xMaximum():.0f}, {extent.yMaximum():.0f}), "
+                    f"impossible in its CRS {crs.authid()} (degrees of longitude and latitude). A GeoJSON file "
+                    "without a 'crs' member is read as WGS 84: give the layer its real CRS (e.g. save it as a "
+                    "GeoPackage in that CRS).")
+        return None
+
+    def _destination_path(self, d, parameters, context):
+        if isinstance(d, QgsProcessingParameterFileDestination):
+            value = self.parameterAsFileOutput(parameters, d.name(), context)
+        else:
+            value = self.parameterAsOutputLayer(parameters, d.name(), context)
+        if not value or value.startswith("memory:") or value == QgsProcessing.TEMPORARY_OUTPUT:
+            return None
+        if value.startswith("ogr:"):
+            m = re.search(r"dbname='([^']*)'", value)
+            return m.group(1) if m else None
+        if "://" in value or value.startswith(("postgres:", "dbname=")):
+            return None
+        return value.split("|")[0]
+
+    # --- running the core --------------------------------------------------------------------
 
     @staticmethod
     def progress(feedback) -> Progress:
@@ -40,20 +310,26 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         return Progress(report=lambda p: feedback.setProgress(start + (end - start) * p / 100.0),
                         is_cancelled=feedback.isCanceled, log=feedback.pushInfo)
 
-    @staticmethod
-    def run_core(call, *args, **kwargs):
-        """Run a core function; its errors become QgsProcessingException with the same message."""
+    def message(self, exc: DespeckNetError) -> str:
+        """A core error's message in this algorithm's parameter names."""
+        return rename_arguments(str(exc), {**COMMON_ARGUMENTS, **self.ARGUMENTS})
+
+    def run_core(self, call, *args, **kwargs):
+        """Run a core function (SIGTERM = cancel, bounded GDAL cache); its errors become QgsProcessingException."""
+        from ..core.raster import gdal_cache_limit
+
         try:
-            return call(*args, **kwargs)
+            with terminate_as_cancel(), gdal_cache_limit():
+                return call(*args, **kwargs)
         except DespeckNetError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(self.message(exc)) from exc
         except ImportError as exc:
             raise QgsProcessingException(
                 f"A Python package deSpeckNet needs is missing from QGIS's Python ({exc}). "
                 "Install numpy, onnxruntime (and torch for training) into the Python QGIS uses; see the README."
             ) from exc
-        except MemoryError as exc:
-            raise QgsProcessingException("Out of memory: lower TILE_SIZE and try again.") from exc
+        except (FloatingPointError, ValueError, MemoryError) as exc:
+            raise QgsProcessingException(self.message(translate(exc))) from exc
 
     def gdal_source(self, layer, what="INPUT"):
         """The file behind a raster layer; deSpeckNet reads rasters through GDAL."""
@@ -69,22 +345,26 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             )
         return layer.source()
 
-    def add_number(self, name, label, default, advanced=False, integer=False, minimum=0.0, maximum=None):
+    # --- declaring parameters --------------------------------------------------------------
+
+    def add_number(self, name, label, default, advanced=False, integer=False, minimum=0.0, maximum=None, allowed=None):
+        """A number parameter; `allowed` (a core Range) gives minimum and maximum and is stated in the label."""
+        if allowed is not None:
+            minimum, maximum = allowed.minimum, allowed.maximum
+            label = f"{label} ({allowed.describe()})"
         kind = QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double
-        param = QgsProcessingParameterNumber(name, self.tr(label), kind, default, minValue=minimum)
+        param = QgsProcessingParameterNumber(name, self.tr(label), kind, default,
+                                             minValue=minimum if minimum is not None else -sys.float_info.max)
         if maximum is not None:
             param.setMaximum(maximum)
         if advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
 
-    def tr(self, text):
-        return text
-
 
 def geometries_in_crs(source, crs, context):
     """(feature id, geometry) of a feature source's non-empty features, reprojected to `crs`."""
-    from qgis.core import QgsCoordinateTransform
+    from qgis.core import QgsCoordinateTransform, QgsCsException
 
     transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
     for feature in source.getFeatures():
@@ -92,18 +372,27 @@ def geometries_in_crs(source, crs, context):
         if geom.isEmpty():
             continue
         if source.sourceCrs() != crs:
-            geom.transform(transform)
+            try:
+                geom.transform(transform)
+            except QgsCsException as exc:
+                raise QgsProcessingException(
+                    f"Feature {feature.id()} cannot be reprojected from {source.sourceCrs().authid()} to "
+                    f"{crs.authid()} ({exc}): check the layer's CRS."
+                ) from exc
         yield feature.id(), geom
 
 
-def add_training_parameters(alg, lr, stride, validation, advanced_lr):
-    """PATCH_SIZE, STRIDE, BATCH_SIZE, LEARNING_RATE, SEED, VALIDATION_FRACTION: shared by train and finetune."""
-    alg.add_number("PATCH_SIZE", "Patch size (pixels)", 40, integer=True, minimum=8)
-    alg.add_number("STRIDE", "Stride between patches (pixels)", stride, advanced=True, integer=True, minimum=1)
-    alg.add_number("BATCH_SIZE", "Batch size", 128, integer=True, minimum=1)
-    alg.add_number("LEARNING_RATE", "Learning rate", lr, advanced=advanced_lr, minimum=1e-8)
-    alg.add_number("SEED", "Random seed", 0, integer=True)
-    alg.add_number("VALIDATION_FRACTION", "Fraction held out for validation", validation, advanced=True, maximum=0.9)
+def add_training_parameters(alg, defaults: TrainingDefaults, advanced_lr: bool):
+    """PATCH_SIZE, STRIDE, BATCH_SIZE, LEARNING_RATE, SEED, VALIDATION_FRACTION: shared by train and finetune,
+    with the defaults and ranges the core uses (core/defaults.py)."""
+    alg.add_number("PATCH_SIZE", "Patch size, pixels", defaults.patch, integer=True, allowed=RANGES["patch"])
+    alg.add_number("STRIDE", "Stride between patches, pixels", defaults.stride, advanced=True, integer=True,
+                   allowed=RANGES["stride"])
+    alg.add_number("BATCH_SIZE", "Batch size", defaults.batch_size, integer=True, allowed=RANGES["batch_size"])
+    alg.add_number("LEARNING_RATE", "Learning rate", defaults.lr, advanced=advanced_lr, allowed=RANGES["lr"])
+    alg.add_number("SEED", "Random seed", defaults.seed, integer=True)
+    alg.add_number("VALIDATION_FRACTION", "Fraction held out for validation", defaults.validation_fraction,
+                   advanced=True, allowed=RANGES["validation_fraction"])
 
 
 def training_arguments(alg, parameters, context) -> dict:

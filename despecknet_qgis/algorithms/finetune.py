@@ -1,6 +1,5 @@
 """despecknet:finetune - phase 2, one-epoch unsupervised adaptation to the user's own image."""
 from qgis.core import (
-    QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -12,18 +11,15 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ..core.defaults import PHASE2_PRESETS, PHASE2_TRAINING, RANGES
 from ..core.domain import DOMAINS
+from ..core.files import KeepPrevious, check_outputs
 from ..core.inference import DEVICES, Despeckler
-from ..core.losses import PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
-from ..core.phases import fine_tune
-from ..core.raster import same_file
+from ..core.losses import LossWeights
+from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune
+from ..core.progress import terminate_as_cancel
 from ..core.tiled_predict import despeckle_raster
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
-
-# (label, loss weights, number of looks assumed when LOOKS is 0)
-PRESETS = [("Multi-look input (e.g. Sentinel-1 GRD): mu 0.01, xi 1, lambda 0", PHASE2_MULTILOOK, 4.4),
-           ("Single-look input (e.g. SLC intensity): mu 0.01, xi 1, lambda 1e-4", PHASE2_SINGLELOOK, 1.0),
-           ("Custom: MU, XI and LAMBDA_TV as given", None, None)]
 
 
 class FineTuneAlgorithm(DespeckNetAlgorithm):
@@ -32,6 +28,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
     LOOKS = "LOOKS"
     OUTPUT_MODEL, OUTPUT_CHECKPOINT, OUTPUT = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "OUTPUT"
     VALIDATION_LOSS, PROVIDER = "VALIDATION_LOSS", "PROVIDER"
+    ARGUMENTS = {"image": "INPUT", "base_model": "MODEL", "input_path": "INPUT", "model_path": "OUTPUT_MODEL"}
 
     def name(self):
         return "finetune"
@@ -56,7 +53,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "Finally the model is scaled so that the mean of Y/X̂ on the image is 1 (no radiometric bias). "
             "Nodata is excluded.<br>"
             "Outputs: the tuned ONNX model (for Despeckle SAR image), its .pt checkpoint, and optionally the "
-            "image despeckled with the tuned model."
+            "image despeckled with the tuned model. Every output is checked before tuning starts; if despeckling "
+            "fails after tuning, the model files that were there before are put back."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -64,13 +62,14 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterBand(self.BAND, self.tr("Band (empty: 1)"), 1, self.INPUT, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Base checkpoint (.pt; empty: bundled)"), extension="pt", optional=True))
-        self.addParameter(QgsProcessingParameterEnum(self.PRESET, self.tr("Loss preset"), [p[0] for p in PRESETS], defaultValue=0))
-        for name, label, default in ((self.MU, "MU (custom preset)", 0.01), (self.XI, "XI (custom preset)", 1.0),
-                                     (self.LAMBDA_TV, "LAMBDA_TV (custom preset)", 0.0)):
+        self.addParameter(QgsProcessingParameterEnum(self.PRESET, self.tr("Loss preset"), [p.title("MU, XI and LAMBDA_TV as given") for p in PHASE2_PRESETS], defaultValue=0))
+        start = PHASE2_PRESETS[0].weights  # the custom weights start from the first preset's
+        for name, label, default in ((self.MU, "MU (custom preset)", start.mu), (self.XI, "XI (custom preset)", start.xi),
+                                     (self.LAMBDA_TV, "LAMBDA_TV (custom preset)", start.lambda_tv)):
             self.add_number(name, label, default, advanced=True)
         self.add_number(self.LOOKS, "Number of looks L (0: the preset's)", 0.0)
-        self.add_number(self.EPOCHS, "Epochs", 1, integer=True, minimum=1)
-        add_training_parameters(self, lr=1e-4, stride=20, validation=0.1, advanced_lr=True)
+        self.add_number(self.EPOCHS, "Epochs", PHASE2_TRAINING.epochs, integer=True, allowed=RANGES["epochs"])
+        add_training_parameters(self, PHASE2_TRAINING, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 0, advanced=True, integer=True)
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))
@@ -81,12 +80,12 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
 
     @classmethod
     def preset_weights(cls, index: int, mu: float, xi: float, lambda_tv: float) -> LossWeights:
-        preset = PRESETS[index][1]
+        preset = PHASE2_PRESETS[index].weights
         return preset if preset is not None else LossWeights(mu, xi, lambda_tv)
 
     @classmethod
     def preset_looks(cls, index: int, looks: float):
-        return looks or PRESETS[index][2]
+        return looks or PHASE2_PRESETS[index].looks
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -99,28 +98,42 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}; looks {looks}")
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
-        if output and same_file(output, source):  # checked before tuning, not only when despeckling
-            raise QgsProcessingException("OUTPUT is the input raster: choose another file, the input is never overwritten.")
+        base = self.parameterAsFile(parameters, self.MODEL, context) or None
+        # Every output is checked before tuning, not only when despeckling starts.
+        self.run_core(check_outputs, {"output_path": output, "onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)},
+                      {"input_path": source, "base_model": base or bundled_checkpoint_path()})
         patience = self.parameterAsInt(parameters, self.PATIENCE, context)
         train_feedback = self.progress(feedback)
         if output:
             # tuning takes most of the time; despeckling the rest
             train_feedback = self.progress_part(feedback, 0.0, 70.0)
-        report = self.run_core(
-            fine_tune, source, onnx_path, band=band, domain=domain,
-            base_model=self.parameterAsFile(parameters, self.MODEL, context) or None,
-            weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-            patience=patience or None, progress=train_feedback, **training_arguments(self, parameters, context),
-        )
-        feedback.pushInfo(f"tuned in {report.seconds:.1f} s ({report.steps} steps, {report.patches_seen} patches"
-                          f"{', stopped early' if report.stopped_early else ''}); model {onnx_path}")
-        results = {self.OUTPUT_MODEL: onnx_path, self.OUTPUT_CHECKPOINT: report.checkpoint_path,
-                   self.VALIDATION_LOSS: report.best_validation if report.best_validation is not None else float("nan"),
-                   self.PROVIDER: ""}
-        if output:
-            despeckler = self.run_core(Despeckler, onnx_path, DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)], with_noise=False)
-            done = self.run_core(despeckle_raster, source, output, despeckler, bands=[band], domain=domain,
-                                 progress=self.progress_part(feedback, 70.0, 100.0))
-            results[self.OUTPUT] = output
-            results[self.PROVIDER] = done.provider
+        previous = KeepPrevious(onnx_path, checkpoint_path_for(onnx_path)) if output else None
+        with terminate_as_cancel():
+            try:
+                report = self.run_core(
+                    fine_tune, source, onnx_path, band=band, domain=domain, base_model=base,
+                    weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                    patience=patience or None, progress=train_feedback, **training_arguments(self, parameters, context),
+                )
+            except BaseException:
+                if previous is not None:
+                    previous.release()  # a failed tuning leaves what fine_tune leaves (a cancel keeps its checkpoint)
+                raise
+            feedback.pushInfo(f"tuned in {report.seconds:.1f} s ({report.steps} steps, {report.patches_seen} patches"
+                              f"{', stopped early' if report.stopped_early else ''}); model {onnx_path}")
+            results = {self.OUTPUT_MODEL: onnx_path, self.OUTPUT_CHECKPOINT: report.checkpoint_path,
+                       self.VALIDATION_LOSS: report.best_validation if report.best_validation is not None else float("nan"),
+                       self.PROVIDER: ""}
+            if output:
+                try:
+                    device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+                    despeckler = self.run_core(Despeckler, onnx_path, device, with_noise=False)
+                    done = self.run_core(despeckle_raster, source, output, despeckler, bands=[band], domain=domain,
+                                         progress=self.progress_part(feedback, 70.0, 100.0))
+                except BaseException:
+                    previous.restore()  # all or nothing: no tuned model without the despeckled image asked for
+                    raise
+                previous.release()
+                results[self.OUTPUT] = output
+                results[self.PROVIDER] = done.provider
         return results

@@ -3,12 +3,14 @@ import math
 
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsWkbTypes,
 )
 from osgeo import gdal
 
@@ -33,6 +35,8 @@ NUMBERS = [
 class QualityAlgorithm(DespeckNetAlgorithm):
     INPUT, NOISY, REFERENCE, POINTS = "INPUT", "NOISY", "REFERENCE", "POINTS"
     BAND, INPUT_DOMAIN, OUTPUT_RATIO = "BAND", "INPUT_DOMAIN", "OUTPUT_RATIO"
+    ARGUMENTS = {"despeckled": "INPUT", "noisy": "NOISY", "reference": "REFERENCE", "points": "POINTS",
+                 "ratio_output": "OUTPUT_RATIO"}
 
     def name(self):
         return "quality"
@@ -79,6 +83,12 @@ class QualityAlgorithm(DespeckNetAlgorithm):
         )
         values = report.as_dict()
         if report.c_nn:
+            for row, col, of_estimate, of_reference in report.c_nn:
+                for what, v in (("INPUT", of_estimate), ("REFERENCE", of_reference)):
+                    if v is not None and not math.isfinite(v):
+                        feedback.pushWarning(f"C_NN of {what} at pixel (row {row}, column {col}) is {v}: "
+                                             + ("the point or all its neighbours are nodata." if math.isnan(v) else
+                                                "the target or all its neighbours are 0."))
             values["CNN"] = sum(c[2] for c in report.c_nn) / len(report.c_nn)
             if reference:
                 values["CNN_REFERENCE"] = sum(c[3] for c in report.c_nn) / len(report.c_nn)
@@ -88,7 +98,8 @@ class QualityAlgorithm(DespeckNetAlgorithm):
             if value is None:
                 continue
             if not math.isfinite(value):
-                feedback.pushInfo(f"{key}: infinite (the despeckled image equals the reference); left empty.")
+                why = "see the warnings above" if key.startswith("CNN") else "the despeckled image equals the reference"
+                feedback.pushInfo(f"{key}: {value} ({why}); left empty.")
                 continue
             results[key] = value
             feedback.pushInfo(f"{key} = {value:.4f}  ({label})")
@@ -103,7 +114,10 @@ class QualityAlgorithm(DespeckNetAlgorithm):
         inv = gdal.InvGeoTransform(gdal.Open(path).GetGeoTransform())
         points = []
         for _, geom in geometries_in_crs(source, layer.crs(), context):
+            if geom.type() != QgsWkbTypes.PointGeometry:
+                raise QgsProcessingException("POINTS holds other geometries than points: give a layer of points.")
             for p in geom.asMultiPoint() if geom.isMultipart() else [geom.asPoint()]:
                 col, row = gdal.ApplyGeoTransform(inv, p.x(), p.y())
-                points.append((int(row), int(col)))
+                # floor, not int(): a point half a pixel left of or above the raster is outside, not pixel 0
+                points.append((math.floor(row), math.floor(col)))
         return points

@@ -20,6 +20,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ..core.domain import DOMAINS
+from ..core.errors import OutputError
+from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
 from ..core.region_stats import MIN_PIXELS, region_statistics
 from ..core.report_html import region_report
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
@@ -31,6 +33,7 @@ FIELDS = (("polygon", QVariant.Int), ("raster", QVariant.String), ("pixels", QVa
 class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
     INPUTS, BAND, INPUT_DOMAIN, POLYGONS = "INPUTS", "BAND", "INPUT_DOMAIN", "POLYGONS"
     OUTPUT, OUTPUT_HTML, ENL, CX = "OUTPUT", "OUTPUT_HTML", "ENL", "CX"
+    ARGUMENTS = {"raster": "INPUTS", "polygons": "POLYGONS"}
 
     def name(self):
         return "specklestats"
@@ -47,7 +50,8 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
             "each raster's CRS; nodata and pixels outside the raster are left out; polygons with fewer than "
             f"{MIN_PIXELS} pixels get a warning.<br>The HTML report shows, per polygon, the histogram of "
             "intensity over its mean and the fitted Gamma law with its number of looks. ENL and CX outputs give "
-            "the first polygon on the first raster, for the modeler."
+            "the first polygon on the first raster, for the modeler. The table and the report are written only "
+            "once every statistic is known; no output may be one of the inputs."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -65,38 +69,79 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         source = self.parameterAsSource(parameters, self.POLYGONS, context)
         if source is None:
             raise QgsProcessingException("POLYGONS is not a readable polygon layer.")
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            raise QgsProcessingException("POLYGONS holds no polygons (points or lines): draw polygons over homogeneous areas.")
         band = self.parameterAsInt(parameters, self.BAND, context)
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
-        fields = QgsFields()
-        for name, kind in FIELDS:
-            fields.append(QgsField(name, kind))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
         html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
-        rows, first = [], None
+        # Every statistic first: no output exists before all of them are known.
+        rows = []
         for k, layer in enumerate(layers):
+            self._check_cancel(feedback)
             path = self.gdal_source(layer, "INPUTS")
             polygons = [(fid, geom.asWkt()) for fid, geom in geometries_in_crs(source, layer.crs(), context)]
             if not polygons:
                 raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
             stats = self.run_core(region_statistics, path, [w for _, w in polygons], band, domain, keep_values=bool(html_path))
             for (fid, _), st in zip(polygons, stats):
-                if feedback.isCanceled():
-                    return {}
-                if st.too_small:
+                if st.pixels == 0:
+                    feedback.pushWarning(f"Polygon {fid} does not overlap {layer.name()} (or covers only its nodata): "
+                                         "no statistics. Check that the polygons lie over the raster.")
+                elif st.too_small:
                     feedback.pushWarning(f"Polygon {fid} covers {st.pixels} valid pixel(s) of {layer.name()}: "
                                          f"fewer than {MIN_PIXELS}, its ENL and Cx are unreliable.")
-                f = QgsFeature(fields)
-                f.setAttributes([int(fid), layer.name(), st.pixels] + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)])
-                sink.addFeature(f, QgsFeatureSink.FastInsert)
-                rows.append((str(fid), layer.name(), st))
-                first = first or st
-            feedback.setProgress(100.0 * (k + 1) / len(layers))
-        results = {self.OUTPUT: dest, self.ENL: _finite(first.enl), self.CX: _finite(first.cv)}
+                rows.append((fid, layer.name(), st))
+            feedback.setProgress(90.0 * (k + 1) / len(layers))
+        if rows and all(st.pixels == 0 for _, _, st in rows):
+            raise QgsProcessingException("No polygon of POLYGONS overlaps a valid pixel of INPUTS: the polygons lie "
+                                         "outside the rasters (check both cover the same area).")
+        self._check_cancel(feedback)
+        return self._write_outputs(parameters, context, rows, html_path)
+
+    @staticmethod
+    def _check_cancel(feedback):
+        from ..core.progress import termination_requested
+
+        if feedback.isCanceled() or termination_requested():
+            raise QgsProcessingException("Cancelled by the user; no output was written.")
+
+    def _write_outputs(self, parameters, context, rows, html_path):
+        """The HTML report into a partial file, the table, then the report into place."""
+        tmp = None
         if html_path:
-            with open(html_path, "w", encoding="utf-8") as fh:
-                fh.write(region_report(rows))
-            results[self.OUTPUT_HTML] = html_path
-        return results
+            remove_stale_partials(html_path)
+            tmp = partial_path(html_path)
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    fh.write(region_report([(str(fid), name, st) for fid, name, st in rows]))
+            except OSError as exc:
+                remove_quietly(tmp)
+                raise QgsProcessingException(f"Writing OUTPUT_HTML {html_path} failed ({exc.strerror or exc}); "
+                                             "a file already there is unchanged.") from exc
+        try:
+            fields = QgsFields()
+            for name, kind in FIELDS:
+                fields.append(QgsField(name, kind))
+            sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
+            if sink is None:
+                raise QgsProcessingException("OUTPUT (the statistics table) cannot be created.")
+            for fid, name, st in rows:
+                f = QgsFeature(fields)
+                f.setAttributes([int(fid), name, st.pixels] + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)])
+                if not sink.addFeature(f, QgsFeatureSink.FastInsert):
+                    raise QgsProcessingException(f"Writing OUTPUT (the statistics table) failed: {sink.lastError()}")
+            first = rows[0][2]
+            results = {self.OUTPUT: dest, self.ENL: _finite(first.enl), self.CX: _finite(first.cv)}
+            if tmp:
+                try:
+                    commit_files([(tmp, html_path)])
+                except OutputError as exc:
+                    raise QgsProcessingException(f"OUTPUT_HTML: {exc}") from exc
+                results[self.OUTPUT_HTML] = html_path
+            return results
+        finally:
+            if tmp:
+                remove_quietly(tmp)
 
 
 def _finite(value):

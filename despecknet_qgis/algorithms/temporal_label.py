@@ -27,6 +27,9 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
     STABILITY, THRESHOLD, LOOKS, ALPHA, MULTILOOK = "STABILITY", "THRESHOLD", "LOOKS", "ALPHA", "MULTILOOK"
     TEST_WINDOW = "TEST_WINDOW"
     OUTPUT, OUTPUT_MASK, STABLE_FRACTION, ESTIMATED_LOOKS = "OUTPUT", "OUTPUT_MASK", "STABLE_FRACTION", "ESTIMATED_LOOKS"
+    # A date given twice would look stable to every rule. OUTPUT and OUTPUT_MASK, like every
+    # output, are checked against the inputs and each other by DespeckNetAlgorithm.check_values.
+    UNIQUE_LAYERS = (INPUTS,)
     ARGUMENTS = {"inputs": "INPUTS", "mask_output": "OUTPUT_MASK", "multilook": "MULTILOOK", "alpha": "ALPHA",
                  "threshold": "THRESHOLD", "rule": "STABILITY", "test_window": "TEST_WINDOW"}
 

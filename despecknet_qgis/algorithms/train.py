@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from ..core.defaults import PHASE1_TRAINING, RANGES, Range
 from ..core.domain import DOMAINS
 from ..core.losses import PHASE1, LossWeights
 from ..core.patches import ImagePair
@@ -23,6 +24,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
     EPOCHS, LEARNING_RATE_END, LEARNING_RATE_STEPS = "EPOCHS", "LEARNING_RATE_END", "LEARNING_RATE_STEPS"
     MU, XI, LAMBDA_TV, INITIAL_MODEL = "MU", "XI", "LAMBDA_TV", "INITIAL_MODEL"
     OUTPUT_MODEL, OUTPUT_CHECKPOINT, VALIDATION_LOSS = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "VALIDATION_LOSS"
+    ARGUMENTS = {"images": "INPUT", "labels": "REFERENCE", "masks": "MASK", "initial_model": "INITIAL_MODEL"}
 
     def name(self):
         return "train"
@@ -48,16 +50,17 @@ class TrainAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MASK, self.tr("Masks (1 = use; optional, same order)"), QgsProcessing.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of images and labels"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 30, minValue=1))
-        add_training_parameters(self, lr=1e-3, stride=9, validation=0.1, advanced_lr=False)
-        for name, label, default, advanced in (
-            (self.LEARNING_RATE_END, "Final learning rate", 1e-4, False),
-            (self.MU, "Weight mu of MSE(label, X̂)", PHASE1.mu, True),
-            (self.XI, "Weight xi of MSE(Y, X̂·N̂)", PHASE1.xi, True),
-            (self.LAMBDA_TV, "Weight lambda of TV(X̂)", PHASE1.lambda_tv, True),
+        self.add_number(self.EPOCHS, "Epochs", PHASE1_TRAINING.epochs, integer=True, allowed=RANGES["epochs"])
+        add_training_parameters(self, PHASE1_TRAINING, advanced_lr=False)
+        self.add_number(self.LEARNING_RATE_END, "Final learning rate", PHASE1_TRAINING.lr_end, allowed=RANGES["lr_end"])
+        for name, label, default in (
+            (self.MU, "Weight mu of MSE(label, X̂)", PHASE1.mu),
+            (self.XI, "Weight xi of MSE(Y, X̂·N̂)", PHASE1.xi),
+            (self.LAMBDA_TV, "Weight lambda of TV(X̂)", PHASE1.lambda_tv),
         ):
-            self.add_number(name, label, default, advanced)
-        self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate steps (stages from first to final rate)", 3, True, integer=True)
+            self.add_number(name, label, default, advanced=True)
+        self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate steps (stages from first to final rate)",
+                        PHASE1_TRAINING.lr_steps, advanced=True, integer=True, allowed=Range(1))
         self.addParameter(QgsProcessingParameterFile(self.INITIAL_MODEL, self.tr("Initial checkpoint (.pt, optional)"), extension="pt", optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model (ONNX)"), "ONNX models (*.onnx)"))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CHECKPOINT, self.tr("PyTorch checkpoint")))

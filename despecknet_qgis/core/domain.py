@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DespeckNetError
+from .errors import InputError
 
 DOMAINS = ("intensity", "amplitude", "decibel")
 LOG_SCALE = 2.0
@@ -20,7 +20,7 @@ Z_LIMIT = 10.0
 
 def check_domain(domain: str) -> str:
     if domain not in DOMAINS:
-        raise DespeckNetError(f"Unknown input domain {domain!r}: use one of {', '.join(DOMAINS)}.")
+        raise InputError(f"Unknown input `domain` {domain!r}: use one of {', '.join(DOMAINS)}.")
     return domain
 
 
@@ -32,7 +32,7 @@ def to_intensity(values: np.ndarray, domain: str) -> np.ndarray:
         return v * v
     if domain == "decibel":
         return np.power(10.0, v / 10.0)
-    raise DespeckNetError(f"Unknown input domain {domain!r}.")
+    raise InputError(f"Unknown input `domain` {domain!r}.")
 
 
 def from_intensity(intensity: np.ndarray, domain: str) -> np.ndarray:
@@ -43,7 +43,7 @@ def from_intensity(intensity: np.ndarray, domain: str) -> np.ndarray:
     if domain == "decibel":
         with np.errstate(divide="ignore"):
             return 10.0 * np.log10(intensity)
-    raise DespeckNetError(f"Unknown input domain {domain!r}.")
+    raise InputError(f"Unknown input `domain` {domain!r}.")
 
 
 def speckle_from_log(z_noise: np.ndarray, domain: str) -> np.ndarray:
@@ -97,5 +97,5 @@ class LogMean:
     @property
     def value(self) -> float:
         if not self.count:
-            raise DespeckNetError("No valid pixel with a positive value: nothing to despeckle.")
+            raise InputError("No valid pixel with a positive value: nothing to despeckle.")
         return self.total / self.count

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 
 import torch
 
 from . import domain
+from .files import commit_files, partial_path, remove_quietly
 from .model import RECEPTIVE_FIELD, DeSpeckNet
 from .model_info import FORMAT, ModelInfo
 from .training import TrainingRecord
@@ -25,14 +24,18 @@ class _Exportable(torch.nn.Module):
         return self.model(y)
 
 
-def export_onnx(model: DeSpeckNet, path: str, record: TrainingRecord, version: str, description: str = "") -> None:
-    """Write `path` atomically: a reader never sees a half-written model."""
+def export_onnx(model: DeSpeckNet, path: str, record: TrainingRecord, version: str, description: str = "",
+                atomic: bool = True) -> None:
+    """Write the model to `path` and read it back.
+
+    atomic: write a partial file beside `path` and move it into place, so a reader never
+    sees a half-written model; False writes `path` itself (for a caller that writes into
+    its own partial file and moves several files together).
+    """
     model = model.eval().to(memory_format=torch.contiguous_format)
     dummy = torch.zeros(1, 1, 64, 64)
     h, w = torch.export.Dim("height", min=1), torch.export.Dim("width", min=1)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=directory)
-    os.close(fd)
+    tmp = partial_path(path) if atomic else path
     try:
         onnx_program = torch.onnx.export(
             _Exportable(model),
@@ -67,10 +70,11 @@ def export_onnx(model: DeSpeckNet, path: str, record: TrainingRecord, version: s
         import onnx
 
         onnx.save_model(proto, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
-        os.replace(tmp, path)
+        back = onnx.load_model(tmp)  # read back: a full disk can leave a truncated file behind
+        if {e.key: e.value for e in back.metadata_props}.get("format") != FORMAT:
+            raise OSError(f"{tmp} did not read back as the model just written")
+        if atomic:
+            commit_files([(tmp, path)])
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if atomic:
+            remove_quietly(tmp)

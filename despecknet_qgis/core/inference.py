@@ -6,16 +6,15 @@ import os
 import numpy as np
 
 from .domain import LOG_SCALE, Z_LIMIT
-from .errors import DespeckNetError
-from .model_info import ModelInfo
+from .errors import InputError, ModelError, ResourceError
+from .model_info import ModelInfo, bundled_model_path  # noqa: F401 - bundled_model_path: this module's interface since 0.1
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def bundled_model_path() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "despecknet.onnx")
+# ONNX Runtime reports allocation failures as its own exception types (Fail,
+# RuntimeException), not as MemoryError; these words in the message mean memory ran out.
+_OUT_OF_MEMORY_WORDS = ("alloc", "memory", "out of memory")
 
 
 def _nvidia_driver_present() -> bool:
@@ -28,21 +27,43 @@ class Despeckler:
     """A loaded deSpeckNet ONNX model. `provider` is the execution provider actually in use."""
 
     def __init__(
-        self, model_path: str | None = None, device: str = "auto", threads: int | None = None, with_noise: bool = True
+        self, model_path: str | None = None, device: str = "auto", threads: int | None = None, with_noise: bool = True,
+        session_config: dict[str, str] | None = None,
     ):
+        """Load a deSpeckNet ONNX model.
+
+        Args:
+            model_path: an ONNX model exported by train or fine_tune; None: the bundled model.
+            device: "auto" (CUDA when ONNX Runtime can use it, else CPU), "cpu" or "cuda" (fails
+                rather than silently falling back to the CPU).
+            threads: ONNX Runtime intra-op threads (None: its default).
+            with_noise: keep the speckle branch; False runs FCN_clean alone (half the cost).
+            session_config: extra ONNX Runtime session configuration entries.
+
+        Raises:
+            InputError: unknown device, missing file or a folder; ModelError: not a loadable
+            deSpeckNet model; ResourceError: CUDA asked for but not usable.
+        """
         import onnxruntime as ort
 
         path = model_path or bundled_model_path()
         if device not in DEVICES:
-            raise DespeckNetError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
+            raise InputError(f"Unknown `device` {device!r}: use one of {', '.join(DEVICES)}.")
+        if os.path.isdir(path):
+            raise InputError(f"`model_path` {path} is a folder: choose the .onnx model file in it.")
         if not os.path.isfile(path):
-            raise DespeckNetError(f"Model file {path} does not exist.")
+            raise InputError(f"Model file {path} (`model_path`) does not exist.")
+        if path.lower().endswith((".pt", ".pth")):
+            raise ModelError(
+                f"{path} is a PyTorch checkpoint; despeckling needs the ONNX model written beside it by training "
+                f"or fine-tuning ({os.path.splitext(path)[0]}.onnx)."
+            )
         available = ort.get_available_providers()
         if device == "cuda" and CUDA not in available:
-            raise DespeckNetError(
-                "DEVICE=cuda was asked for, but this ONNX Runtime has no CUDA support "
+            raise ResourceError(
+                "`device`=cuda was asked for, but this ONNX Runtime has no CUDA support "
                 f"(providers: {', '.join(available)}). Install onnxruntime-gpu with CUDA 12/13 "
-                "and cuDNN 9, or choose DEVICE=cpu or auto."
+                "and cuDNN 9, or choose the cpu or auto device."
             )
         want_cuda = device == "cuda" or (device == "auto" and CUDA in available and _nvidia_driver_present())
         providers = [CUDA, CPU] if want_cuda else [CPU]
@@ -50,28 +71,30 @@ class Despeckler:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         try:
             model = path if with_noise else _clean_branch_only(path)
             self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable models
-            raise DespeckNetError(
+            raise ModelError(
                 f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]}). "
                 "Use a model exported by despecknet:train or despecknet:finetune."
             ) from exc
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
-            raise DespeckNetError(
-                "DEVICE=cuda was asked for, but ONNX Runtime could not use the GPU (no NVIDIA GPU, "
-                "or the CUDA/cuDNN libraries did not load). Choose DEVICE=cpu or auto, or fix the CUDA setup."
+            raise ResourceError(
+                "`device`=cuda was asked for, but ONNX Runtime could not use the GPU (no NVIDIA GPU, "
+                "or the CUDA/cuDNN libraries did not load). Choose the cpu or auto device, or fix the CUDA setup."
             )
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         names_in = [i.name for i in self.session.get_inputs()]
         names_out = [o.name for o in self.session.get_outputs()]
         expected = list(ModelInfo.OUTPUTS) if with_noise else [ModelInfo.OUTPUTS[0]]
         if names_in != [ModelInfo.INPUT] or names_out != expected:
-            raise DespeckNetError(f"{path} has inputs {names_in} and outputs {names_out}, not a deSpeckNet graph.")
+            raise ModelError(f"{path} has inputs {names_in} and outputs {names_out}, not a deSpeckNet graph.")
         if self.info.log_scale != LOG_SCALE or self.info.z_limit != Z_LIMIT:
-            raise DespeckNetError(f"{path} uses a normalisation this plugin version does not know.")
+            raise ModelError(f"{path} uses a normalisation this plugin version does not know.")
         self.path = path
         self.with_noise = with_noise
 
@@ -80,11 +103,39 @@ class Despeckler:
         return self.info.receptive_field // 2
 
     def predict(self, z: np.ndarray, with_noise: bool = False):
-        """z: (H, W) normalised log intensity -> (clean_z, noise_z or None), float32."""
+        """z: (H, W) normalised log intensity -> (clean_z, noise_z or None), float32 of the same shape.
+
+        Raises:
+            ModelError: the network's output has another shape than its input, or holds NaN
+                or infinite values, or ONNX Runtime fails on the model;
+            ResourceError: ONNX Runtime ran out of memory for a tile this size.
+        """
         if with_noise and not self.with_noise:
             raise ValueError("this session was loaded without the noise branch")
         names = list(ModelInfo.OUTPUTS) if with_noise else [ModelInfo.OUTPUTS[0]]
-        out = self.session.run(names, {ModelInfo.INPUT: np.ascontiguousarray(z, np.float32)[None, None]})
+        try:
+            out = self.session.run(names, {ModelInfo.INPUT: np.ascontiguousarray(z, np.float32)[None, None]})
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own exception types (Fail, RuntimeException, ...)
+            text = str(exc)
+            if isinstance(exc, MemoryError) or any(w in text.lower() for w in _OUT_OF_MEMORY_WORDS):
+                raise ResourceError(
+                    f"ONNX Runtime ran out of memory on a {z.shape[1]}x{z.shape[0]} tile (margins included) with "
+                    f"{self.path}: lower `tile_size` and try again."
+                ) from exc
+            raise ModelError(f"ONNX Runtime failed to run the model {self.path}: {text.splitlines()[0][:300]}") from exc
+        for name, value in zip(names, out):
+            if value.shape != (1, 1) + z.shape:
+                raise ModelError(
+                    f"The model {self.path} gave its '{name}' output the shape {tuple(value.shape)} for an input "
+                    f"of {(1, 1) + z.shape}: it is not a deSpeckNet model (the outputs must match the input's size)."
+                )
+            if not np.isfinite(value).all():
+                bad = int((~np.isfinite(value)).sum())
+                raise ModelError(
+                    f"The model {self.path} gave {bad} NaN or infinite value(s) in its '{name}' output on a "
+                    f"{z.shape[1]}x{z.shape[0]} tile: its weights are corrupt or it was not trained for this data. "
+                    "Export the model again or use the bundled one."
+                )
         return out[0][0, 0], (out[1][0, 0] if with_noise else None)
 
 

@@ -79,12 +79,28 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
-def c_nn(image: np.ndarray, row: int, col: int) -> float:
-    """10 log10 of a target's value over the mean of its 8 neighbours."""
+def c_nn(image: np.ndarray, row: int, col: int, valid: np.ndarray | None = None) -> float:
+    """10 log10 of a target's value over the mean of its valid neighbours (up to 8).
+
+    `valid` marks pixels that carry data (nodata neighbours are left out, not counted as
+    some value). NaN when the target itself is invalid or has no valid neighbour; -inf for
+    a zero target, +inf for a positive target among zero neighbours.
+    """
     r0, r1, c0, c1 = max(row - 1, 0), min(row + 2, image.shape[0]), max(col - 1, 0), min(col + 2, image.shape[1])
     window = image[r0:r1, c0:c1].astype(np.float64)
-    neighbours = (window.sum() - image[row, col]) / (window.size - 1)
-    return float(10 * math.log10(image[row, col] / neighbours))
+    ok = np.isfinite(window) if valid is None else valid[r0:r1, c0:c1] & np.isfinite(window)
+    centre = (row - r0, col - c0)
+    if not ok[centre]:
+        return float("nan")
+    ok[centre] = False
+    if not ok.any():
+        return float("nan")
+    target, neighbours = float(window[centre]), float(window[ok].mean())
+    if target == 0.0:
+        return float("-inf")
+    if neighbours == 0.0:
+        return float("inf")
+    return float(10 * math.log10(target / neighbours))
 
 
 @dataclass

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
-from .errors import DespeckNetError
+from .errors import ModelError
 
 FORMAT = "despecknet-onnx/1"
 
@@ -14,6 +15,18 @@ WIDTH = 64
 # 17 convolutions of 3x3: a pixel depends on the 35x35 window around it.
 RECEPTIVE_RADIUS = N_BLOCKS
 RECEPTIVE_FIELD = 2 * RECEPTIVE_RADIUS + 1
+
+_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+def bundled_model_path() -> str:
+    """The ONNX model shipped with the plugin (read-only to every algorithm)."""
+    return os.path.join(_MODELS, "despecknet.onnx")
+
+
+def bundled_checkpoint_path() -> str:
+    """The checkpoint of the bundled model, the default base of fine-tuning (read-only too)."""
+    return os.path.join(_MODELS, "despecknet.pt")
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,13 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, meta: dict, source: str) -> "ModelInfo":
         if meta.get("format") != FORMAT:
-            raise DespeckNetError(
+            raise ModelError(
                 f"{source} is not a deSpeckNet ONNX model (its metadata lacks format={FORMAT}). "
-                "Use a model exported by despecknet:train or despecknet:finetune, or leave MODEL empty "
+                "Use a model exported by despecknet:train or despecknet:finetune, or leave `model_path` empty "
                 "for the bundled model."
             )
         if meta.get("domain") != "log_intensity":
-            raise DespeckNetError(f"{source} works in an unsupported domain {meta.get('domain')!r}.")
+            raise ModelError(f"{source} works in an unsupported domain {meta.get('domain')!r}.")
         try:
             return cls(
                 version=meta.get("model_version", "?"),
@@ -48,4 +61,4 @@ class ModelInfo:
                 training=json.loads(meta.get("training", "{}")),
             )
         except (KeyError, ValueError) as exc:
-            raise DespeckNetError(f"{source} has incomplete deSpeckNet metadata ({exc}).") from exc
+            raise ModelError(f"{source} has incomplete deSpeckNet metadata ({exc}).") from exc

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import domain as dm
-from .errors import DespeckNetError
+from .defaults import RANGES
+from .errors import InputError
 from .progress import SILENT, Progress
-from .raster import Window, check_bands, check_same_grid, nodata_of, open_raster, read, read_intensity, valid_mask
-from .tiled_predict import band_statistics
+from .raster import Window, band_statistics, check_bands, check_same_grid, nodata_of, open_raster, read, read_intensity, valid_mask
 
 BLOCK_PATCHES = 4  # a block is 4x4 patch positions
 MIN_VALID = 0.5  # patches with fewer valid (and labelled) pixels are skipped
@@ -48,12 +48,9 @@ class _Block:
 class RasterPatches:
     def __init__(self, pairs: list[ImagePair], patch: int = 40, stride: int = 40, validation_fraction: float = 0.0,
                  seed: int = 0, progress: Progress = SILENT):
-        if patch < 8:
-            raise DespeckNetError("PATCH_SIZE must be at least 8 pixels.")
-        if stride < 1:
-            raise DespeckNetError("STRIDE must be at least 1 pixel.")
-        if not 0.0 <= validation_fraction < 1.0:
-            raise DespeckNetError("VALIDATION_FRACTION must be between 0 and 1 (excluded).")
+        RANGES["patch"].check(patch, "patch", "pixels")
+        RANGES["stride"].check(stride, "stride", "pixels")
+        RANGES["validation_fraction"].check(validation_fraction, "validation_fraction")
         self.pairs, self.patch, self.stride = pairs, patch, stride
         self._datasets: dict = {}
         self.offsets: list[float] = []
@@ -66,9 +63,9 @@ class RasterPatches:
                 if other:
                     check_same_grid(ds, pair.noisy, open_raster(other), f"The {what} {other}")
             if ds.RasterXSize < patch or ds.RasterYSize < patch:
-                raise DespeckNetError(
+                raise InputError(
                     f"{pair.noisy} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than one "
-                    f"{patch}x{patch} patch: lower PATCH_SIZE or use a larger image."
+                    f"{patch}x{patch} patch: lower `patch` or use a larger image."
                 )
             stats = band_statistics(ds, pair.band, pair.domain, pair.noisy, 512, progress, 0.0, 0.0)
             self.offsets.append(stats.offset)
@@ -84,12 +81,12 @@ class RasterPatches:
         if validation_fraction > 0 and n_val == 0 and len(blocks) > 1:
             n_val = 1
         if n_val >= len(blocks):
-            raise DespeckNetError("The images are too small to hold out validation patches: lower VALIDATION_FRACTION.")
+            raise InputError("The images are too small to hold out validation patches: lower `validation_fraction`.")
         self.validation_blocks = [blocks[k] for k in sorted(order[:n_val])]
         self.training_blocks = [blocks[k] for k in sorted(order[n_val:])]
         self.training_patches = sum(self._count(b) for b in self.training_blocks)
         if self.training_patches == 0:
-            raise DespeckNetError(
+            raise InputError(
                 "No training patch has enough valid pixels (at least half of each patch must be valid"
                 + (" and labelled" if any(p.label for p in pairs) else "") + "): check nodata, the label and the mask."
             )

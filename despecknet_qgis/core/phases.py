@@ -9,17 +9,16 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from .defaults import PHASE1_TRAINING as P1
+from .defaults import PHASE2_TRAINING as P2
+from .defaults import RANGES
 from .domain import LOG_SCALE, log_speckle_mean
-from .errors import Cancelled, DespeckNetError
-from .losses import PHASE1, PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
+from .errors import Cancelled, InputError, OutputError, translate_errors
+from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
+from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
+from .model_info import bundled_checkpoint_path  # noqa: F401 - this module's interface since 0.1
 from .patches import ImagePair, RasterPatches
 from .progress import SILENT, Progress
-
-PRESETS = {"multilook": PHASE2_MULTILOOK, "singlelook": PHASE2_SINGLELOOK}
-
-
-def bundled_checkpoint_path() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "despecknet.pt")
 
 
 def checkpoint_path_for(onnx_path: str) -> str:
@@ -39,50 +38,80 @@ class TrainingReport:
     pixels: int
 
 
-def _check_output(onnx_path: str, inputs: list[str]) -> None:
-    if not onnx_path.lower().endswith(".onnx"):
-        raise DespeckNetError(f"OUTPUT_MODEL {onnx_path} must end with .onnx.")
-    folder = os.path.dirname(os.path.abspath(onnx_path))
-    if not os.path.isdir(folder):
-        raise DespeckNetError(f"Output folder {folder} does not exist.")
-    from .raster import same_file
+def _check_output(onnx_path: str, inputs: dict) -> None:
+    """Before any work: the model and its checkpoint can be written and overwrite no input."""
+    if not str(onnx_path).lower().endswith(".onnx"):
+        raise OutputError(f"`onnx_path` {onnx_path} must end with .onnx.")
+    check_outputs({"onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)}, inputs)
 
-    for p in inputs:
-        if p and (same_file(onnx_path, p) or same_file(checkpoint_path_for(onnx_path), p)):
-            raise DespeckNetError(f"OUTPUT_MODEL would overwrite the input {p}: choose another file name.")
+
+def _save_checked(path: str, model, record) -> None:
+    """save_checkpoint into a partial file read back whole, then moved onto `path`."""
+    tmp = partial_path(path)
+    try:
+        _write_checkpoint(tmp, path, model, record)
+        commit_files([(tmp, path)])
+    finally:
+        remove_quietly(tmp)
+
+
+def _write_checkpoint(tmp: str, path: str, model, record) -> None:
+    from .training import load_checkpoint, save_checkpoint
+
+    try:
+        save_checkpoint(tmp, model, record)
+        load_checkpoint(tmp)  # read back: a full disk can leave a truncated file behind
+    except Exception as exc:  # noqa: BLE001 - OSError, torch's RuntimeError, or ModelError from the read-back
+        raise _write_failed(path, exc) from exc
+
+
+def _write_failed(path: str, exc: BaseException) -> OutputError:
+    detail = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return OutputError(f"Writing {path} failed ({detail}). Is the disk full or read-only? "
+                       "A file that was already there is unchanged.")
 
 
 def _run(model, record, source, weights, onnx_path, version, description, progress, phase_info, before_export=None,
          **fit_args):
     from .export import export_onnx
-    from .training import fit, save_checkpoint
+    from .training import TrainingRecord, fit
 
     ckpt = checkpoint_path_for(onnx_path)
-    tmp_ckpt = ckpt + ".partial"
+    for p in (ckpt, onnx_path):
+        remove_stale_partials(p)
     saved = []
 
     def checkpoint(m, epoch):
-        save_checkpoint(tmp_ckpt, m, record)
-        os.replace(tmp_ckpt, ckpt)
+        # A kept checkpoint says how it was made, this unfinished phase included.
+        so_far = TrainingRecord([*record.phases, {**phase_info, "weights": asdict(weights), "epochs_done": epoch,
+                                                  "complete": False, "seed": fit_args.get("seed")}])
+        _save_checked(ckpt, m, so_far)
         saved.append(epoch)
 
     try:
         result = fit(model, source, weights, progress=progress, checkpoint=checkpoint, **fit_args)
-    except Cancelled:
+    except Cancelled as exc:
         if saved:
-            raise Cancelled(f"Cancelled by the user; the checkpoint of epoch {saved[-1]} is kept in {ckpt} (no ONNX model was written).")
+            raise Cancelled(f"{exc} The checkpoint of epoch {saved[-1]} is kept in {ckpt} (no ONNX model was written).") from exc
         raise
-    finally:
-        if os.path.exists(tmp_ckpt):
-            os.remove(tmp_ckpt)
     if before_export is not None:
         phase_info = {**phase_info, **before_export(model)}
     record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
                seconds=round(result.seconds, 1), best_validation=result.best_validation, stopped_early=result.stopped_early,
-               seed=fit_args.get("seed"), bf16=result.bf16)
-    save_checkpoint(tmp_ckpt, model, record)
-    os.replace(tmp_ckpt, ckpt)
-    export_onnx(model, onnx_path, record, version, description)
+               seed=fit_args.get("seed"), bf16=result.bf16, epochs_done=len(saved) or None, complete=True)
+    tmp_ckpt, tmp_onnx = partial_path(ckpt), partial_path(onnx_path)
+    try:
+        _write_checkpoint(tmp_ckpt, ckpt, model, record)
+        try:
+            export_onnx(model, tmp_onnx, record, version, description, atomic=False)
+        except Exception as exc:  # noqa: BLE001 - OSError, or onnx/torch errors from a file cut short
+            raise _write_failed(onnx_path, exc) from exc
+        commit_files([(tmp_ckpt, ckpt), (tmp_onnx, onnx_path)])
+    except OutputError as exc:
+        kept = f" The checkpoint of epoch {saved[-1]} is kept in {ckpt}." if saved else ""
+        raise OutputError(f"{exc}{kept}") from exc
+    finally:
+        remove_quietly(tmp_ckpt, tmp_onnx)
     return result, ckpt
 
 
@@ -120,45 +149,67 @@ def calibrate_radiometry(model, source) -> float:
     return gain
 
 
-def _base_model(initial: str | None, seed: int):
+def _base_model(initial: str | None, seed: int, argument: str):
     from .model import DeSpeckNet
     from .training import TrainingRecord, load_checkpoint, seed_everything
 
     seed_everything(seed)  # the initial weights too come from the seed
 
     if initial:
+        if os.path.isdir(initial):
+            raise InputError(f"`{argument}` {initial} is a folder: choose the .pt checkpoint in it.")
         if not os.path.isfile(initial):
-            raise DespeckNetError(f"Checkpoint {initial} does not exist.")
+            raise InputError(f"Checkpoint {initial} (`{argument}`) does not exist.")
+        if initial.lower().endswith(".onnx"):
+            raise InputError(f"`{argument}` {initial} is an ONNX model; training starts from the .pt checkpoint written "
+                             f"beside it ({os.path.splitext(initial)[0]}.pt).")
         return load_checkpoint(initial)
     return DeSpeckNet(), TrainingRecord()
 
 
+def _check_training_numbers(**values) -> None:
+    for name, value in values.items():
+        if value is not None:
+            RANGES[name].check(value, name)
+
+
+@translate_errors
 def train(
     pairs: list[ImagePair],
     onnx_path: str,
-    epochs: int = 30,
-    patch: int = 40,
-    stride: int = 9,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    lr_end: float = 1e-4,
-    lr_steps: int = 3,
+    epochs: int = P1.epochs,
+    patch: int = P1.patch,
+    stride: int = P1.stride,
+    batch_size: int = P1.batch_size,
+    lr: float = P1.lr,
+    lr_end: float = P1.lr_end,
+    lr_steps: int = P1.lr_steps,
     weights: LossWeights = PHASE1,
-    seed: int = 0,
-    validation_fraction: float = 0.1,
+    seed: int = P1.seed,
+    validation_fraction: float = P1.validation_fraction,
     initial_model: str | None = None,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
 ) -> TrainingReport:
-    """Phase 1: supervised training on (noisy, label[, mask]) pairs."""
+    """Phase 1: supervised training on (noisy, label[, mask]) pairs.
+
+    Writes `onnx_path` and the checkpoint beside it (same name, .pt) together, once both
+    are complete and read back; after each epoch the checkpoint alone is updated, so a
+    cancel keeps the last finished epoch. Defaults: defaults.PHASE1_TRAINING.
+
+    Raises:
+        InputError, OutputError (both checked before any work), ModelError (initial_model),
+        TrainingError (diverged), Cancelled.
+    """
     if not pairs:
-        raise DespeckNetError("Give at least one noisy image with its reference label.")
+        raise InputError("Give at least one noisy image with its reference label.")
     if any(not p.label for p in pairs):
-        raise DespeckNetError("Every INPUT image needs a REFERENCE label (same number of each, in the same order).")
-    _check_output(onnx_path, [p.noisy for p in pairs] + [p.label for p in pairs] + [initial_model])
-    if epochs < 1:
-        raise DespeckNetError("EPOCHS must be at least 1.")
-    model, record = _base_model(initial_model, seed)
+        raise InputError("Every image needs a reference label (the same number of each, in the same order).")
+    _check_output(onnx_path, {"images": [p.noisy for p in pairs], "labels": [p.label for p in pairs],
+                              "masks": [p.mask for p in pairs], "initial_model": initial_model})
+    _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr, lr_end=lr_end,
+                            validation_fraction=validation_fraction)
+    model, record = _base_model(initial_model, seed, "initial_model")
     source = RasterPatches(pairs, patch, stride, validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
     result, ckpt = _run(
@@ -172,6 +223,7 @@ def train(
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)
 
 
+@translate_errors
 def fine_tune(
     image: str,
     onnx_path: str,
@@ -179,18 +231,19 @@ def fine_tune(
     domain: str = "intensity",
     base_model: str | None = None,
     weights: LossWeights = PHASE2_MULTILOOK,
-    epochs: int = 1,
-    patch: int = 40,
-    stride: int = 20,
-    batch_size: int = 128,
-    lr: float = 1e-4,
-    validation_fraction: float = 0.1,
+    epochs: int = P2.epochs,
+    patch: int = P2.patch,
+    stride: int = P2.stride,
+    batch_size: int = P2.batch_size,
+    lr: float = P2.lr,
+    validation_fraction: float = P2.validation_fraction,
     looks: float | None = None,
     calibrate: bool = True,
     freeze_batchnorm: bool = True,
     evaluations_per_epoch: int = 8,
     patience: int | None = None,
-    seed: int = 0,
+    acceptance: bool = True,
+    seed: int = P2.seed,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
 ) -> TrainingReport:
@@ -202,16 +255,27 @@ def fine_tune(
     scaled so that the mean of Y / X_hat on the image is 1 (see calibrate_radiometry).
     """
     base = base_model or bundled_checkpoint_path()
-    _check_output(onnx_path, [image, base])
-    if epochs < 1:
-        raise DespeckNetError("EPOCHS must be at least 1.")
-    model, record = _base_model(base, seed)
+    _check_output(onnx_path, {"image": image, "base_model": base})
+    _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,
+                            validation_fraction=validation_fraction)
     if looks is not None and looks <= 0:
-        raise DespeckNetError("LOOKS must be positive.")
+        raise InputError(f"`looks` must be positive (got {looks:g}).")
+    model, record = _base_model(base, seed, "base_model")
+    import copy
+
+    from .adaptation import choose_weights
+
+    base_state = copy.deepcopy(model.state_dict())
     shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
     source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift)], patch, stride,
                            validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
+
+    def finish(m, source):
+        if acceptance:
+            return choose_weights(m, base_state, source, looks, calibrate_radiometry if calibrate else None, progress)
+        return {"radiometric_gain": calibrate_radiometry(m, source)} if calibrate else {}
+
     result, ckpt = _run(
         model, record, source, weights, onnx_path, version="phase2",
         description=f"deSpeckNet tuned (phase 2) on {os.path.basename(image)}", progress=progress,
@@ -219,7 +283,7 @@ def fine_tune(
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, evaluations_per_epoch=evaluations_per_epoch,
         patience=patience if source.validation_blocks else None, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm,
-        before_export=(lambda m: {"radiometric_gain": calibrate_radiometry(m, source)}) if calibrate else None,
+        before_export=lambda m: finish(m, source),
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)

@@ -18,9 +18,10 @@ import numpy as np
 
 from . import domain as dm
 from . import metrics as mt
-from .errors import DespeckNetError
+from .errors import InputError, translate_errors
+from .files import check_outputs
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
+from .raster import Outputs, RasterOutput, Window, check_bands, check_same_grid, open_raster, read_intensity, windows
 
 MARGIN = mt.SSIM_RADIUS + 2
 
@@ -36,7 +37,7 @@ class QualityReport:
     ssim_db: float | None = None
     dg: float | None = None
     epi: float | None = None
-    c_nn: list = field(default_factory=list)  # (row, col, C_NN of X_hat, C_NN of X or None)
+    c_nn: list = field(default_factory=list)  # (row, col, C_NN of X_hat, C_NN of X or None); NaN at nodata
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -52,6 +53,7 @@ class _Band:
         return read_intensity(self.band, win, self.domain)
 
 
+@translate_errors
 def quality_metrics(
     despeckled: str,
     noisy: str,
@@ -63,18 +65,33 @@ def quality_metrics(
     window: int = 512,
     progress: Progress = SILENT,
 ) -> QualityReport:
+    """Quality numbers of `despeckled` against `noisy` and, when given, a clean `reference`.
+
+    Args:
+        despeckled, noisy, reference: rasters on the same grid; band: 1-based band of each;
+        domain: what their values are. points: (row, col) pixels of strong scatterers for
+        C_NN. ratio_output: optional raster of Y / X_hat. window: streaming window.
+
+    Returns:
+        QualityReport (None for the full-reference numbers without a reference).
+
+    Raises:
+        InputError (grids differ, no common valid pixel, a point outside the raster),
+        OutputError (ratio_output checked before any work), Cancelled.
+    """
     dm.check_domain(domain)
-    est = _Band(despeckled, band, domain, "INPUT")
-    noi = _Band(noisy, band, domain, "NOISY")
-    ref = _Band(reference, band, domain, "REFERENCE") if reference else None
+    check_outputs({"ratio_output": ratio_output}, {"despeckled": despeckled, "noisy": noisy, "reference": reference})
+    est = _Band(despeckled, band, domain, "`despeckled`")
+    noi = _Band(noisy, band, domain, "`noisy`")
+    ref = _Band(reference, band, domain, "`reference`") if reference else None
     check_same_grid(est.ds, est.name, noi.ds, noi.name)
     if ref is not None:
         check_same_grid(est.ds, est.name, ref.ds, ref.name)
-    if ratio_output:
-        for p in filter(None, (despeckled, noisy, reference)):
-            if same_file(ratio_output, p):
-                raise DespeckNetError(f"OUTPUT_RATIO {ratio_output} is one of the inputs: choose another file.")
     width, height = est.ds.RasterXSize, est.ds.RasterYSize
+    for k, (row, col) in enumerate(points or []):
+        if not (0 <= row < height and 0 <= col < width):
+            raise InputError(f"`points` number {k + 1} is at pixel (row {row}, column {col}), outside the "
+                             f"{width}x{height} raster: give points inside it.")
     tiles = windows(width, height, window)
     steps = len(tiles) * (2 if ref is not None else 1)
     done = 0
@@ -91,12 +108,12 @@ def quality_metrics(
             done += 1
             progress.set(100.0 * done / steps)
         if not math.isfinite(lo):
-            raise DespeckNetError(f"REFERENCE {reference} has no valid positive pixel.")
+            raise InputError(f"`reference` {reference} has no valid positive pixel.")
         lo_db, hi_db = 10 * math.log10(lo), 10 * math.log10(hi)
 
     ratio = mt.RatioStats()
     sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
-    outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")])) if ratio_output else None)
+    outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")], argument="ratio_output")) if ratio_output else None)
     with outputs as (out,):
         for win in tiles:
             progress.check()
@@ -132,14 +149,14 @@ def quality_metrics(
             done += 1
             progress.set(100.0 * done / steps)
         if ratio.count == 0:
-            raise DespeckNetError("INPUT and NOISY share no valid pixel: nothing to measure.")
+            raise InputError("`despeckled` and `noisy` share no valid pixel: nothing to measure.")
         outputs.commit()
 
     report = QualityReport(pixels=ratio.count, mor=ratio.mean, vor=ratio.variance)
     if ref is not None:
         n = sums["n"]
         if n == 0:
-            raise DespeckNetError("INPUT, NOISY and REFERENCE share no valid pixel.")
+            raise InputError("`despeckled`, `noisy` and `reference` share no valid pixel.")
         report.psnr_8bit = mt.psnr(sums["se8"] / n)
         report.ssim_8bit = sums["ssim8"] / n
         report.psnr_db = mt.psnr(sums["sedb"] / n, hi_db - lo_db)
@@ -147,14 +164,12 @@ def quality_metrics(
         report.dg = mt.despeckling_gain(sums["se_noisy"] / n, sums["se_est"] / n)
         report.epi = mt.epi_from_gradients(sums["grad_est"], sums["grad_ref"])
     for row, col in points or []:
-        if not (0 <= row < height and 0 <= col < width):
-            raise DespeckNetError(f"Point at pixel ({row}, {col}) lies outside the raster.")
-        win = type(tiles[0])(col, row, 1, 1).grown(1, width, height)
-        xh, _ = est.intensity(win)
+        win = Window(col, row, 1, 1).grown(1, width, height)
+        xh, valid = est.intensity(win)
         r, c = row - win.y, col - win.x
         value_ref = None
         if ref is not None:
-            x, _ = ref.intensity(win)
-            value_ref = mt.c_nn(x, r, c)
-        report.c_nn.append((row, col, mt.c_nn(xh, r, c), value_ref))
+            x, valid_ref = ref.intensity(win)
+            value_ref = mt.c_nn(x, r, c, valid_ref)
+        report.c_nn.append((row, col, mt.c_nn(xh, r, c, valid), value_ref))
     return report

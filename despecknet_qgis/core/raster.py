@@ -1,15 +1,27 @@
-"""GDAL helpers: opening inputs, windows, validity masks and outputs that appear only when complete."""
+"""GDAL helpers: opening inputs, windows, validity masks, band statistics, a bounded block
+cache, and outputs that appear only when complete and read back intact.
+
+GDAL reports most write failures (a full disk, an I/O error) only through its error
+handler: `WriteArray` still returns success while the block sits in the cache, and the
+failure happens later when the block is flushed. An output therefore records GDAL's
+failures for its whole life, flushes and closes its partial file, opens it again and reads
+every band back before it takes its final name (see `RasterOutput.finish`).
+"""
 from __future__ import annotations
 
 import os
-import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from osgeo import gdal
 
 from . import domain as dm
-from .errors import DespeckNetError
+from .defaults import GDAL_CACHE_BYTES
+from .errors import InputError, OutputError
+from .files import check_output_path, commit_files, partial_path, remove_quietly, remove_stale_partials
+from .files import same_file
+from .progress import Progress
 
 CREATION_OPTIONS = {
     "GTiff": ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=3", "ZLEVEL=1", "BIGTIFF=IF_SAFER"],
@@ -18,11 +30,13 @@ CREATION_OPTIONS = {
 
 def open_raster(path: str) -> gdal.Dataset:
     if not path or not os.path.exists(path):
-        raise DespeckNetError(f"Input raster {path!r} does not exist.")
+        raise InputError(f"Input raster {path!r} does not exist.")
+    if os.path.isdir(path):
+        raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
     with _quiet_gdal():
         ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
     if ds is None or ds.RasterCount == 0:
-        raise DespeckNetError(f"{path} is not a raster GDAL can read: choose a GeoTIFF or another GDAL raster.")
+        raise InputError(f"{path} is not a raster GDAL can read: choose a GeoTIFF or another GDAL raster.")
     return ds
 
 
@@ -34,12 +48,55 @@ class _quiet_gdal:
         gdal.PopErrorHandler()
 
 
+class GdalErrorLog:
+    """Records GDAL's failures (CE_Failure, CE_Fatal) in this thread while it is pushed.
+
+    GDAL's error handlers are a per-thread stack; handlers pushed above this one (a quiet
+    handler around an open) take their errors, and pop before this one does.
+    """
+
+    def __init__(self):
+        self.failures: list[str] = []
+        self._pushed = False
+
+    def _handler(self, err_class, err_no, message):  # noqa: ARG002 - GDAL's handler signature
+        if err_class >= gdal.CE_Failure:
+            self.failures.append(str(message).strip())
+
+    def push(self) -> "GdalErrorLog":
+        if not self._pushed:
+            gdal.PushErrorHandler(self._handler)
+            self._pushed = True
+        return self
+
+    def pop(self) -> None:
+        if self._pushed:
+            gdal.PopErrorHandler()
+            self._pushed = False
+
+    def since(self, mark: int) -> list[str]:
+        return self.failures[mark:]
+
+
+@contextmanager
+def gdal_cache_limit(nbytes: int = GDAL_CACHE_BYTES):
+    """Bound GDAL's block cache for a run (its default, 5 % of RAM, grows with the image); restored after."""
+    previous = gdal.GetCacheMax()
+    if previous > nbytes:
+        gdal.SetCacheMax(nbytes)
+    try:
+        yield
+    finally:
+        if gdal.GetCacheMax() != previous:
+            gdal.SetCacheMax(previous)
+
+
 def check_bands(ds: gdal.Dataset, bands: list[int] | None, source: str) -> list[int]:
     if not bands:
         return list(range(1, ds.RasterCount + 1))
     bad = [b for b in bands if not 1 <= b <= ds.RasterCount]
     if bad:
-        raise DespeckNetError(f"{source} has {ds.RasterCount} band(s); band(s) {bad} do not exist.")
+        raise InputError(f"{source} has {ds.RasterCount} band(s); band(s) {bad} do not exist.")
     return list(bands)
 
 
@@ -71,7 +128,7 @@ def windows(width: int, height: int, size: int) -> list[Window]:
 def read(band: gdal.Band, win: Window) -> np.ndarray:
     data = band.ReadAsArray(win.x, win.y, win.w, win.h)
     if data is None:
-        raise DespeckNetError(f"Reading window {win} failed: {gdal.GetLastErrorMsg()}")
+        raise InputError(f"Reading window {win} failed: {gdal.GetLastErrorMsg()}")
     return data
 
 
@@ -87,18 +144,65 @@ def read_intensity(band: gdal.Band, win: Window, domain: str) -> tuple[np.ndarra
     return dm.to_intensity(np.where(valid, values, 1.0), domain), valid
 
 
+@dataclass
+class BandStats:
+    band: int
+    offset: float
+    valid_pixels: int
+
+
+def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, progress: Progress, share: float = 0.0,
+                    done: float = 0.0) -> BandStats:
+    """Validate a band's values and compute its normalisation offset (mean of ln I), window by window.
+
+    Args:
+        ds: the open dataset; band_index: 1-based band; domain: one of domain.DOMAINS;
+        source: the name used in messages; tile: window size; progress: reports
+        `done` .. `done + share` percent and checks for cancellation.
+
+    Raises:
+        InputError: undeclared NaN or infinite values, negative intensities or amplitudes,
+        or no valid pixel at all.
+    """
+    band = ds.GetRasterBand(band_index)
+    nodata = nodata_of(band)
+    log_mean = dm.LogMean()
+    wins = windows(ds.RasterXSize, ds.RasterYSize, tile)
+    for k, win in enumerate(wins):
+        progress.check()
+        values = read(band, win).astype(np.float64)
+        valid = valid_mask(values, nodata)
+        v = values[valid]
+        if not np.isfinite(v).all():
+            raise InputError(
+                f"{source} band {band_index} has NaN or infinite values that are not declared nodata. "
+                "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
+            )
+        if domain in ("intensity", "amplitude") and (v < 0).any():
+            raise InputError(
+                f"{source} band {band_index} has negative values ({v.min():g}), impossible for {domain}. "
+                "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
+            )
+        intensity = dm.to_intensity(values, domain)
+        log_mean.add(intensity, valid)
+        progress.set(done + share * (k + 1) / len(wins))
+    if log_mean.count == 0:
+        raise InputError(f"{source} band {band_index} has no valid pixel (all nodata or zero): nothing to despeckle.")
+    return BandStats(band_index, log_mean.value, log_mean.count)
+
+
 def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:
     """Rasters used pixel by pixel together must share size, geotransform and CRS."""
     if (other.RasterXSize, other.RasterYSize) != (ref.RasterXSize, ref.RasterYSize):
-        raise DespeckNetError(
+        raise InputError(
             f"{other_name} is {other.RasterXSize}x{other.RasterYSize} pixels but {ref_name} is "
             f"{ref.RasterXSize}x{ref.RasterYSize}: they must cover the same pixel grid (co-register or resample)."
         )
     if other.GetGeoTransform() != ref.GetGeoTransform():
-        raise DespeckNetError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
+        raise InputError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
     a, b = other.GetSpatialRef(), ref.GetSpatialRef()
     if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
-        raise DespeckNetError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
+        raise InputError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
 
 
 def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -120,31 +224,42 @@ def driver_for(path: str) -> str:
         if meta.get("DCAP_RASTER") == "YES" and meta.get("DCAP_CREATE") == "YES":
             if ext and ext in (meta.get("DMD_EXTENSIONS") or "").split():
                 return drv.ShortName
-    raise DespeckNetError(f"Cannot write {path}: no GDAL driver creates '.{ext}' rasters. Use a .tif output.")
+    raise OutputError(f"Cannot write {path}: no GDAL driver creates '.{ext}' rasters. Use a .tif output.")
 
 
 class RasterOutput:
-    """A raster (Float32 unless told) written beside its destination under a hidden temporary name.
+    """A raster (Float32 unless told) written beside its destination under a hidden partial name.
 
-    `commit()` closes it and moves it into place; `discard()` (also on any exception
-    inside a `with` block) deletes it. A destination never holds a half-written file.
+    `finish()` flushes and closes it, then checks GDAL's recorded failures and reads the
+    file back; `commit()` does that and moves it into place; `discard()` (also on any
+    exception inside a `with` block) deletes it. A destination never holds a half-written
+    or unreadable file, and a file already there stays untouched unless the new one is whole.
+    `errors` is the GdalErrorLog shared by a set of outputs (Outputs); without one, the
+    output records into its own.
     """
 
-    def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None], data_type: str = "Float32"):
-        self.path = os.path.abspath(path)
+    def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None], data_type: str = "Float32",
+                 errors: GdalErrorLog | None = None, argument: str = "output"):
+        self.path = check_output_path(path, argument)
         driver_name = driver_for(path)
-        directory, name = os.path.split(self.path)
-        if not os.path.isdir(directory):
-            raise DespeckNetError(f"Output folder {directory} does not exist.")
-        stem, ext = os.path.splitext(name)
-        self.tmp = os.path.join(directory, f".{stem}.partial-{uuid.uuid4().hex[:8]}{ext}")
+        remove_stale_partials(self.path)
+        self.tmp = partial_path(self.path)
+        self._own_errors = errors is None
+        self.errors = (errors or GdalErrorLog()).push()
+        self._mark = len(self.errors.failures)
+        self.finished = self.committed = False
+        self.bands = bands
+        self.size = (like.RasterXSize, like.RasterYSize)
         driver = gdal.GetDriverByName(driver_name)
         self.ds = driver.Create(
             self.tmp, like.RasterXSize, like.RasterYSize, bands, gdal.GetDataTypeByName(data_type),
             [o for o in CREATION_OPTIONS.get(driver_name, []) if data_type == "Float32" or not o.startswith("PREDICTOR")],
         )
         if self.ds is None:
-            raise DespeckNetError(f"Cannot create {path}: {gdal.GetLastErrorMsg()}")
+            failure = (self.errors.since(self._mark) or [gdal.GetLastErrorMsg()])[-1]
+            self._release()
+            remove_quietly(self.tmp)
+            raise OutputError(f"Cannot create {path}: {failure}")
         gt = like.GetGeoTransform(can_return_null=True)
         if gt is not None:
             self.ds.SetGeoTransform(gt)
@@ -156,30 +271,90 @@ class RasterOutput:
             if nd is not None:
                 self.ds.GetRasterBand(i).SetNoDataValue(float(nd))
 
+    def _adopt(self, errors: GdalErrorLog) -> None:
+        """Record into a shared log from now on (its own log is the top of GDAL's stack here)."""
+        self.errors.pop()
+        self.errors, self._own_errors = errors, False
+        self._mark = len(errors.failures)
+
     def band(self, i: int) -> gdal.Band:
         return self.ds.GetRasterBand(i)
 
     def write(self, i: int, win: Window, data: np.ndarray) -> None:
-        if self.band(i).WriteArray(data, win.x, win.y) != 0:
-            raise DespeckNetError(f"Writing {self.path} failed: {gdal.GetLastErrorMsg()}")
+        try:
+            status = self.band(i).WriteArray(data, win.x, win.y)
+        except RuntimeError as exc:  # GDAL with exceptions enabled by someone else
+            self._fail(str(exc))
+        if status != 0:
+            self._fail(gdal.GetLastErrorMsg())
+        failures = self.errors.since(self._mark)
+        if failures:
+            self._fail(failures[0])
+
+    def _fail(self, detail: str) -> None:
+        raise OutputError(
+            f"Writing {self.path} failed ({detail.strip() or 'unknown GDAL error'}). Is the disk full? "
+            "Nothing was written there; a file already at that path is unchanged."
+        )
+
+    def finish(self) -> str:
+        """Flush, close and read the partial file back; raises OutputError if anything failed."""
+        try:
+            self.ds.FlushCache()
+            self.ds = None  # closing writes the last blocks and the TIFF directory
+        except RuntimeError as exc:
+            self.ds = None
+            self._fail(str(exc))
+        failures = self.errors.since(self._mark)
+        if failures:
+            self._fail(failures[0])
+        self._read_back()
+        self.finished = True
+        return self.tmp
+
+    def _read_back(self) -> None:
+        try:
+            ds = gdal.OpenEx(self.tmp, gdal.OF_RASTER | gdal.OF_READONLY)
+        except RuntimeError as exc:
+            self._fail(str(exc))
+        if ds is None:
+            self._fail((self.errors.since(self._mark) or ["the file cannot be opened again"])[0])
+        if (ds.RasterXSize, ds.RasterYSize) != self.size or ds.RasterCount != self.bands:
+            self._fail(f"read back as {ds.RasterXSize}x{ds.RasterYSize}x{ds.RasterCount}")
+        for i in range(1, ds.RasterCount + 1):
+            try:
+                ds.GetRasterBand(i).Checksum()  # decodes every block of the band
+            except RuntimeError as exc:
+                self._fail(str(exc))
+        ds = None
+        failures = self.errors.since(self._mark)
+        if failures:
+            self._fail(failures[0])
 
     def commit(self) -> str:
-        self.ds.FlushCache()
-        self.ds = None
-        os.replace(self.tmp, self.path)
+        if not self.finished:
+            self.finish()
+        try:
+            commit_files([(self.tmp, self.path)])
+            self.committed = True
+        finally:
+            self._release()
         return self.path
 
     def discard(self) -> None:
         self.ds = None
-        for p in (self.tmp, self.tmp + ".aux.xml"):
-            if os.path.exists(p):
-                os.remove(p)
+        remove_quietly(self.tmp)
+        self._release()
+
+    def _release(self) -> None:
+        if self._own_errors:
+            self.errors.pop()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None or self.ds is not None:
+        if not self.committed:
             self.discard()
         return False
 
@@ -188,14 +363,25 @@ class Outputs:
     """Several RasterOutputs that appear together or not at all.
 
     Takes functions that create them (None for an output not asked for), so that a
-    failure to create the second one still removes the first one's temporary file.
+    failure to create the second one still removes the first one's partial file. One
+    GdalErrorLog records GDAL's failures for all of them, from the first creation to the
+    end of the `with` block. `commit()` finishes (flushes, closes, reads back) every output
+    before any of them takes its final name, then moves them all or none into place.
     """
 
     def __init__(self, *makers):
         self.outputs = []
+        self.errors = GdalErrorLog().push()
         try:
             for make in makers:
-                self.outputs.append(make() if make is not None else None)
+                out = make() if make is not None else None
+                if out is not None and out._own_errors:
+                    out._adopt(self.errors)
+                self.outputs.append(out)
+            paths = [o.path for o in self.outputs if o is not None]
+            for i, p in enumerate(paths):
+                if any(same_file(p, q) for q in paths[i + 1:]):
+                    raise OutputError(f"Two outputs are the same file {p}: choose different files.")
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -204,14 +390,18 @@ class Outputs:
         return self.outputs
 
     def commit(self) -> None:
-        for out in self.outputs:
-            if out is not None:
-                out.commit()
+        present = [out for out in self.outputs if out is not None]
+        for out in present:
+            out.finish()
+        commit_files([(out.tmp, out.path) for out in present])
+        for out in present:
+            out.committed = True
 
     def __exit__(self, exc_type, exc, tb):
         for out in self.outputs:
-            if out is not None and out.ds is not None:
+            if out is not None and not out.committed:
                 out.discard()
+        self.errors.pop()
         return False
 
 
@@ -241,10 +431,3 @@ def write_raster(path: str, bands, geotransform=(0.0, 10.0, 0.0, 0.0, 0.0, -10.0
         band.WriteArray(b)
     ds = None
     return str(path)
-
-
-def same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)

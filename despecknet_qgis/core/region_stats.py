@@ -15,9 +15,8 @@ from osgeo import gdal, ogr
 
 from . import domain as dm
 from . import metrics as mt
-from .errors import DespeckNetError
-from .raster import Window, check_bands, open_raster, read, valid_mask
-from .tiled_predict import nodata_of
+from .errors import InputError, translate_errors
+from .raster import Window, check_bands, nodata_of, open_raster, read, valid_mask
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -92,6 +91,7 @@ def polygon_mask(geometry: ogr.Geometry, geotransform, win: Window, srs_wkt: str
     return mem.GetRasterBand(1).ReadAsArray().astype(bool)
 
 
+@translate_errors
 def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domain: str = "intensity",
                       keep_values: bool = False) -> list[RegionStats]:
     """Statistics of the intensity inside each polygon (WKT in the raster's CRS)."""
@@ -104,7 +104,7 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
     for i, wkt in enumerate(polygons_wkt):
         geometry = ogr.CreateGeometryFromWkt(wkt)
         if geometry is None or geometry.IsEmpty():
-            raise DespeckNetError(f"Polygon {i + 1} has no usable geometry.")
+            raise InputError(f"Polygon {i + 1} has no usable geometry.")
         win = polygon_window(geometry, gt, ds.RasterXSize, ds.RasterYSize)
         if win is None:
             sample = np.array([])

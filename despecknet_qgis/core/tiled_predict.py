@@ -14,19 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import domain as dm
-from .errors import DespeckNetError
+from .defaults import TILE_RANGE, TILE_SIZE, available_memory, largest_tile, tile_memory
+from .errors import InputError, ModelError, ResourceError, translate_errors
+from .files import check_outputs
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, check_bands, nodata_of, open_raster, read, read_intensity, same_file, valid_mask, windows
+from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows
 
 STATS_SHARE = 5.0  # percent of the progress bar for the statistics pass
-
-
-@dataclass
-class BandStats:
-    band: int
-    offset: float
-    valid_pixels: int
 
 
 @dataclass
@@ -39,95 +34,104 @@ class DespeckleReport:
     tiles: int = 0
 
 
-def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, progress: Progress, share: float, done: float) -> BandStats:
-    """Validate a band's values and compute its normalisation offset, window by window."""
-    band = ds.GetRasterBand(band_index)
-    nodata = nodata_of(band)
-    log_mean = dm.LogMean()
-    wins = windows(ds.RasterXSize, ds.RasterYSize, tile)
-    for k, win in enumerate(wins):
-        progress.check()
-        values = read(band, win).astype(np.float64)
-        valid = valid_mask(values, nodata)
-        v = values[valid]
-        if not np.isfinite(v).all():
-            raise DespeckNetError(
-                f"{source} band {band_index} has NaN or infinite values that are not declared nodata. "
-                "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
-            )
-        if domain in ("intensity", "amplitude") and (v < 0).any():
-            raise DespeckNetError(
-                f"{source} band {band_index} has negative values ({v.min():g}), impossible for {domain}. "
-                "If the values are in dB, set INPUT_DOMAIN to decibel; otherwise declare them nodata."
-            )
-        intensity = dm.to_intensity(values, domain)
-        log_mean.add(intensity, valid)
-        progress.set(done + share * (k + 1) / len(wins))
-    if log_mean.count == 0:
-        raise DespeckNetError(
-            f"{source} band {band_index} has no valid pixel (all nodata or zero): nothing to despeckle."
+def check_tile_size(tile_size: int, overlap: int, branches: int = 1, memory: int | None = None) -> int:
+    """`tile_size` within TILE_RANGE and small enough for the memory available now.
+
+    Raises:
+        InputError: outside the range; ResourceError: the network pass of one tile would
+        take more than half the available memory.
+    """
+    TILE_RANGE.check(tile_size, "tile_size", "pixels")
+    memory = available_memory() if memory is None else memory
+    if memory is not None and tile_size > largest_tile(overlap, branches, memory):
+        need = tile_memory(tile_size, overlap, branches)
+        raise ResourceError(
+            f"`tile_size` {tile_size} needs about {need / 2**30:.1f} GiB for the network, but only "
+            f"{memory / 2**30:.1f} GiB of memory is available: use at most {largest_tile(overlap, branches, memory)} "
+            "(the result does not depend on the tile size)."
         )
-    return BandStats(band_index, log_mean.value, log_mean.count)
+    return tile_size
 
 
+@translate_errors
 def despeckle_raster(
     input_path: str,
     output_path: str,
     despeckler: Despeckler,
     bands: list[int] | None = None,
     domain: str = "intensity",
-    tile_size: int = 512,
+    tile_size: int = TILE_SIZE,
     overlap: int | None = None,
     noise_path: str | None = None,
     progress: Progress = SILENT,
 ) -> DespeckleReport:
+    """Despeckle `input_path` into `output_path` (and the speckle estimate into `noise_path`).
+
+    Args:
+        input_path: any raster GDAL reads; bands: 1-based bands (None: all), each despeckled on its own.
+        output_path, noise_path: GeoTIFFs written beside their destination and moved into place
+            together once complete and read back; noise_path None skips the speckle branch.
+        despeckler: a loaded model; domain: "intensity", "amplitude" or "decibel".
+        tile_size: pixels per tile side (TILE_RANGE, and bounded by the available memory).
+        overlap: margin read around each tile, at least the model's receptive radius.
+        progress: progress, log and cancellation (SIGTERM included, see progress.py).
+
+    Returns:
+        DespeckleReport: outputs, execution provider, per-band statistics and timing.
+
+    Raises:
+        InputError, OutputError (checked before any work), ModelError (non-finite or
+        wrongly shaped network output), ResourceError, Cancelled.
+    """
     dm.check_domain(domain)
     started = time.perf_counter()
-    for out in filter(None, (output_path, noise_path)):
-        if same_file(out, input_path):
-            raise DespeckNetError(f"The output {out} is the input raster: choose another file, the input is never overwritten.")
-    if noise_path and same_file(noise_path, output_path):
-        raise DespeckNetError("OUTPUT and OUTPUT_NOISE are the same file: choose two different files.")
+    check_outputs({"output_path": output_path, "noise_path": noise_path},
+                  {"input_path": input_path, "model_path": getattr(despeckler, "path", None)})
     radius = despeckler.radius
     overlap = radius if overlap is None else overlap
     if overlap < radius:
-        raise DespeckNetError(f"OVERLAP must be at least the model's receptive radius ({radius} pixels) for seamless tiles.")
-    if tile_size < 16:
-        raise DespeckNetError("TILE_SIZE must be at least 16 pixels.")
+        raise InputError(f"`overlap` must be at least the model's receptive radius ({radius} pixels) for seamless tiles.")
+    check_tile_size(tile_size, overlap, branches=2 if noise_path else 1)
 
     ds = open_raster(input_path)
     bands = check_bands(ds, bands, input_path)
     field_size = despeckler.info.receptive_field
     if ds.RasterXSize < field_size or ds.RasterYSize < field_size:
-        raise DespeckNetError(
+        raise InputError(
             f"{input_path} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
             f"receptive field ({field_size}x{field_size}): use a larger raster."
         )
-    share = STATS_SHARE / len(bands)
-    stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share) for i, b in enumerate(bands)]
-    nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
+    with gdal_cache_limit():
+        share = STATS_SHARE / len(bands)
+        stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share) for i, b in enumerate(bands)]
+        nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
 
-    tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
-    total = len(tiles) * len(bands)
-    outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata),
-                      (lambda: RasterOutput(noise_path, ds, len(bands), nodata)) if noise_path else None)
-    with outputs as (out, noise_out):
-        done = 0
-        for win in tiles:
-            outer = win.grown(overlap, ds.RasterXSize, ds.RasterYSize)
-            inner = win.within(outer)
-            for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
-                progress.check()
-                intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
-                clean, noise = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise_out is not None)
-                keep = valid[inner]
-                result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
-                out.write(i, win, _with_nodata(result, keep, nd))
-                if noise_out is not None:
-                    noise_out.write(i, win, _with_nodata(dm.speckle_from_log(noise[inner], domain), keep, nd))
-                done += 1
-                progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
-        outputs.commit()
+        tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
+        total = len(tiles) * len(bands)
+        outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata, argument="output_path"),
+                          (lambda: RasterOutput(noise_path, ds, len(bands), nodata, argument="noise_path")) if noise_path else None)
+        with outputs as (out, noise_out):
+            done = 0
+            for win in tiles:
+                outer = win.grown(overlap, ds.RasterXSize, ds.RasterYSize)
+                inner = win.within(outer)
+                for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
+                    progress.check()
+                    intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
+                    clean, noise = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise_out is not None)
+                    keep = valid[inner]
+                    with np.errstate(over="ignore"):
+                        result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
+                    _check_finite(result, keep, despeckler, "clean")
+                    out.write(i, win, _with_nodata(result, keep, nd))
+                    if noise_out is not None:
+                        with np.errstate(over="ignore"):
+                            speckle = dm.speckle_from_log(noise[inner], domain)
+                        _check_finite(speckle, keep, despeckler, "noise")
+                        noise_out.write(i, win, _with_nodata(speckle, keep, nd))
+                    done += 1
+                    progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
+            outputs.commit()
     return DespeckleReport(
         output=output_path,
         noise_output=noise_path,
@@ -136,6 +140,18 @@ def despeckle_raster(
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
     )
+
+
+def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
+    """A despeckled value of a valid pixel is a finite Float32 number; anything else is a broken model."""
+    with np.errstate(over="ignore"):
+        bad = int((~np.isfinite(values[keep].astype(np.float32))).sum())
+    if bad:
+        raise ModelError(
+            f"The model {despeckler.path} gave {bad} non-finite value(s) in its '{branch}' output on a tile of "
+            f"{values.shape[1]}x{values.shape[0]} pixels: its weights are corrupt or it was not trained for this "
+            "data. Nothing was written; export the model again or use the bundled one."
+        )
 
 
 def _with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .errors import ModelError, TrainingError
 from .losses import LossWeights, despecknet_loss
 from .model import DeSpeckNet
 
@@ -80,7 +81,8 @@ class Trainer:
         clean, noise = self._forward(noisy)
         loss, parts = despecknet_loss(clean, noise, noisy, target, mask, self.weights)
         if not math.isfinite(parts["total"]):
-            raise FloatingPointError("training diverged: the loss is not finite")
+            raise TrainingError("Training diverged: the loss is not finite. Lower `lr` (the learning rate), or check "
+                                "the images and labels for extreme values.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -108,23 +110,68 @@ def save_checkpoint(path: str, model: DeSpeckNet, record: TrainingRecord) -> Non
 
 
 def load_checkpoint(path: str) -> tuple[DeSpeckNet, TrainingRecord]:
-    from .errors import DespeckNetError
+    """A model and its training record from a checkpoint written by save_checkpoint.
 
+    Raises:
+        ModelError: not a readable PyTorch file, a PyTorch file that is not a deSpeckNet
+        checkpoint (including pickles of other Python objects, which are never executed),
+        or weights of another architecture.
+    """
+    import pickle
+    import zipfile
+
+    hint = "use a .pt file written by despecknet:train or despecknet:finetune."
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DespeckNetError(f"{path} is not a readable PyTorch checkpoint ({exc}).") from exc
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a pickle of Python objects: bytes torch cannot read at all
+            raise ModelError(f"{path} is not a readable PyTorch checkpoint (not a PyTorch file); {hint}") from exc
+        # torch's own text here explains its weights_only mode at length; what matters to the user:
+        raise ModelError(
+            f"{path} is a PyTorch file but not a deSpeckNet checkpoint: it stores Python objects other than "
+            f"weights, which are not loaded because loading them could run code; {hint}"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(f"{path} is not a readable PyTorch checkpoint ({first}); {hint}") from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise DespeckNetError(
-            f"{path} is not a deSpeckNet checkpoint (expected format {CHECKPOINT_FORMAT}); "
-            "use a .pt file written by despecknet:train or despecknet:finetune."
-        )
+        raise ModelError(f"{path} is not a deSpeckNet checkpoint (expected format {CHECKPOINT_FORMAT}); {hint}")
     model = DeSpeckNet()
     try:
         model.load_state_dict(data["state_dict"])
-    except RuntimeError as exc:
-        raise DespeckNetError(f"{path} does not fit the deSpeckNet architecture: {exc}") from exc
+    except (RuntimeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path} does not fit the deSpeckNet architecture: {first}") from exc
     return model, TrainingRecord(**data.get("training", {}))
+
+
+class BestWeights:
+    """The model weights and optimiser state at the best validation loss so far (early stopping).
+
+    `restore` puts both back, so training could go on from there as if the later steps
+    had not happened (Adam's moments belong to the weights they were computed for).
+    """
+
+    def __init__(self):
+        self.loss: float | None = None
+        self.model_state = None
+        self.optimizer_state = None
+
+    def offer(self, loss: float, trainer: "Trainer") -> bool:
+        """Keep a copy of the current state when `loss` is the best so far; True if it was."""
+        import copy
+
+        if self.loss is not None and not loss < self.loss:
+            return False
+        self.loss = loss
+        self.model_state = copy.deepcopy(trainer.model.state_dict())
+        self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+        return True
+
+    def restore(self, trainer: "Trainer") -> None:
+        if self.model_state is not None:
+            trainer.model.load_state_dict(self.model_state)
+            trainer.optimizer.load_state_dict(self.optimizer_state)
 
 
 @dataclass
@@ -159,11 +206,15 @@ def fit(
 
     Validation (when the source holds validation blocks) runs `evaluations_per_epoch`
     times an epoch; with `patience`, training stops after that many evaluations without
-    improvement and the best weights are restored (the early stopping of phase 2).
-    `checkpoint(model, epoch)` is called after each completed epoch, so cancelling keeps
-    the last good one. Cancellation is checked before every step.
+    improvement, and when it stops (early or after the last epoch) the weights and the
+    optimiser state of the best evaluation are restored (the early stopping of phase 2).
+    Between epochs training goes on from the current weights. `checkpoint(model, epoch)`
+    is called after each completed epoch, so cancelling keeps the last good one.
+    Cancellation is checked before every step.
+
+    Raises:
+        TrainingError: the loss stopped being finite; Cancelled.
     """
-    import copy
     import time
 
     from .progress import SILENT
@@ -178,7 +229,7 @@ def fit(
     total = epochs * per_epoch
     eval_every = max(1, per_epoch // max(1, evaluations_per_epoch))
     has_validation = bool(source.validation_blocks)
-    best_state, bad_evals = None, 0
+    best, bad_evals = BestWeights(), 0
 
     def validate():
         batches = ((torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c))
@@ -188,7 +239,8 @@ def fit(
     if has_validation:
         result.best_validation = validate()
         result.history.append({"step": 0, "epoch": 0, "validation": result.best_validation})
-        best_state = copy.deepcopy(model.state_dict())
+        if patience is not None:
+            best.offer(result.best_validation, trainer)
     step = 0
     for epoch in range(1, epochs + 1):
         trainer.set_lr(step_learning_rate((epoch - 1) / epochs, lr, lr_end or lr, lr_steps))
@@ -205,7 +257,9 @@ def fit(
                 result.history.append({"step": step, "epoch": epoch, "train": float(np.mean(losses[-eval_every:])), "validation": v})
                 progress.info(f"epoch {epoch} step {step}: training loss {np.mean(losses[-eval_every:]):.5f}, validation {v:.5f}")
                 if v < result.best_validation:
-                    result.best_validation, best_state, bad_evals = v, copy.deepcopy(model.state_dict()), 0
+                    result.best_validation, bad_evals = v, 0
+                    if patience is not None:
+                        best.offer(v, trainer)
                 else:
                     bad_evals += 1
                     if patience is not None and bad_evals >= patience:
@@ -214,8 +268,8 @@ def fit(
         if not has_validation:
             result.history.append({"step": step, "epoch": epoch, "train": float(np.mean(losses)) if losses else None})
             progress.info(f"epoch {epoch}: training loss {np.mean(losses):.5f}")
-        if best_state is not None and patience is not None:
-            model.load_state_dict(best_state)
+        if patience is not None and (result.stopped_early or epoch == epochs):
+            best.restore(trainer)
         if checkpoint is not None:
             checkpoint(model, epoch)
         if result.stopped_early:

@@ -1,0 +1,248 @@
+"""Output files that never destroy anything: checks before the work, hidden partial files
+during it, and an all-or-nothing rename at the end.
+
+- `check_outputs` runs before any work: an output may not be a folder, sit in a missing or
+  read-only folder, be one of the inputs, be the bundled model, or be another output.
+- Work is written to a hidden partial file beside the destination, named after it and
+  after the writing process (`.<name>.partial-<pid>-<random><ext>`). A killed run leaves
+  such a file behind; `remove_stale_partials` deletes those whose process is gone the next
+  time the same output is written.
+- `commit_files` moves several finished partial files into place together. A file that
+  was already at a destination is kept aside (a hard link) until every move succeeded, and
+  put back when one fails, so a pair of outputs appears whole or not at all.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+import uuid
+
+from .errors import OutputError
+from .model_info import bundled_checkpoint_path, bundled_model_path
+
+PARTIAL = ".partial-"
+_PARTIAL_NAME = re.compile(r"\.partial-(?:(\d+)-)?[0-9a-f]{8}")
+STALE_AFTER_S = 24 * 3600  # where a process cannot be asked whether it still runs (Windows)
+
+
+def same_file(a: str, b: str) -> bool:
+    """The same file, through links and relative paths alike (also when one does not exist yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
+
+
+def protected_files() -> list[str]:
+    """Files no algorithm may write: the bundled model and its checkpoint."""
+    return [bundled_model_path(), bundled_checkpoint_path()]
+
+
+def partial_path(path: str) -> str:
+    """A hidden file beside `path`, unique to this process and call."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(directory, f".{stem}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+
+
+def _still_running(pid: int, partial: str) -> bool:
+    """Whether the process that writes `partial` may still be running."""
+    if os.name == "posix":
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+    try:  # elsewhere a process cannot be asked this safely: go by the file's age
+        return time.time() - os.path.getmtime(partial) < STALE_AFTER_S
+    except OSError:
+        return True
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Delete partial files of `path` left by runs that were killed; returns what was removed.
+
+    Partial files of this process, or of another process that still runs (a second run
+    writing the same output right now), are kept.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    removed = []
+    pattern = os.path.join(glob.escape(directory), glob.escape(f".{stem}{PARTIAL}") + "*")
+    for candidate in glob.glob(pattern):
+        rest = os.path.basename(candidate)[len(f".{stem}"):]
+        m = _PARTIAL_NAME.match(rest)
+        if m is None or rest[m.end():] not in (ext, ext + ".aux.xml"):
+            continue  # the partial file of another output whose name starts like this one
+        pid = int(m.group(1)) if m.group(1) else None  # no pid: written by a version before this one
+        if pid is not None and (pid == os.getpid() or _still_running(pid, candidate)):
+            continue
+        try:
+            os.remove(candidate)
+            removed.append(candidate)
+        except OSError:
+            pass
+    old = os.path.abspath(path) + ".partial"  # the partial checkpoint name of earlier versions
+    if os.path.isfile(old):
+        try:
+            os.remove(old)
+            removed.append(old)
+        except OSError:
+            pass
+    return removed
+
+
+def _input_paths(inputs: dict) -> list[tuple[str, str]]:
+    pairs = []
+    for argument, value in inputs.items():
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p:
+                pairs.append((argument, str(p)))
+    return pairs
+
+
+def check_output_path(path: str, argument: str) -> str:
+    """An output path that can be written: not a folder, in an existing writable folder, not the bundled model."""
+    if not path:
+        raise OutputError(f"`{argument}` is empty: give the file to write.")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise OutputError(f"`{argument}` {path} is a folder: give a file name inside it "
+                          f"(e.g. {os.path.join(path, 'result' + (os.path.splitext(path)[1] or '.tif'))}).")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise OutputError(f"The folder {folder} of `{argument}` does not exist: create it or choose another folder.")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"Cannot write into {folder} (`{argument}`): the folder or its disk is read-only. "
+                          "Choose a folder you can write to.")
+    for protected in protected_files():
+        if same_file(path, protected):
+            raise OutputError(f"`{argument}` {path} is the bundled model file, which is read-only: choose another file name.")
+    return path
+
+
+def check_outputs(outputs: dict, inputs: dict | None = None) -> None:
+    """Before any work: every output writable, none an input, none another output.
+
+    outputs and inputs map the core's argument names to paths (None: not asked for; for
+    inputs also a list of paths). Messages name the arguments, so a caller can map them.
+    """
+    given = [(a, p) for a, p in outputs.items() if p]
+    for argument, path in given:
+        check_output_path(path, argument)
+        for in_arg, in_path in _input_paths(inputs or {}):
+            if same_file(path, in_path):
+                raise OutputError(f"`{argument}` {path} is the input `{in_arg}`: choose another file; inputs are never overwritten.")
+    for i, (a, p) in enumerate(given):
+        for b, q in given[i + 1:]:
+            if same_file(p, q):
+                raise OutputError(f"`{a}` and `{b}` are the same file {p}: choose two different files.")
+
+
+def commit_files(moves: list[tuple[str, str]]) -> None:
+    """Move each finished partial file onto its destination, all or none.
+
+    Files already at the destinations are kept (hard links beside them) until every move
+    succeeded; if one fails, the destinations moved so far get their previous files back
+    (or are removed if they had none) and OutputError is raised. Partial files are removed
+    on failure.
+    """
+    kept: list[tuple[str, str | None]] = []  # (destination, its previous file kept aside or None)
+    try:
+        for tmp, dest in moves:
+            previous = None
+            if os.path.lexists(dest):
+                if os.path.isdir(dest):
+                    raise OutputError(f"{dest} is a folder: give a file name inside it.")
+                previous = partial_path(dest)
+                try:
+                    os.link(dest, previous)
+                except OSError:
+                    previous = None  # no hard links here: the old file is replaced without a copy kept
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if previous is not None:
+                    os.remove(previous)
+                raise
+            kept.append((dest, previous))
+    except (OSError, OutputError) as exc:
+        for dest, previous in reversed(kept):
+            try:
+                if previous is not None:
+                    os.replace(previous, dest)
+                else:
+                    os.remove(dest)
+            except OSError:
+                pass
+        for tmp, _ in moves:
+            if os.path.exists(tmp):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+        for dest, previous in kept:
+            if previous is not None and os.path.exists(previous):
+                os.remove(previous)
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"Moving the finished output into place failed ({exc.strerror or exc}); "
+                          "the files that were there before are unchanged.") from exc
+    for _, previous in kept:
+        if previous is not None and os.path.exists(previous):
+            os.remove(previous)
+
+
+def remove_quietly(*paths: str) -> None:
+    for p in paths:
+        for q in (p, p + ".aux.xml"):
+            try:
+                if os.path.exists(q):
+                    os.remove(q)
+            except OSError:
+                pass
+
+
+class KeepPrevious:
+    """The files at some paths as they were before a job of several steps, to put back if a later step fails.
+
+    Each existing file is kept as a hard link beside it (a copy where links are not
+    possible); `restore()` puts them back and removes files that did not exist before;
+    `release()` drops the kept copies once the whole job succeeded.
+    """
+
+    def __init__(self, *paths: str):
+        import shutil
+
+        self.kept: list[tuple[str, str | None]] = []
+        for p in paths:
+            p = os.path.abspath(p)
+            copy = None
+            if os.path.isfile(p):
+                copy = partial_path(p)
+                try:
+                    os.link(p, copy)
+                except OSError:
+                    shutil.copy2(p, copy)
+            self.kept.append((p, copy))
+
+    def restore(self) -> None:
+        for p, copy in self.kept:
+            try:
+                if copy is not None:
+                    os.replace(copy, p)
+                elif os.path.exists(p):
+                    os.remove(p)
+            except OSError:
+                pass
+        self.kept = []
+
+    def release(self) -> None:
+        for _, copy in self.kept:
+            if copy is not None:
+                remove_quietly(copy)
+        self.kept = []
