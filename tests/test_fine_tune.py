@@ -169,3 +169,45 @@ def test_batchnorm_statistics_stay_frozen_and_the_gain_is_recorded(tiny_model, t
     stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
     assert len(stats) == 60 and all(torch.equal(start[k], tuned[k]) for k in stats)
     assert "radiometric_gain" in load_checkpoint(rep.checkpoint_path)[1].phases[-1]
+
+
+def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path):
+    """Issue 8: with the defaults, phase 2 must not cost more than 0.1 dB where the model fits.
+
+    The bundled model fits single-look correlated speckle; tuning it there used to cost
+    about 1 dB. The ratio-image rule (core/adaptation.py) sees that it fits and keeps its
+    weights, with the radiometric gain only.
+    """
+    from despecknet_qgis.core.metrics import psnr_db
+    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    rng = np.random.default_rng(106)
+    scene = simulate_reflectivity((256, 256), rng, parcel_size=48.0, realistic=True)
+    y, reference = observe(scene.reflectivity, scene.targets, 1.0, 0.8, rng)
+    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
+    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
+    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), weights=PHASE2_SINGLELOOK, looks=1.0)
+    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
+    base, tuned = read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0]
+    assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
+    phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
+    assert phase["kept"] == "base" and rep.steps > 0
+    assert 0.8 < phase["ratio"]["base"]["spread"] < 1.25
+
+
+def test_ratio_score_tells_speckle_from_a_filter_that_keeps_it_or_removes_signal():
+    """The rule's measure: var(ln R)/trigamma(L) is 1 for pure speckle, below when X_hat keeps speckle."""
+    from despecknet_qgis.core.adaptation import ratio_score
+    from despecknet_qgis.core.domain import LOG_SCALE
+    from despecknet_qgis.core.simulate import simulate_speckle
+
+    rng = np.random.default_rng(3)
+    x = np.full((200, 200), 0.1)
+    n = simulate_speckle(x.shape, 1.0, 0.0, rng)
+    z = np.log(x * n).astype(np.float32) / LOG_SCALE
+    valid = np.ones(x.shape, bool)
+    perfect = ratio_score([(z, (np.log(x) / LOG_SCALE).astype(np.float32), valid)], 1.0)
+    kept_half = ratio_score([(z, (np.log(x * n**0.5) / LOG_SCALE).astype(np.float32), valid)], 1.0)
+    assert abs(perfect.spread - 1.0) < 0.05 and abs(perfect.structure) < 0.2
+    assert kept_half.spread < 0.3 and kept_half.misfit > perfect.misfit
