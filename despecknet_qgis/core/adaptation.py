@@ -13,9 +13,9 @@ scene. Two departures are measured on ln R (robust to bright targets):
   same for 4x4 and 8x8 cells when R holds only speckle whose correlation is shorter than
   a cell; structure makes it grow with the cell size. The index is the relative growth.
 
-The rule (choose_weights) uses the spread, which needs the number of looks L:
-- the base model already fits the image when its spread is within FIT_TOLERANCE of 1:
-  then tuning is discarded and only the radiometric gain is applied. Tuning a model
+The rule uses the spread, which needs the number of looks L:
+- the base model already fits the image when its spread is within FIT_TOLERANCE of 1
+  (checked before tuning): then it is not tuned and only the radiometric gain applies. Tuning a model
   that fits cost 1.0 to 2.1 dB of PSNR on simulations (0.7 dB when only the BatchNorm
   scales and shifts and the last layers were tuned, which then no longer helped a
   model that did not fit);
@@ -115,32 +115,53 @@ def score_model(model, block_images, looks: float | None) -> RatioScore:
 FIT_TOLERANCE = 1.25
 
 
-def choose_weights(model, base_state, source, looks, calibrate, progress) -> dict:
-    """After tuning: keep the tuned weights or go back to the base ones (see the module docstring).
+@dataclass
+class Candidate:
+    """Weights with their radiometric gain folded in, and the ratio image they give."""
 
-    `base_state` is the base model's state_dict, `calibrate(model, source)` folds the
-    radiometric gain in and returns it (None: no calibration). Returns what the training
-    record should say about the choice.
-    """
+    state: dict
+    gain: float
+    score: RatioScore
+
+    @property
+    def fits(self) -> bool:
+        """The ratio image spreads like L-look speckle, within FIT_TOLERANCE."""
+        return self.score.spread is not None and self.score.misfit <= float(np.log(FIT_TOLERANCE))
+
+
+def calibrated_candidate(model, state, source, looks, calibrate) -> Candidate:
+    """Load `state` into `model`, fold the gain in (`calibrate(model, source)`, or none) and score it."""
     import copy
 
-    candidates, gains, scores = {}, {}, {}
-    for name, state in (("base", base_state), ("tuned", copy.deepcopy(model.state_dict()))):
-        model.load_state_dict(state)
-        gains[name] = calibrate(model, source) if calibrate else 1.0
-        scores[name] = score_model(model, source.block_images(), looks)
-        candidates[name] = copy.deepcopy(model.state_dict())
-        progress.info(f"ratio image with the {name} weights: {scores[name].describe()}")
-    if looks is None:
-        kept, why = "tuned", "the number of looks is unknown, so the ratio image cannot be judged: tuned weights kept"
-    elif scores["base"].misfit <= np.log(FIT_TOLERANCE):
-        kept, why = "base", "the base model already fits this image's speckle: tuning discarded, gain only"
-    elif scores["tuned"].misfit < scores["base"].misfit:
-        kept, why = "tuned", "the tuned weights explain the speckle better than the base ones"
-    else:
-        kept, why = "base", "tuning did not bring the ratio image closer to speckle: base weights kept, gain only"
-    model.load_state_dict(candidates[kept])
-    progress.info(f"phase 2: {why}")
-    return {"kept": kept, "why": why, "radiometric_gain": gains[kept],
-            "ratio": {k: {"spread": v.spread, "structure": v.structure} for k, v in scores.items()}}
+    model.load_state_dict(state)
+    gain = calibrate(model, source) if calibrate else 1.0
+    return Candidate(copy.deepcopy(model.state_dict()), gain, score_model(model, source.block_images(), looks))
 
+
+def record_choice(model, kept: str, why: str, candidates: dict, progress) -> dict:
+    """Load the kept candidate into `model`; return what the training record says about the choice."""
+    model.load_state_dict(candidates[kept].state)
+    progress.info(f"phase 2: {why}")
+    return {"kept": kept, "why": why, "radiometric_gain": candidates[kept].gain,
+            "ratio": {k: {"spread": c.score.spread, "structure": c.score.structure} for k, c in candidates.items()}}
+
+
+def keep_base(model, base: Candidate, progress) -> dict:
+    """The base already fits (checked before tuning): no tuning, the gain only."""
+    return record_choice(model, "base", "the base model already fits this image's speckle: not tuned, gain only",
+                         {"base": base}, progress)
+
+
+def choose_weights(model, base: Candidate, source, looks, calibrate, progress) -> dict:
+    """After tuning: keep the tuned weights when their ratio image is closer to speckle than the base's."""
+    tuned = calibrated_candidate(model, model.state_dict(), source, looks, calibrate)
+    progress.info(f"ratio image with the tuned weights: {tuned.score.describe()}")
+    candidates = {"base": base, "tuned": tuned}
+    if looks is None:
+        return record_choice(model, "tuned", "the number of looks is unknown, so the ratio image cannot be judged: "
+                             "tuned weights kept", candidates, progress)
+    if tuned.score.misfit < base.score.misfit:
+        return record_choice(model, "tuned", "the tuned weights explain the speckle better than the base ones",
+                             candidates, progress)
+    return record_choice(model, "base", "tuning did not bring the ratio image closer to speckle: base weights kept, "
+                         "gain only", candidates, progress)

@@ -253,6 +253,9 @@ def fine_tune(
     one look); with `looks` given, the mu term's target is corrected by that much (the
     paper's linear MSE has no such bias). With `calibrate`, the tuned model is finally
     scaled so that the mean of Y / X_hat on the image is 1 (see calibrate_radiometry).
+    With `acceptance` and `looks` known, the ratio image decides (core/adaptation.py): a
+    base model that already fits the image is not tuned, and tuned weights are kept only
+    when they explain the speckle better than the base ones.
     """
     base = base_model or bundled_checkpoint_path()
     _check_output(onnx_path, {"image": image, "base_model": base})
@@ -261,19 +264,29 @@ def fine_tune(
     if looks is not None and looks <= 0:
         raise InputError(f"`looks` must be positive (got {looks:g}).")
     model, record = _base_model(base, seed, "base_model")
-    import copy
-
-    from .adaptation import choose_weights
-
-    base_state = copy.deepcopy(model.state_dict())
     shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
     source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift)], patch, stride,
                            validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
+    calibrate_fn = calibrate_radiometry if calibrate else None
+    base_candidate = None
+    if acceptance:
+        # The base model with its gain, scored before tuning: where it already fits, tuning only costs quality.
+        from .adaptation import calibrated_candidate, choose_weights, keep_base
+
+        import copy
+
+        uncalibrated = copy.deepcopy(model.state_dict())
+        base_candidate = calibrated_candidate(model, uncalibrated, source, looks, calibrate_fn)
+        progress.info(f"ratio image with the base weights: {base_candidate.score.describe()}")
+        model.load_state_dict(uncalibrated)  # tuning starts from the base weights as they were
+    skip = base_candidate is not None and base_candidate.fits
 
     def finish(m, source):
-        if acceptance:
-            return choose_weights(m, base_state, source, looks, calibrate_radiometry if calibrate else None, progress)
+        if skip:
+            return keep_base(m, base_candidate, progress)
+        if base_candidate is not None:
+            return choose_weights(m, base_candidate, source, looks, calibrate_fn, progress)
         return {"radiometric_gain": calibrate_radiometry(m, source)} if calibrate else {}
 
     result, ckpt = _run(
@@ -281,9 +294,9 @@ def fine_tune(
         description=f"deSpeckNet tuned (phase 2) on {os.path.basename(image)}", progress=progress,
         phase_info={"phase": 2, "data": os.path.basename(image), "base": os.path.basename(base), "epochs": epochs,
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, evaluations_per_epoch=evaluations_per_epoch,
-        patience=patience if source.validation_blocks else None, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm,
-        before_export=lambda m: finish(m, source),
+        epochs=0 if skip else epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evaluations_per_epoch=evaluations_per_epoch, patience=patience if source.validation_blocks else None,
+        use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, before_export=lambda m: finish(m, source),
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)
