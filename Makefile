@@ -25,9 +25,12 @@ bench-quality: setup
 	@tools/setup_peers.sh
 	nice -n 15 $(PY) tools/bench_quality.py $(BENCH_ARGS)
 
-# Retrain the bundled model from scratch on simulated scenes (CPU, about an hour).
+# Continue training the bundled model on realistic simulated scenes, resumably: the state is saved
+# every 25 steps to ~/.cache/despecknet_qgis/training_state.pt and the next run goes on from it
+# (about 2 s a step on 2 cores). Candidates land in build/model/; tools/make_model.py --publish
+# copies one to models/ once make bench-quality shows it is better. MODEL_ARGS="--steps N" etc.
 model: setup
-	PYTHONPATH=. $(PY) tools/make_model.py
+	PYTHONPATH=. $(PY) tools/make_model.py $(MODEL_ARGS)
 
 # Regenerate the bundled sample scene (deterministic).
 sample: setup
