@@ -691,3 +691,28 @@ def test_parameter_defaults_and_ranges_come_from_the_core(provider):
     assert "from 16 to 4096" in tile.description()
     presets = registry.algorithmById("despecknet:finetune").parameterDefinition("PRESET").options()
     assert len(presets) == len(defaults.PHASE2_PRESETS) and "mu 0.01, xi 1, lambda 0.0001" in presets[1]
+
+
+def test_case7_finetune_failing_after_tuning_puts_the_previous_model_back(provider, tiny_model, tmp_path, small_disk):
+    """OUTPUT on a full disk: the despeckled image fails after tuning; the model files are as they were."""
+    disk = small_disk(size="64k")
+    scene = Scene(tmp_path, tiny_model)
+    src = scene.raster("y.tif", size=160)
+    (tmp_path / "tuned.onnx").write_bytes(b"the model of an earlier run")  # and no tuned.pt before
+    with pytest.raises(QgsProcessingException, match="Is the disk full"):
+        run("finetune", {"INPUT": src, "MODEL": scene.checkpoint, "PATCH_SIZE": 24, "STRIDE": 24, "BATCH_SIZE": 8,
+                         "OUTPUT_MODEL": str(tmp_path / "tuned.onnx"), "OUTPUT": str(disk / "x.tif")})
+    assert (tmp_path / "tuned.onnx").read_bytes() == b"the model of an earlier run"
+    assert sorted(os.listdir(tmp_path)) == ["disk", "tuned.onnx", "y.tif"] and os.listdir(disk) == []
+
+
+def test_case7_finetune_cuda_without_gpu_fails_before_tuning(provider, tiny_model, tmp_path):
+    if os.path.exists("/proc/driver/nvidia/version"):
+        pytest.skip("this machine has an NVIDIA GPU")
+    scene = Scene(tmp_path, tiny_model)
+    params = {"INPUT": scene.raster(), "MODEL": scene.checkpoint, "DEVICE": "cuda", "OUTPUT_MODEL": scene.path("m.onnx"),
+              "OUTPUT": scene.path("x.tif")}
+    before = snapshot(tmp_path)
+    with pytest.raises(QgsProcessingException, match="DEVICE=cuda was asked for"):
+        run("finetune", params)
+    assert snapshot(tmp_path) == before

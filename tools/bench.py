@@ -2,8 +2,9 @@
 
 Prints the machine's fp32 matrix-multiply rate, then for a 2048x2048 raster the
 seconds per megapixel, the achieved GFLOP/s (FLOP efficiency) and the peak resident
-memory of the despeckle process, for several tile sizes. Each run is a fresh process,
-so peak memory is its own.
+memory of the despeckle process, for several tile sizes, and the same at the default
+tile for a much larger raster (LARGE x LARGE): peak memory must not grow with the image.
+Each run is a fresh process, so peak memory is its own. `--no-tune` skips fine-tuning.
 """
 import json
 import os
@@ -19,7 +20,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SIZE = 2048
+LARGE = 6000
 FLOP_PER_PIXEL_BRANCH = 2 * 9 * (64 + 15 * 64 * 64 + 64)  # one branch, multiply-adds counted as 2
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    VmHWM (Linux) belongs to this program alone; ru_maxrss also keeps the parent's resident
+    memory at the fork that started this child (the parent holds the generated rasters).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_gflops(n=2048, repeats=5):
@@ -37,24 +55,27 @@ def matmul_gflops(n=2048, repeats=5):
 
 def child_despeckle(src, tile):
     """Run in a subprocess: despeckle src, print timing and peak RSS as JSON."""
+    from osgeo import gdal
+
     from despecknet_qgis.core.inference import Despeckler
     from despecknet_qgis.core.tiled_predict import despeckle_raster
 
     d = Despeckler(None, "cpu", with_noise=False)
-    with tempfile.TemporaryDirectory() as tmp:
+    size = gdal.Open(src).RasterXSize
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(src)) as tmp:
         t = time.perf_counter()
         report = despeckle_raster(src, os.path.join(tmp, "out.tif"), d, tile_size=tile)
         seconds = time.perf_counter() - t
     overlap = report_overlap = d.radius
     tiles_px = 0
-    for y in range(0, SIZE, tile):
-        for x in range(0, SIZE, tile):
-            w = min(SIZE, x + tile + overlap) - max(0, x - overlap)
-            h = min(SIZE, y + tile + overlap) - max(0, y - overlap)
+    for y in range(0, size, tile):
+        for x in range(0, size, tile):
+            w = min(size, x + tile + overlap) - max(0, x - overlap)
+            h = min(size, y + tile + overlap) - max(0, y - overlap)
             tiles_px += w * h
     print(json.dumps({"seconds": seconds, "computed_pixels": tiles_px, "provider": report.provider,
                       "overlap": report_overlap,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def child_fine_tune(src, stride):
@@ -69,7 +90,7 @@ def child_fine_tune(src, stride):
                         patience=None)
         seconds = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "train_seconds": rep.seconds, "steps": rep.steps, "patches": rep.patches_seen,
-                      "bf16": bf16_supported(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "bf16": bf16_supported(), "peak_rss_mb": peak_rss_mb()}))
 
 
 def make_raster(path, size=SIZE):
@@ -77,9 +98,23 @@ def make_raster(path, size=SIZE):
     from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
 
     rng = np.random.default_rng(0)
-    x = simulate_reflectivity((size, size), rng, parcel_size=64.0).reflectivity
+    base = min(size, SIZE)  # larger rasters repeat a SIZE x SIZE scene under fresh speckle
+    x = simulate_reflectivity((base, base), rng, parcel_size=64.0).reflectivity
+    reps = -(-size // base)
+    x = np.tile(x, (reps, reps))[:size, :size]
     y = (x * simulate_speckle((size, size), 1.0, 0.7, rng)).astype(np.float32)
-    write_raster(path, y, options=["TILED=YES", "COMPRESS=DEFLATE"])
+    del x
+    write_raster(path, y, options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
+
+
+def despeckle_row(src, tile, rate, mpix):
+    proc = subprocess.run([sys.executable, __file__, "--child", src, str(tile)], capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(proc.stderr)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
+    print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f}")
+    return r
 
 
 def main():
@@ -91,6 +126,8 @@ def main():
         return
     import torch
 
+    from despecknet_qgis.core.defaults import GDAL_CACHE_BYTES, TILE_SIZE
+
     threads = torch.get_num_threads()
     rate = matmul_gflops()
     print(f"machine: {os.cpu_count()} logical CPUs, torch threads {threads}")
@@ -100,15 +137,24 @@ def main():
         make_raster(src)
         mpix = SIZE * SIZE / 1e6
         print(f"\ndespeckle {SIZE}x{SIZE} ({mpix:.1f} Mpixel), bundled model, CPU, FCN_clean only")
-        print(f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11}")
-        for tile in (256, 512, 1024):
-            proc = subprocess.run([sys.executable, __file__, "--child", src, str(tile)], capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(proc.stderr)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
-            print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f}")
-        print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included)")
+        header = f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11}"
+        print(header)
+        small = {tile: despeckle_row(src, tile, rate, mpix) for tile in (256, 512, 1024)}
+        print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included; "
+              f"GDAL block cache capped at {GDAL_CACHE_BYTES // 2**20} MB during a run)")
+
+        os.remove(src)
+        big = os.path.join(tmp, "bench_large.tif")
+        make_raster(big, LARGE)
+        big_mpix = LARGE * LARGE / 1e6
+        print(f"\ndespeckle {LARGE}x{LARGE} ({big_mpix:.1f} Mpixel), same model, default tile")
+        print(header)
+        r = despeckle_row(big, TILE_SIZE, rate, big_mpix)
+        print(f"peak RSS at tile {TILE_SIZE}: {small[TILE_SIZE]['peak_rss_mb']:.0f} MB for {SIZE}x{SIZE}, "
+              f"{r['peak_rss_mb']:.0f} MB for {LARGE}x{LARGE} ({big_mpix / mpix:.1f}x the pixels)")
+        os.remove(big)
+        if "--no-tune" in sys.argv:
+            return
 
         tune_size = 1024
         src = os.path.join(tmp, "tune.tif")

@@ -14,7 +14,7 @@ from qgis.core import (
 from ..core.defaults import PHASE2_PRESETS, PHASE2_TRAINING, RANGES
 from ..core.domain import DOMAINS
 from ..core.files import KeepPrevious, check_outputs
-from ..core.inference import DEVICES, Despeckler
+from ..core.inference import DEVICES, Despeckler, check_device
 from ..core.losses import LossWeights
 from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune
 from ..core.progress import terminate_as_cancel
@@ -99,9 +99,12 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
         base = self.parameterAsFile(parameters, self.MODEL, context) or None
-        # Every output is checked before tuning, not only when despeckling starts.
+        # Every output, and the device of the despeckling step, is checked before tuning.
         self.run_core(check_outputs, {"output_path": output, "onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)},
                       {"input_path": source, "base_model": base or bundled_checkpoint_path()})
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        if output:
+            self.run_core(check_device, device)
         patience = self.parameterAsInt(parameters, self.PATIENCE, context)
         train_feedback = self.progress(feedback)
         if output:
@@ -126,7 +129,6 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
                        self.PROVIDER: ""}
             if output:
                 try:
-                    device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
                     despeckler = self.run_core(Despeckler, onnx_path, device, with_noise=False)
                     done = self.run_core(despeckle_raster, source, output, despeckler, bands=[band], domain=domain,
                                          progress=self.progress_part(feedback, 70.0, 100.0))

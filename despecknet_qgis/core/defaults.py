@@ -108,8 +108,9 @@ def phase2_preset(key: str) -> Phase2Preset:
 TILE_SIZE = 512
 TILE_RANGE = Range(16, 4096)
 # Peak memory of ONNX Runtime per pixel of a tile (its margins included), measured with the
-# bundled model on CPU: about 0.8 KB with the clean branch alone (tools/bench.py: 774 MB at
-# tile 512, 1409 MB at tile 1024); both branches need about twice that.
+# bundled model on CPU: about 0.8 KB with the clean branch alone (tools/bench.py, peak RSS
+# 351 MB at tile 512, 1029 MB at tile 1024: 678 MB for 0.82 Mpixel more); both branches
+# need about twice that.
 BYTES_PER_TILE_PIXEL = 800
 # GDAL's block cache during a run (its default, 5 % of RAM, grows with the image).
 GDAL_CACHE_BYTES = 64 * 1024 * 1024
