@@ -40,6 +40,7 @@ class RatioScore:
     spread: float | None  # var(ln R) / trigamma(L), 1 for pure L-look speckle; None when L is unknown
     structure: float  # 0 for speckle without structure beyond 4 pixels
     pixels: int
+    mean_ratio: float = 1.0  # MoR, mean of R: the radiometric gain (1 = unbiased)
 
     @property
     def misfit(self) -> float:
@@ -79,7 +80,7 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
     """Score (noisy z, clean z, valid) blocks in the network's log domain; see the module docstring."""
     from scipy.special import polygamma
 
-    total, total_sq, n = 0.0, 0.0, 0
+    total, total_sq, total_ratio, n = 0.0, 0.0, 0.0, 0
     cells4, cells8 = _CellMoments(4), _CellMoments(8)
     for z, clean, valid in blocks:
         inner = (slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN)) if min(z.shape) > 4 * MARGIN else (slice(None),) * 2
@@ -88,15 +89,16 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
         sel = log_ratio[ok]
         total += float(sel.sum())
         total_sq += float((sel**2).sum())
+        total_ratio += float(np.exp(sel).sum())
         n += sel.size
         cells4.add(log_ratio, ok)
         cells8.add(log_ratio, ok)
     if n < 2:
-        return RatioScore(float("nan"), None, float("nan"), n)
+        return RatioScore(float("nan"), None, float("nan"), n, total_ratio / n if n else 1.0)
     variance = total_sq / n - (total / n) ** 2
     structure = (64.0 * cells8.variance) / (16.0 * cells4.variance) - 1.0
     spread = variance / float(polygamma(1, looks)) if looks else None
-    return RatioScore(variance, spread, float(structure), n)
+    return RatioScore(variance, spread, float(structure), n, total_ratio / n)
 
 
 def score_model(model, block_images, looks: float | None) -> RatioScore:
@@ -130,12 +132,17 @@ class Candidate:
 
 
 def calibrated_candidate(model, state, source, looks, calibrate) -> Candidate:
-    """Load `state` into `model`, fold the gain in (`calibrate(model, source)`, or none) and score it."""
+    """Load `state` into `model`, score it and fold its gain in (`calibrate(model, source, gain)`, or none).
+
+    One pass over the image: the gain is the score's mean ratio, and the spread and
+    structure of ln R do not change when the gain shifts ln R by a constant.
+    """
     import copy
 
     model.load_state_dict(state)
-    gain = calibrate(model, source) if calibrate else 1.0
-    return Candidate(copy.deepcopy(model.state_dict()), gain, score_model(model, source.block_images(), looks))
+    score = score_model(model, source.block_images(), looks)
+    gain = calibrate(model, source, score.mean_ratio) if calibrate else 1.0
+    return Candidate(copy.deepcopy(model.state_dict()), gain, score)
 
 
 def record_choice(model, kept: str, why: str, candidates: dict, progress) -> dict:

@@ -115,35 +115,26 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
     return result, ckpt
 
 
-def radiometric_gain(model, source, margin: int = 12) -> float:
+def radiometric_gain(model, source) -> float:
     """mean(Y / X_hat) over the valid centres of blocks of the image (MoR; 1 = unbiased)."""
-    import numpy as np
-    import torch
+    from .adaptation import score_model
 
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for z, valid in source.block_images():
-            clean = model.clean(torch.from_numpy(z)[None, None]).numpy()[0, 0]
-            inner = (slice(margin, -margin), slice(margin, -margin)) if min(z.shape) > 4 * margin else (slice(None), slice(None))
-            keep = valid[inner]
-            ratio = np.exp(LOG_SCALE * (z[inner][keep].astype(np.float64) - clean[inner][keep]))
-            total += float(ratio.sum())
-            count += int(keep.sum())
-    return total / count if count else 1.0
+    return score_model(model, source.block_images(), None).mean_ratio
 
 
-def calibrate_radiometry(model, source) -> float:
+def calibrate_radiometry(model, source, gain: float | None = None) -> float:
     """Scale X_hat so that mean(Y / X_hat) = 1 on the image: E[Y | X] = X for unit-mean speckle.
 
-    The gain is folded into the bias of the clean branch's last convolution (a constant
-    in the log domain), so the exported model carries it. Returns the gain applied.
+    The gain (measured here unless given) is folded into the bias of the clean branch's
+    last convolution (a constant in the log domain), so the exported model carries it.
+    Returns the gain applied.
     """
     import math
 
     import torch
 
-    gain = radiometric_gain(model, source)
+    if gain is None:
+        gain = radiometric_gain(model, source)
     with torch.no_grad():
         model.clean[-1].bias += math.log(gain) / LOG_SCALE
     return gain
@@ -272,9 +263,9 @@ def fine_tune(
     base_candidate = None
     if acceptance:
         # The base model with its gain, scored before tuning: where it already fits, tuning only costs quality.
-        from .adaptation import calibrated_candidate, choose_weights, keep_base
-
         import copy
+
+        from .adaptation import calibrated_candidate, choose_weights, keep_base
 
         uncalibrated = copy.deepcopy(model.state_dict())
         base_candidate = calibrated_candidate(model, uncalibrated, source, looks, calibrate_fn)
