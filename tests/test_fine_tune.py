@@ -176,7 +176,7 @@ def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path)
 
     The bundled model fits single-look correlated speckle; tuning it there used to cost
     about 1 dB. The ratio-image rule (core/adaptation.py) sees that it fits before tuning:
-    the weights stay, only the radiometric gain is applied.
+    the model stays exactly as it was, without the radiometric gain.
     """
     from despecknet_qgis.core.metrics import psnr_db
     from despecknet_qgis.core.simulate import observe, simulate_reflectivity
@@ -193,6 +193,7 @@ def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path)
     assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
     phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
     assert phase["kept"] == "base" and rep.steps == 0  # not tuned at all
+    assert phase["radiometric_gain"] == 1.0 and np.allclose(base, tuned, rtol=1e-4)
     assert 0.8 < phase["ratio"]["base"]["spread"] < 1.25
 
 

@@ -149,11 +149,12 @@ class BandStats:
     band: int
     offset: float
     valid_pixels: int
+    looks: float | None = None  # equivalent number of looks of the flattest blocks (point_targets.LooksEstimator)
 
 
 def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, progress: Progress, share: float = 0.0,
                     done: float = 0.0) -> BandStats:
-    """Validate a band's values and compute its normalisation offset (mean of ln I), window by window.
+    """Validate a band's values, compute its normalisation offset (mean of ln I) and estimate its looks, window by window.
 
     Args:
         ds: the open dataset; band_index: 1-based band; domain: one of domain.DOMAINS;
@@ -166,8 +167,12 @@ def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, pr
     """
     band = ds.GetRasterBand(band_index)
     nodata = nodata_of(band)
+    from .point_targets import LOOKS_BLOCK, LooksEstimator
+
     log_mean = dm.LogMean()
-    wins = windows(ds.RasterXSize, ds.RasterYSize, tile)
+    looks = LooksEstimator()
+    # Windows on the looks estimator's block grid, so that it sees the same blocks whatever the tile size.
+    wins = windows(ds.RasterXSize, ds.RasterYSize, -(-tile // LOOKS_BLOCK) * LOOKS_BLOCK)
     for k, win in enumerate(wins):
         progress.check()
         values = read(band, win).astype(np.float64)
@@ -185,10 +190,11 @@ def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, pr
             )
         intensity = dm.to_intensity(values, domain)
         log_mean.add(intensity, valid)
+        looks.add(intensity, valid, win.y, win.x)
         progress.set(done + share * (k + 1) / len(wins))
     if log_mean.count == 0:
         raise InputError(f"{source} band {band_index} has no valid pixel (all nodata or zero): nothing to despeckle.")
-    return BandStats(band_index, log_mean.value, log_mean.count)
+    return BandStats(band_index, log_mean.value, log_mean.count, looks.looks())
 
 
 def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:

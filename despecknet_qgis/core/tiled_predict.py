@@ -17,6 +17,7 @@ from . import domain as dm
 from .defaults import TILE_RANGE, TILE_SIZE, available_memory, largest_tile, tile_memory
 from .errors import InputError, ModelError, ResourceError, translate_errors
 from .files import check_outputs
+from . import point_targets as pt
 from .inference import Despeckler
 from .progress import SILENT, Progress
 from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows
@@ -64,6 +65,8 @@ def despeckle_raster(
     overlap: int | None = None,
     noise_path: str | None = None,
     progress: Progress = SILENT,
+    point_targets: bool = True,
+    looks: float | None = None,
 ) -> DespeckleReport:
     """Despeckle `input_path` into `output_path` (and the speckle estimate into `noise_path`).
 
@@ -73,8 +76,12 @@ def despeckle_raster(
             together once complete and read back; noise_path None skips the speckle branch.
         despeckler: a loaded model; domain: "intensity", "amplitude" or "decibel".
         tile_size: pixels per tile side (TILE_RANGE, and bounded by the available memory).
-        overlap: margin read around each tile, at least the model's receptive radius.
+        overlap: margin read around each tile, at least the model's receptive radius (default: that
+            radius plus the point-target test's window, for a result that does not depend on tiling).
         progress: progress, log and cancellation (SIGTERM included, see progress.py).
+        point_targets: put back the measured intensity of bright point targets that the network
+            shrinks (core/point_targets.py); looks: the speckle's looks for that test (None:
+            estimated from the band's flattest blocks).
 
     Returns:
         DespeckleReport: outputs, execution provider, per-band statistics and timing.
@@ -88,7 +95,8 @@ def despeckle_raster(
     check_outputs({"output_path": output_path, "noise_path": noise_path},
                   {"input_path": input_path, "model_path": getattr(despeckler, "path", None)})
     radius = despeckler.radius
-    overlap = radius if overlap is None else overlap
+    point_target_margin = pt.MARGIN if point_targets else 0
+    overlap = radius + point_target_margin if overlap is None else overlap
     if overlap < radius:
         raise InputError(f"`overlap` must be at least the model's receptive radius ({radius} pixels) for seamless tiles.")
     check_tile_size(tile_size, overlap, branches=2 if noise_path else 1)
@@ -121,7 +129,11 @@ def despeckle_raster(
                     clean, noise = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise_out is not None)
                     keep = valid[inner]
                     with np.errstate(over="ignore"):
-                        result = dm.from_intensity(dm.denormalise(clean[inner], st.offset), domain)
+                        estimate = dm.denormalise(clean, st.offset)
+                        band_looks = looks or st.looks
+                        if point_targets and band_looks:
+                            estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
+                        result = dm.from_intensity(estimate[inner], domain)
                     _check_finite(result, keep, despeckler, "clean")
                     out.write(i, win, _with_nodata(result, keep, nd))
                     if noise_out is not None:
