@@ -107,6 +107,10 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
     ap.add_argument("--regimes", choices=sorted(REGIMES), default="balanced",
                     help="speckle regimes of the training patches (see REGIMES)")
+    ap.add_argument("--texture-floor-db", type=float, default=2.0,
+                    help="fine grain on field and water parcels (simulate_reflectivity): the real dates of "
+                         "../shared/data are more textured than the simulator's default scenes, and the model "
+                         "trained on those painted them")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
     args = ap.parse_args()
 
@@ -118,7 +122,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    train = SimulatedPatches(n_scenes=128, patch=args.patch, seed=args.seed, realistic=True, regimes=REGIMES[args.regimes])
+    train = SimulatedPatches(n_scenes=128, patch=args.patch, seed=args.seed, realistic=True, regimes=REGIMES[args.regimes],
+                             texture_floor_db=args.texture_floor_db)
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
 
@@ -148,7 +153,7 @@ def main() -> None:
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
-    log["runs"].append({"start_step": step, "regimes": args.regimes, "bf16": trainer.use_bf16, "torch": torch.__version__,
+    log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if step == 0:
@@ -165,7 +170,7 @@ def main() -> None:
 
     def stage_entry(seconds):
         return {"phase": 1, "data": "realistic simulated SAR scenes (tools/make_model.py)",
-                "regimes": args.regimes, "steps": step,
+                "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "steps": step,
                 "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,
                 "weights": asdict(PHASE1_BUNDLED), "bf16": trainer.use_bf16, "seconds": round(seconds)}
 
