@@ -21,7 +21,8 @@ def test_provider_lists_despeckle_with_documented_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById("despecknet:despeckle")
     assert alg is not None
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "OUTPUT", "OUTPUT_NOISE"]
+    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS", "OUTPUT",
+                     "OUTPUT_NOISE"]
     assert "PROVIDER" in [o.name() for o in alg.outputDefinitions()]
     assert alg.shortHelpString()
 
@@ -138,3 +139,19 @@ def test_output_equal_to_input(provider, tiny_model, tmp_path):
     before = open(src, "rb").read()
     expect_error({"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": src}, "OUTPUT .* is the input INPUT", tmp_path)
     assert open(src, "rb").read() == before
+
+
+def test_point_targets_keep_their_measured_value_unless_switched_off(provider, tmp_path):
+    """POINT_TARGETS (default on) puts Y back at bright scatterers the bundled network shrinks."""
+    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
+
+    rng = np.random.default_rng(12)
+    scene = simulate_reflectivity((160, 160), rng, realistic=True)
+    y, _ = observe(scene.reflectivity, scene.targets, 1.0, 0.0, rng)
+    src = write_tif(tmp_path / "y.tif", y)
+    despeckle({"INPUT": src, "DEVICE": 1, "OUTPUT": str(tmp_path / "kept.tif")})
+    despeckle({"INPUT": src, "DEVICE": 1, "POINT_TARGETS": False, "OUTPUT": str(tmp_path / "plain.tif")})
+    kept, plain = read_tif(tmp_path / "kept.tif")[0][0], read_tif(tmp_path / "plain.tif")[0][0]
+    changed = kept != plain
+    assert 0 < changed.sum() < 0.01 * y.size
+    assert np.allclose(kept[changed], y[changed], rtol=1e-6) and np.all(kept[changed] > plain[changed])
