@@ -1,0 +1,239 @@
+"""What a Dask worker runs: one band of one scene through the plugin's own `despeckle_raster`,
+and the assembly of a multi-band scene from its bands.
+
+Tasks never raise for a scene's own failure: they return {"status": "failed", "error": ...}
+so one bad scene does not stop the archive, and the manifest records the core's message.
+A task that finished leaves a done-marker (its key) beside its output; when Dask runs it
+again (its worker died after the output was written but before the client got the result),
+the marker makes it return at once instead of computing again. A worker killed before that
+leaves at most a hidden partial file, which the next write of the same output removes.
+
+Dask is imported only to honour a cancel (a distributed Event named by the client).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+from ..core.errors import Cancelled, DespeckNetError, ModelError, OutputError
+from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
+from ..core.progress import Progress
+from .options import core_function
+from .plan import WORK_DIR, file_sha256
+
+_DESPECKLERS: dict = {}
+_CHECKED_MODELS: dict = {}
+_LOCK = threading.Lock()
+CANCEL_POLL_S = 0.5
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_despeckler(model: str, model_sha256: str, device: str, threads: int | None, with_noise: bool):
+    """One loaded model per worker process and settings; the file must be the one the client checked."""
+    from ..core.inference import Despeckler
+
+    key = (model, model_sha256, device, threads, with_noise)
+    with _LOCK:
+        if key in _DESPECKLERS:
+            return _DESPECKLERS[key]
+        st = os.stat(model)
+        stamp = (model, st.st_size, st.st_mtime_ns)
+        digest = _CHECKED_MODELS.get(stamp) or file_sha256(model)
+        _CHECKED_MODELS[stamp] = digest
+        if digest != model_sha256:
+            raise ModelError(f"The model {model} on worker {worker_name()} is not the one the batch was started with "
+                             f"(SHA-256 {digest[:12]}... instead of {model_sha256[:12]}...): give every worker the same "
+                             "model file.")
+        despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise)
+        _DESPECKLERS[key] = despeckler
+        return despeckler
+
+
+def marker_path(output: str) -> str:
+    folder, name = os.path.split(os.path.abspath(output))
+    return os.path.join(folder, WORK_DIR, "done", name + ".json")
+
+
+def part_path(output_dir: str, stem: str, band: int, noise: bool = False) -> str:
+    return os.path.join(output_dir, WORK_DIR, "parts", f"{stem}.b{band}{'.speckle' if noise else ''}.tif")
+
+
+def _reuse(job: dict) -> dict | None:
+    """The recorded result when this job's outputs were already written with the same key."""
+    try:
+        with open(marker_path(job["output"]), encoding="utf-8") as fh:
+            done = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    outputs = [job["output"], job.get("noise_output")]
+    if done.get("key") != job["key"] or not all(os.path.isfile(p) for p in outputs if p):
+        return None
+    return {**done.get("result", {}), "reused": True, "worker": worker_name()}
+
+
+def _mark_done(job: dict, result: dict) -> None:
+    marker = marker_path(job["output"])
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    tmp = partial_path(marker)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"key": job["key"], "result": result}, fh)
+    os.replace(tmp, marker)
+
+
+def clear_marker(output: str) -> None:
+    remove_quietly(marker_path(output))
+
+
+def _cancel_check(event_name: str | None):
+    if not event_name:
+        return None
+    from distributed import Event
+
+    event = Event(event_name)
+    state = {"at": 0.0, "set": False}
+
+    def cancelled() -> bool:
+        now = time.monotonic()
+        if now - state["at"] >= CANCEL_POLL_S:
+            state["at"] = now
+            try:
+                state["set"] = bool(event.is_set())
+            except Exception:  # noqa: BLE001 - scheduler gone: the client is gone too, stop
+                state["set"] = True
+        return state["set"]
+
+    return cancelled
+
+
+def _failure(exc: BaseException, started: float) -> dict:
+    status = "cancelled" if isinstance(exc, Cancelled) else "failed"
+    text = str(exc) if isinstance(exc, DespeckNetError) else f"{type(exc).__name__}: {exc}"
+    return {"status": status, "error": text, "seconds": time.perf_counter() - started, "worker": worker_name()}
+
+
+def despeckle_band(job: dict) -> dict:
+    """Despeckle job["bands"] of job["input"] into job["output"] (and job["noise_output"]).
+
+    job: input, output, noise_output, bands (None: all), model, model_sha256, device, threads,
+    options (core keyword arguments), key, cancel (a distributed Event name or None).
+    """
+    started = time.perf_counter()
+    reused = _reuse(job)
+    if reused is not None:
+        return reused
+    try:
+        despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
+                                     job.get("noise_output") is not None)
+        progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
+        report = core_function()(job["input"], job["output"], despeckler, bands=job.get("bands"),
+                                 noise_path=job.get("noise_output"), progress=progress, **job.get("options", {}))
+        result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
+                  "provider": report.provider, "tiles": report.tiles,
+                  "looks": [getattr(b, "looks", None) for b in report.bands]}
+        _mark_done(job, result)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a scene's failure is a result, not a crash of the batch
+        return _failure(exc, started)
+
+
+def assemble(job: dict, parts: list[dict]) -> dict:
+    """Stack single-band parts (results of despeckle_band, in band order) into the scene's outputs.
+
+    The parts are copied value for value (GDAL VRT -> GeoTIFF, streamed block by block) with
+    each band's nodata, description and metadata and the dataset's metadata; every band is
+    read back and compared by checksum before the outputs take their names, together.
+    """
+    started = time.perf_counter()
+    failed = [p for p in parts if p.get("status") != "done"]
+    if failed:
+        cancelled = all(p.get("status") == "cancelled" for p in failed)
+        bands = [b for b, p in zip(job["bands"], parts) if p.get("status") != "done"]
+        return {"status": "cancelled" if cancelled else "failed", "seconds": time.perf_counter() - started,
+                "worker": worker_name(), "error": f"band(s) {bands}: {failed[0].get('error')}"}
+    reused = _reuse(job)
+    if reused is not None:
+        return reused
+    try:
+        moves = [(_stack(job["parts"], job["output"]), job["output"])]
+        if job.get("noise_output"):
+            try:
+                moves.append((_stack(job["noise_parts"], job["noise_output"]), job["noise_output"]))
+            except BaseException:
+                remove_quietly(moves[0][0])
+                raise
+        commit_files(moves)
+        result = {"status": "done", "seconds": time.perf_counter() - started + sum(p.get("seconds") or 0 for p in parts),
+                  "worker": worker_name(), "provider": parts[0].get("provider"),
+                  "looks": [(p.get("looks") or [None])[0] for p in parts]}
+        _mark_done(job, result)
+        for p in job["parts"] + job.get("noise_parts", []):
+            remove_quietly(p)
+            clear_marker(p)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a scene's failure is a result
+        return _failure(exc, started)
+
+
+def _stack(parts: list[str], output: str) -> str:
+    """A finished, read-back partial GeoTIFF beside `output` holding `parts` as its bands."""
+    from osgeo import gdal
+
+    from ..core.raster import CREATION_OPTIONS, GdalErrorLog
+
+    remove_stale_partials(output)
+    tmp = partial_path(output)
+    vrt_name = f"/vsimem/despecknet-{os.getpid()}-{threading.get_ident()}.vrt"
+    errors = GdalErrorLog().push()
+    try:
+        sources = [gdal.Open(p) for p in parts]
+        if any(s is None for s in sources):
+            raise OutputError(f"A band part of {output} is missing or unreadable ({gdal.GetLastErrorMsg()}); "
+                              "run the batch again.")
+        vrt = gdal.BuildVRT(vrt_name, parts, separate=True)
+        dtype = gdal.GetDataTypeName(sources[0].GetRasterBand(1).DataType)
+        options = [o for o in CREATION_OPTIONS["GTiff"] if dtype == "Float32" or not o.startswith("PREDICTOR")]
+        out = gdal.Translate(tmp, vrt, format="GTiff", creationOptions=options)
+        vrt = None
+        if out is None or errors.failures:
+            raise OutputError(f"Writing {output} failed ({(errors.failures or [gdal.GetLastErrorMsg()])[0]}). "
+                              "Is the disk full? A file already at that path is unchanged.")
+        meta = sources[0].GetMetadata()
+        if meta:
+            out.SetMetadata(meta)
+        for i, src in enumerate(sources, start=1):
+            band, sband = out.GetRasterBand(i), src.GetRasterBand(1)
+            nodata = sband.GetNoDataValue()
+            if nodata is not None:
+                band.SetNoDataValue(nodata)
+            if sband.GetDescription():
+                band.SetDescription(sband.GetDescription())
+            if sband.GetMetadata():
+                band.SetMetadata(sband.GetMetadata())
+            if sband.GetScale() not in (None, 1.0) or sband.GetOffset() not in (None, 0.0):
+                band.SetScale(sband.GetScale() or 1.0)
+                band.SetOffset(sband.GetOffset() or 0.0)
+        out.FlushCache()
+        out = None
+        if errors.failures:
+            raise OutputError(f"Writing {output} failed ({errors.failures[0]}). Is the disk full? "
+                              "A file already at that path is unchanged.")
+        back = gdal.Open(tmp)
+        if back is None or back.RasterCount != len(sources):
+            raise OutputError(f"{output} could not be read back after writing; nothing was put in its place.")
+        for i, src in enumerate(sources, start=1):
+            if back.GetRasterBand(i).Checksum() != src.GetRasterBand(1).Checksum() or errors.failures:
+                raise OutputError(f"Band {i} of {output} did not read back as written; nothing was put in its place.")
+        back = None
+        return tmp
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    finally:
+        gdal.Unlink(vrt_name)
+        errors.pop()

@@ -1,0 +1,190 @@
+"""The batch path on a real Dask cluster on loopback: same results as the plugin, safe reruns,
+a worker killed mid-run, core options passed through from the core's signature."""
+import argparse
+import glob
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import read_tif, speckled_scene, write_tif
+
+distributed = pytest.importorskip("distributed")
+
+from despecknet_qgis.batch import options as bo  # noqa: E402
+from despecknet_qgis.batch.plan import MANIFEST, expand_inputs, output_stem  # noqa: E402
+from despecknet_qgis.batch.run import run_batch  # noqa: E402
+from despecknet_qgis.core.errors import InputError, OutputError  # noqa: E402
+from despecknet_qgis.core.tiled_predict import despeckle_raster  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 worker processes, one thread each, on loopback."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=50)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def scenes(folder, count=6, size=128):
+    """`count` small scenes; the last has two bands (one task per band, then an assembly)."""
+    folder.mkdir()
+    paths = []
+    for i in range(count):
+        y, _ = speckled_scene(size, seed=100 + i)
+        bands = [y, 3 * y] if i == count - 1 else [y]
+        paths.append(write_tif(folder / f"scene{i}.tif", bands, nodata=-1.0))
+    return paths
+
+
+def records(out):
+    with open(os.path.join(out, MANIFEST)) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def leftovers(out):
+    return glob.glob(os.path.join(out, ".*partial*")) + glob.glob(os.path.join(out, ".despecknet-batch", "parts", "*.tif"))
+
+
+def test_six_scenes_survive_a_killed_worker_match_sequential_runs_and_rerun_does_nothing(
+        client, tiny_model, despeckler, tmp_path):
+    paths = scenes(tmp_path / "in")
+    out = str(tmp_path / "out")
+    pids = client.run(os.getpid)
+    killed = {}
+
+    def kill_a_busy_worker():
+        # once the first scene is recorded, SIGKILL a worker process that is running a task
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            manifest = os.path.join(out, MANIFEST)
+            if os.path.exists(manifest) and os.path.getsize(manifest) > 0:
+                for address, keys in client.processing().items():
+                    if keys and address in pids:
+                        killed.update(address=address, pid=pids[address], keys=list(keys))
+                        os.kill(pids[address], signal.SIGKILL)
+                        return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    report = run_batch(paths, out, model=tiny_model[0], client=client, ort_threads=1)
+    killer.join(5)
+
+    assert killed, "no worker was running a task after the first scene finished: the kill did not happen mid-run"
+    assert report.failed == {} and sorted(report.done) == sorted(
+        os.path.join(out, f"scene{i}_despeckled.tif") for i in range(6))
+    done = records(out)
+    assert [r["status"] for r in done] == ["done"] * 6
+    assert all(r["model_sha256"] and r["input_fingerprint"]["files"] for r in done)
+    lost = {k.split("-")[1] for k in killed["keys"]}  # despeckle-<stem>-... / assemble-<stem>-...
+    for r in done:
+        if output_stem(r["input"]) in lost:  # the killed worker's task ran again on a live worker
+            assert not r["worker"].endswith(f":{killed['pid']}")
+    assert leftovers(out) == []
+
+    for src in paths:
+        stem = os.path.splitext(os.path.basename(src))[0]
+        expected = str(tmp_path / f"{stem}_sequential.tif")
+        despeckle_raster(src, expected, despeckler)
+        got, ds = read_tif(os.path.join(out, f"{stem}_despeckled.tif"))
+        want, ref = read_tif(expected)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert np.array_equal(g, w, equal_nan=True)
+        assert ds.GetGeoTransform() == ref.GetGeoTransform() and ds.GetProjection() == ref.GetProjection()
+        assert [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)] == [-1.0] * len(got)
+
+    mtimes = {p: os.stat(p).st_mtime_ns for p in report.done}
+    again = run_batch(paths, out, model=tiny_model[0], client=client)
+    assert again.done == [] and again.failed == {} and len(again.skipped) == 6
+    assert len(records(out)) == 6
+    assert {p: os.stat(p).st_mtime_ns for p in report.done} == mtimes
+
+
+def test_batch_output_is_bit_identical_to_the_processing_algorithm(provider, client, tiny_model, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    y, _ = speckled_scene(128, seed=7)
+    src = write_tif(tmp_path / "two_bands.tif", [y, 0.5 * y], nodata=-1.0)
+    alg = str(tmp_path / "alg.tif")
+    processing.run("despecknet:despeckle", {"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": alg},
+                   feedback=QgsProcessingFeedback())
+    report = run_batch([src], str(tmp_path / "out"), model=tiny_model[0], client=client)
+    assert report.failed == {}
+    got, ds = read_tif(report.done[0])
+    want, ref = read_tif(alg)
+    assert len(got) == 2 and all(np.array_equal(g, w, equal_nan=True) for g, w in zip(got, want))
+    assert ds.GetGeoTransform() == ref.GetGeoTransform() and ds.GetProjection() == ref.GetProjection()
+
+
+def test_a_failed_scene_is_recorded_and_retried_on_the_next_run(client, tiny_model, tmp_path):
+    good = write_tif(tmp_path / "good.tif", speckled_scene(96, seed=1)[0])
+    bad = tmp_path / "later.tif"
+    bad.write_text("not a raster yet")
+    out = str(tmp_path / "out")
+    first = run_batch([good, str(bad)], out, model=tiny_model[0], client=client)
+    assert list(first.failed) == [str(bad)] and "not a raster" in first.failed[str(bad)]
+    assert not os.path.exists(os.path.join(out, "later_despeckled.tif"))
+    assert sorted(r["status"] for r in records(out)) == ["done", "failed"]
+
+    write_tif(bad, speckled_scene(96, seed=2)[0])
+    second = run_batch([good, str(bad)], out, model=tiny_model[0], client=client)
+    assert second.skipped == [os.path.join(out, "good_despeckled.tif")]
+    assert second.done == [os.path.join(out, "later_despeckled.tif")] and second.failed == {}
+    # a changed option makes the finished scene stale
+    third = run_batch([good], out, model=tiny_model[0], client=client, options={"point_targets": False})
+    assert third.done == [os.path.join(out, "good_despeckled.tif")]
+
+
+def test_outputs_that_would_collide_or_overwrite_an_input_are_refused_before_any_task(tmp_path, tiny_model):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = write_tif(tmp_path / "a" / "x.tif", speckled_scene(64)[0])
+    two = write_tif(tmp_path / "b" / "x.tif", speckled_scene(64)[0])
+    with pytest.raises(OutputError, match="would both be written"):
+        run_batch([one, two], str(tmp_path / "out"), model=tiny_model[0], client=object())
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        run_batch([one], str(tmp_path / "a"), model=tiny_model[0], suffix="", client=object())
+
+
+def test_core_options_become_flags_from_the_core_signature():
+    """A core option added later (as another engineer does) needs no batch change."""
+    def future_core(input_path, output_path, despeckler, bands: list[int] | None = None, domain: str = "intensity",
+                    tile_size: int = 512, zero_as_nodata: bool = False, extent: list[float] | None = None,
+                    output_domain: str | None = None, noise_path=None, progress=None):
+        return None
+
+    parser = argparse.ArgumentParser()
+    names = bo.add_core_flags(parser, future_core)
+    assert names == ["domain", "tile_size", "zero_as_nodata", "extent", "output_domain"]
+    args = parser.parse_args(["--zero-as-nodata", "--extent", "1,2,3.5,4", "--tile-size", "256", "--output-domain",
+                              "decibel"])
+    options = bo.options_from_args(args, names, ["domain=amplitude"], func=future_core)
+    assert options == {"zero_as_nodata": True, "extent": [1.0, 2.0, 3.5, 4.0], "tile_size": 256,
+                       "output_domain": "decibel", "domain": "amplitude"}
+    with pytest.raises(InputError, match="`tilesize` is not an option.*tile_size"):
+        bo.parse_settings(["tilesize=3"], future_core)
+    # the real core: every keyword argument the plugin's algorithm sets is reachable
+    real = bo.core_parameters()
+    assert {"domain", "tile_size", "overlap", "point_targets"} <= set(real)
+
+
+def test_inputs_from_folders_and_lists(tmp_path):
+    folder = tmp_path / "in"
+    paths = scenes(folder, count=2, size=64)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# scenes\n{paths[1]}\n\n")
+    assert expand_inputs([str(folder)]) == paths
+    assert expand_inputs([f"@{listing}", paths[1]]) == [paths[1]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no raster"):
+        expand_inputs([str(tmp_path / "empty")])
