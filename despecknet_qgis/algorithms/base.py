@@ -39,6 +39,7 @@ from ..core.errors import DespeckNetError, rename_arguments, translate
 from ..core.files import check_outputs, same_file
 from ..core.inference import DEVICES
 from ..core.progress import Progress, terminate_as_cancel
+from ..core.raster import gdal_can_open, is_gdal_name
 
 DOMAIN_LABELS = [
     "Intensity (linear power: sigma0, beta0, DN²)",
@@ -134,6 +135,11 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                 index = self._enum_index(definition.name(), indexed[definition.name()])
                 if index is not None:
                     indexed[definition.name()] = index
+            if isinstance(definition, QgsProcessingParameterRasterLayer) and definition.name() in indexed:
+                # QGIS 3.22 loads layers only from plain files: give it the layer of a GDAL dataset name
+                layer = self.raster_layer(indexed, definition.name(), context)
+                if layer is not None and layer.isValid():
+                    indexed[definition.name()] = layer
         return super().checkParameterValues(indexed, context)
 
     def check_values(self, parameters, context):
@@ -232,8 +238,13 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             path = v.split("|")[0]
             if os.path.exists(path) or QgsProcessingUtils.mapLayerFromString(v, context, False) is not None:
                 continue
+            if gdal_can_open(v):
+                continue  # /vsizip/, /vsicurl/, sub-datasets: any name GDAL opens
             if "://" in v or v.startswith(("memory:", "dbname=", "PG:", "ogr:")):
                 continue  # a service or database source: QGIS checks those itself
+            if is_gdal_name(v):
+                return (f"{d.name()}: GDAL cannot open {v} as a raster: check the name (for /vsizip/, the zip's "
+                        f"path then the raster's path inside it) and that the source is reachable.")
             return f"{d.name()}: the file {path} does not exist."
         return None
 
@@ -242,7 +253,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if isinstance(d, QgsProcessingParameterMultipleLayers):
             layers = self.parameterAsLayerList(parameters, d.name(), context)
         elif isinstance(d, QgsProcessingParameterRasterLayer):
-            layers = [self.parameterAsRasterLayer(parameters, d.name(), context)]
+            layers = [self.raster_layer(parameters, d.name(), context)]
         else:
             layers = [self.parameterAsVectorLayer(parameters, d.name(), context)]
         paths = []
@@ -330,6 +341,17 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             ) from exc
         except (FloatingPointError, ValueError, MemoryError) as exc:
             raise QgsProcessingException(self.message(translate(exc))) from exc
+
+    def raster_layer(self, parameters, name, context):
+        """parameterAsRasterLayer, also for GDAL dataset names QGIS 3.22 does not load from a string
+        (/vsizip/, /vsicurl/, sub-datasets)."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        value = parameters.get(name)
+        if layer is None and isinstance(value, str) and value and gdal_can_open(value):
+            from qgis.core import QgsRasterLayer
+
+            layer = QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
+        return layer
 
     def gdal_source(self, layer, what="INPUT"):
         """The file behind a raster layer; deSpeckNet reads rasters through GDAL."""

@@ -91,7 +91,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
 
     def input_layer(self, parameters, context):
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        layer = self.raster_layer(parameters, self.INPUT, context)
         self.gdal_source(layer, f"INPUT {parameters.get(self.INPUT)!r}")
         return layer
 

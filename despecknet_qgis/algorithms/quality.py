@@ -68,10 +68,10 @@ class QualityAlgorithm(DespeckNetAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        layer = self.raster_layer(parameters, self.INPUT, context)
         despeckled = self.gdal_source(layer, "INPUT")
-        noisy = self.gdal_source(self.parameterAsRasterLayer(parameters, self.NOISY, context), "NOISY")
-        ref_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
+        noisy = self.gdal_source(self.raster_layer(parameters, self.NOISY, context), "NOISY")
+        ref_layer = self.raster_layer(parameters, self.REFERENCE, context)
         reference = self.gdal_source(ref_layer, "REFERENCE") if ref_layer is not None else None
         points = self.pixel_points(parameters, context, layer, despeckled)
         ratio = self.parameterAsOutputLayer(parameters, self.OUTPUT_RATIO, context) or None

@@ -27,8 +27,34 @@ _PARTIAL_NAME = re.compile(r"\.partial-(?:(\d+)-)?[0-9a-f]{8}")
 STALE_AFTER_S = 24 * 3600  # where a process cannot be asked whether it still runs (Windows)
 
 
+def backing_file(name: str) -> str:
+    """The local file behind a GDAL dataset name: /vsizip/x.zip/a.tif -> x.zip, NETCDF:"x.nc":v -> x.nc.
+
+    A plain path, or a name with no local file behind it (/vsicurl/...), is returned unchanged.
+    """
+    if not name or os.path.exists(name):
+        return name
+    if name.startswith("/vsi"):
+        rest = name.split("/", 2)[2] if name.count("/") >= 2 else ""
+        rest = rest.lstrip("{")
+        parts = rest.split("/")
+        for i in range(len(parts), 0, -1):  # the longest prefix that is a file
+            cand = "/".join(parts[:i]).rstrip("}")
+            if cand and os.path.isfile(cand):
+                return cand
+        return name
+    for piece in name.replace('"', ":").split(":"):  # DRIVER:"path":subdataset
+        if piece and os.path.isfile(piece):
+            return piece
+    return name
+
+
 def same_file(a: str, b: str) -> bool:
-    """The same file, through links and relative paths alike (also when one does not exist yet)."""
+    """The same file, through links and relative paths alike (also when one does not exist yet).
+
+    A GDAL dataset name (/vsizip/, sub-datasets) stands for the local file behind it.
+    """
+    a, b = backing_file(a), backing_file(b)
     try:
         return os.path.samefile(a, b)
     except OSError:

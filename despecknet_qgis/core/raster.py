@@ -28,16 +28,36 @@ CREATION_OPTIONS = {
 }
 
 
+def is_gdal_name(path: str) -> bool:
+    """True for a GDAL dataset name that is not a plain file: /vsizip/, /vsicurl/, NETCDF:..., etc."""
+    return bool(path) and (path.startswith("/vsi") or (":" in path[2:] and not os.path.exists(path)))
+
+
+def gdal_can_open(path: str) -> bool:
+    """True when GDAL opens `path` as a raster (a file, a /vsi*/ name, a sub-dataset, a VRT)."""
+    if not path or os.path.isdir(path):
+        return False
+    with _quiet_gdal():
+        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    return ds is not None and ds.RasterCount > 0
+
+
 def open_raster(path: str) -> gdal.Dataset:
-    if not path or not os.path.exists(path):
-        raise InputError(f"Input raster {path!r} does not exist.")
+    """Opens any GDAL raster dataset name: a file, /vsizip/, /vsicurl/, a sub-dataset, a VRT."""
+    if not path:
+        raise InputError("No input raster given: choose a raster file or a GDAL dataset name.")
     if os.path.isdir(path):
         raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
     with _quiet_gdal():
         ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-    if ds is None or ds.RasterCount == 0:
-        raise InputError(f"{path} is not a raster GDAL can read: choose a GeoTIFF or another GDAL raster.")
-    return ds
+    if ds is not None and ds.RasterCount > 0:
+        return ds
+    if not is_gdal_name(path) and not os.path.exists(path):
+        raise InputError(f"Input raster {path!r} does not exist: check the path.")
+    if is_gdal_name(path):
+        raise InputError(f"GDAL cannot open the input {path!r} as a raster: check the name (for /vsizip/, the "
+                         f"zip's path followed by the raster's path inside it) and that the source is reachable.")
+    raise InputError(f"{path} is not a raster GDAL can read: choose a GeoTIFF or another GDAL raster.")
 
 
 class _quiet_gdal:
