@@ -55,6 +55,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     c.add_argument("--threads-per-worker", type=int, default=1, help="LocalCluster threads per worker (default 1)")
     c.add_argument("--ort-threads", type=int, default=None,
                    help="ONNX Runtime threads per task (default: the cores shared among a LocalCluster's threads)")
+    c.add_argument("--split-rows", type=int, default=4,
+                   help="a large band is split into windows of this many tile rows, each a task (0: never; default 4)")
+    c.add_argument("--split-min-mpixels", type=float, default=50.0,
+                   help="bands of at least this many Mpixel are split (default 50)")
     r = p.add_argument_group("reruns")
     r.add_argument("--checksum", action="store_true",
                    help="identify unchanged inputs by SHA-256 (default: size and modification time)")
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                bands=args.bands, noise=args.noise, suffix=args.suffix, scheduler=args.scheduler,
                                workers=args.workers, threads_per_worker=args.threads_per_worker,
                                ort_threads=args.ort_threads, checksum=args.checksum, force=args.force,
+                               split_rows=args.split_rows, split_min_pixels=int(args.split_min_mpixels * 1e6),
                                progress=progress, bar=None if args.no_progress else sys.stderr)
     except Cancelled as exc:
         print(f"despecknet batch: {exc}", file=sys.stderr)

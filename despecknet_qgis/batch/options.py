@@ -21,7 +21,8 @@ from ..core.errors import InputError
 HANDLED = ("input_path", "output_path", "despeckler", "noise_path", "progress", "bands")
 # Options of the batch's own that a generated flag must not shadow (reachable through --set).
 RESERVED = {"model", "device", "output_dir", "scheduler", "workers", "threads_per_worker", "ort_threads", "noise",
-            "suffix", "checksum", "force", "input_list", "set", "split_tiles", "band", "help", "no_progress"}
+            "suffix", "checksum", "force", "input_list", "set", "split_rows", "split_min_mpixels", "band", "help",
+            "no_progress"}
 
 
 def core_function():

@@ -130,14 +130,14 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def band_count(name: str) -> int | None:
-    """The raster's band count as the client sees it (None: not readable from here)."""
+def raster_shape(name: str) -> tuple[int, int, int] | None:
+    """(bands, width, height) as the client sees the raster (None: not readable from here)."""
     from osgeo import gdal
 
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
         ds = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
-        return ds.RasterCount if ds is not None and ds.RasterCount else None
+        return (ds.RasterCount, ds.RasterXSize, ds.RasterYSize) if ds is not None and ds.RasterCount else None
     finally:
         gdal.PopErrorHandler()
 
@@ -164,7 +164,8 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
                 raise OutputError(f"{name} and {by_output[path]} would both be written to {path}: give inputs with "
                                   "different names, or run them into different `output_dir` folders.")
             by_output[path] = name
-        count = band_count(name)
+        shape = raster_shape(name)
+        count = shape[0] if shape else None
         chosen = bands
         if chosen and count is not None:
             bad = [b for b in chosen if not 1 <= b <= count]
@@ -172,7 +173,8 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
                 raise InputError(f"{name} has {count} band(s); `bands` {bad} do not exist there.")
         elif not chosen and count is not None:
             chosen = list(range(1, count + 1))
-        scene = Scene(name, output, noise_output, chosen, fingerprint(name, checksum))
+        scene = Scene(name, output, noise_output, chosen, fingerprint(name, checksum),
+                      extra={"size": shape[1:] if shape else None})
         scene.key = scene_key(scene, model_sha256, options, device)
         scenes.append(scene)
     all_inputs = [f for s in scenes for f in ([e["path"] for e in s.fingerprint["files"] or []] or [s.input])]
@@ -258,7 +260,7 @@ def record_for(scene: Scene, result: dict, model: str, model_sha256: str, option
         "status": result.get("status"), "seconds": result.get("seconds"), "worker": result.get("worker"),
         "error": result.get("error"), "reused": result.get("reused", False), "provider": result.get("provider"),
         "model": model, "model_sha256": model_sha256, "options": options, "input_fingerprint": scene.fingerprint,
-        "key": scene.key,
+        "key": scene.key, **({"window_workers": result["window_workers"]} if result.get("window_workers") else {}),
     }
 
 

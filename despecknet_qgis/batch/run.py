@@ -22,6 +22,7 @@ from ..core.errors import Cancelled, InputError, OutputError
 from ..core.progress import SILENT, Progress
 from .options import check_options
 from .plan import MANIFEST, Manifest, WORK_DIR, file_sha256, plan_scenes, record_for, up_to_date
+from .split import split_supported
 from .tasks import assemble, clear_marker, despeckle_band, part_path
 
 POLL_S = 0.2
@@ -86,7 +87,8 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
               options: dict | None = None, bands: list[int] | None = None, noise: bool = False,
               suffix: str = "_despeckled", scheduler: str | None = None, workers: int | None = None,
               threads_per_worker: int = 1, ort_threads: int | None = None, processes: bool = True,
-              checksum: bool = False, force: bool = False, progress: Progress = SILENT,
+              checksum: bool = False, force: bool = False, split_rows: int = 4,
+              split_min_pixels: int = 50_000_000, progress: Progress = SILENT,
               log=None, bar=None, client=None) -> BatchReport:
     """Despeckle `inputs` into `output_dir` on Dask; returns what was done, skipped and failed.
 
@@ -102,6 +104,8 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
             threads; ONNX Runtime's default on an existing cluster).
         checksum: identify inputs by SHA-256 instead of size and modification time.
         force: despeckle again what the manifest says is up to date.
+        split_rows, split_min_pixels: a band of at least `split_min_pixels` pixels is split into
+            windows of `split_rows` tile rows on several workers (batch/split.py); 0 rows: never.
         progress: percent, log and cancel; log: a function for lines of text; bar: a stream for
             the terminal progress bar (None: none); client: an existing dask Client to use.
 
@@ -158,8 +162,13 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
                 f"dashboard {report.dashboard}{'' if _has_bokeh() else ' (needs the bokeh package to show)'}")
             if ort_threads is None and cluster is not None:
                 ort_threads = max(1, (os.cpu_count() or 1) // worker_threads)
+            split = (split_rows, split_min_pixels)
+            why = split_supported(options)
+            if why and split_rows:
+                log(f"Large bands run as one task each: {why}.")
+                split = (0, split_min_pixels)
             finals = _submit(client, todo, output_dir, model, model_sha, device, ort_threads, options, cancel_name,
-                             force)
+                             force, split)
             _collect(distributed, client, finals, manifest, report, model, model_sha, options, progress, bar,
                      started, cancel_name)
         finally:
@@ -181,21 +190,25 @@ def _has_bokeh() -> bool:
     return True
 
 
-def _submit(client, scenes, output_dir, model, model_sha, device, ort_threads, options, cancel_name, force):
+def _submit(client, scenes, output_dir, model, model_sha, device, ort_threads, options, cancel_name, force,
+            split=(0, 0)):
     """Futures of each scene's final task -> scene."""
-    from .plan import output_stem
-
     finals = {}
     common = {"model": model, "model_sha256": model_sha, "device": device, "threads": ort_threads,
               "options": options, "cancel": cancel_name}
+    split_rows, split_min_pixels = split
     for s in scenes:
         if force:
             clear_marker(s.output)
         tag = uuid.uuid4().hex[:8]
-        if s.bands is None or len(s.bands) == 1:
+        size = s.extra.get("size")
+        if split_rows and s.bands and size and size[0] * size[1] >= split_min_pixels:
+            fut = _submit_split(client, s, output_dir, common, split_rows, tag, force)
+        elif s.bands is None or len(s.bands) == 1:
             job = {**common, "input": s.input, "output": s.output, "noise_output": s.noise_output,
                    "bands": s.bands, "key": s.key}
-            fut = client.submit(despeckle_band, job, key=f"despeckle-{output_stem(s.input)}-{tag}", pure=False)
+            fut = client.submit(despeckle_band, job, key=f"despeckle-{os.path.basename(s.output)[:-4]}-{tag}",
+                                pure=False)
         else:
             stem = os.path.basename(s.output)[:-4]
             os.makedirs(os.path.join(output_dir, WORK_DIR, "parts"), exist_ok=True)
@@ -216,6 +229,34 @@ def _submit(client, scenes, output_dir, model, model_sha, device, ort_threads, o
             fut = client.submit(assemble, job, futures, key=f"assemble-{stem}-{tag}", pure=False)
         finals[fut] = s
     return finals
+
+
+def _submit_split(client, s, output_dir, common, rows, tag, force):
+    """Statistics, windows of `rows` tile rows and one writer for each band of a large scene."""
+    from .options import core_parameters
+    from .split import band_stats, despeckle_window, stripes, write_split
+
+    tile = common["options"].get("tile_size") or core_parameters()["tile_size"].default
+    height = s.extra["size"][1]
+    stem = os.path.basename(s.output)[:-4]
+    noise = s.noise_output is not None
+    os.makedirs(os.path.join(output_dir, WORK_DIR, "parts"), exist_ok=True)
+    spec, futures = [], []
+    for i, b in enumerate(s.bands, start=1):
+        stats = client.submit(band_stats, {**common, "input": s.input, "band": b, "noise": noise},
+                              key=f"stats-{stem}-b{b}-{tag}", pure=False)
+        for y0, y1 in stripes(height, tile, rows):
+            part = os.path.join(output_dir, WORK_DIR, "parts", f"{stem}.b{b}.y{y0}.tif")
+            if force:
+                clear_marker(part)
+            job = {**common, "input": s.input, "band": b, "noise": noise, "y0": y0, "y1": y1, "output": part,
+                   "key": f"{s.key}-b{b}-y{y0}-{y1}-t{tile}"}
+            futures.append(client.submit(despeckle_window, job, stats, key=f"window-{stem}-b{b}-y{y0}-{tag}",
+                                         pure=False))
+            spec.append((i, y0, y1, part))
+    job = {**common, "input": s.input, "output": s.output, "noise_output": s.noise_output, "bands": s.bands,
+           "key": s.key, "tile_size": tile, "windows": spec}
+    return client.submit(write_split, job, futures, key=f"write-{stem}-{tag}", pure=False)
 
 
 def _collect(distributed, client, finals, manifest, report, model, model_sha, options, progress, bar, started,

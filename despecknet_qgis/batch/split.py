@@ -1,0 +1,218 @@
+"""One huge band on several workers: statistics once, windows of tile rows in parallel, one writer.
+
+The core's `despeckle_raster` normalises a band by statistics of the whole band (the mean
+of ln I, the looks of its flattest blocks) and then despeckles tile by tile, each tile read
+with a margin of at least the receptive radius. A window of whole tile rows therefore
+gives exactly the core's values when it uses the core's tile grid, margin and the band's
+statistics. So a split band is:
+
+1. one statistics task (`core.raster.band_statistics`, the core's own pass);
+2. one task per window of `rows` tile rows, each writing its rows to a part file (Float32,
+   the same conversion as the core's output) under a hidden partial name, then renamed;
+3. one writer task per scene that copies the parts, a tile row at a time, into a
+   `core.raster.RasterOutput` (the core's output: creation options, georeferencing, nodata,
+   read back before it takes its name).
+
+Memory: a task holds one tile with margins; the writer one tile row. The per-tile steps
+below are the core loop's steps (core/tiled_predict.py); tests/test_batch.py checks the
+result against `despeckle_raster` bit for bit, so a change of the core loop that is not
+mirrored here fails there. Core options this module does not know disable the split
+(the band then runs as one task): see `split_supported`.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.files import partial_path, remove_quietly
+from ..core.progress import Progress
+from .tasks import _cancel_check, _failure, _mark_done, _reuse, clear_marker, load_despeckler, worker_name
+
+KNOWN_OPTIONS = {"domain", "tile_size", "overlap", "point_targets", "looks"}
+
+
+def split_supported(options: dict) -> str | None:
+    """None when a band can be split with these options, else why not."""
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        return f"the core options {unknown} are not known to the split path (core/tiled_predict.py changed)"
+    return None
+
+
+def stripes(height: int, tile_size: int, rows: int) -> list[tuple[int, int]]:
+    """(y0, y1) pixel rows of windows of `rows` tile rows on the core's tile grid."""
+    step = tile_size * max(1, rows)
+    return [(y, min(height, y + step)) for y in range(0, height, step)]
+
+
+def _settings(options: dict, despeckler) -> dict:
+    from ..core import point_targets as pt
+    from ..core.defaults import TILE_SIZE
+    from .options import core_parameters
+
+    defaults = {n: p.default for n, p in core_parameters().items()}
+    s = {k: options.get(k, defaults.get(k)) for k in KNOWN_OPTIONS}
+    s["tile_size"] = s["tile_size"] or TILE_SIZE
+    s["point_targets"] = True if s["point_targets"] is None else s["point_targets"]
+    if s["overlap"] is None:
+        s["overlap"] = despeckler.radius + (pt.MARGIN if s["point_targets"] else 0)
+    if s["overlap"] < despeckler.radius:
+        raise InputError(f"`overlap` must be at least the model's receptive radius ({despeckler.radius} pixels) "
+                         "for seamless tiles.")
+    return s
+
+
+def band_stats(job: dict) -> dict:
+    """The band's statistics, as the core computes them (one task per split band)."""
+    from ..core import domain as dm
+    from ..core.raster import band_statistics, check_bands, gdal_cache_limit, open_raster
+
+    started = time.perf_counter()
+    try:
+        despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
+                                     bool(job.get("noise")))
+        s = _settings(job.get("options", {}), despeckler)
+        dm.check_domain(s["domain"])
+        ds = open_raster(job["input"])
+        check_bands(ds, [job["band"]], job["input"])
+        field = despeckler.info.receptive_field
+        if ds.RasterXSize < field or ds.RasterYSize < field:
+            raise InputError(f"{job['input']} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
+                             f"receptive field ({field}x{field}): use a larger raster.")
+        progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
+        with gdal_cache_limit():
+            stats = band_statistics(ds, job["band"], s["domain"], job["input"], s["tile_size"], progress)
+        return {"status": "done", "stats": stats, "seconds": time.perf_counter() - started, "worker": worker_name()}
+    except Exception as exc:  # noqa: BLE001 - a result, not a crash
+        return _failure(exc, started)
+
+
+def despeckle_window(job: dict, stats: dict) -> dict:
+    """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
+    from osgeo import gdal
+
+    from ..core import domain as dm
+    from ..core import point_targets as pt
+    from ..core.raster import Window, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows
+    from ..core.tiled_predict import _check_finite, _with_nodata
+
+    started = time.perf_counter()
+    if stats.get("status") != "done":
+        return {**stats, "seconds": 0.0}
+    reused = _reuse(job)
+    if reused is not None:
+        return reused
+    tmp = None
+    try:
+        noise = bool(job.get("noise"))  # the speckle estimate goes to band 2 of the window file
+        despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"), noise)
+        s = _settings(job.get("options", {}), despeckler)
+        st = stats["stats"]
+        progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
+        ds = open_raster(job["input"])
+        band = ds.GetRasterBand(job["band"])
+        nd = nodata_of(band)
+        width, height = ds.RasterXSize, ds.RasterYSize
+        y0, y1 = job["y0"], job["y1"]
+        os.makedirs(os.path.dirname(job["output"]), exist_ok=True)
+        tmp = partial_path(job["output"])
+        out = gdal.GetDriverByName("GTiff").Create(tmp, width, y1 - y0, 2 if noise else 1, gdal.GDT_Float32,
+                                                   ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"])
+        if out is None:
+            raise InputError(f"Cannot create the window file {tmp}: {gdal.GetLastErrorMsg()}")
+        with gdal_cache_limit():
+            for win in (w for w in windows(width, height, s["tile_size"]) if y0 <= w.y < y1):
+                progress.check()
+                outer = win.grown(s["overlap"], width, height)
+                inner = win.within(outer)
+                intensity, valid = read_intensity(band, outer, s["domain"])
+                clean, speckle_z = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise)
+                keep = valid[inner]
+                with np.errstate(over="ignore"):
+                    estimate = dm.denormalise(clean, st.offset)
+                    band_looks = s["looks"] or st.looks
+                    if s["point_targets"] and band_looks:
+                        estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
+                    result = dm.from_intensity(estimate[inner], s["domain"])
+                _check_finite(result, keep, despeckler, "clean")
+                _write(out, 1, Window(win.x, win.y - y0, win.w, win.h), _with_nodata(result, keep, nd))
+                if noise:
+                    with np.errstate(over="ignore"):
+                        speckle = dm.speckle_from_log(speckle_z[inner], s["domain"])
+                    _check_finite(speckle, keep, despeckler, "noise")
+                    _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), _with_nodata(speckle, keep, nd))
+        out.FlushCache()
+        out = None
+        if gdal.Open(tmp) is None:
+            raise InputError(f"The window file {tmp} could not be read back: is the disk full?")
+        os.replace(tmp, job["output"])
+        tmp = None
+        result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
+                  "provider": despeckler.provider, "part": job["output"]}
+        _mark_done(job, result)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a result, not a crash
+        if tmp:
+            remove_quietly(tmp)
+        return _failure(exc, started)
+
+
+def _write(ds, index: int, win, data: np.ndarray) -> None:
+    from osgeo import gdal
+
+    from ..core.errors import OutputError
+
+    if ds.GetRasterBand(index).WriteArray(data, win.x, win.y) != 0:
+        raise OutputError(f"Writing a window failed ({gdal.GetLastErrorMsg()}). Is the disk full?")
+
+
+def write_split(job: dict, windows_done: list[dict]) -> dict:
+    """The scene's outputs from its windows: job["windows"] lists (band index, y0, y1, part path)."""
+    from ..core.raster import Outputs, RasterOutput, Window, gdal_cache_limit, nodata_of, open_raster
+
+    started = time.perf_counter()
+    failed = [w for w in windows_done if w.get("status") != "done"]
+    if failed:
+        status = "cancelled" if all(w.get("status") == "cancelled" for w in failed) else "failed"
+        return {"status": status, "error": failed[0].get("error"), "seconds": time.perf_counter() - started,
+                "worker": worker_name()}
+    reused = _reuse(job)
+    if reused is not None:
+        return reused
+    try:
+        from osgeo import gdal
+
+        ds = open_raster(job["input"])
+        bands = job["bands"]
+        nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
+        noise = job.get("noise_output")
+        step = job["tile_size"]
+        outputs = Outputs(lambda: RasterOutput(job["output"], ds, len(bands), nodata, argument="output_path"),
+                          (lambda: RasterOutput(noise, ds, len(bands), nodata, argument="noise_path")) if noise else None)
+        with gdal_cache_limit(), outputs as (out, noise_out):
+            for i, y0, y1, part in job["windows"]:
+                src = gdal.Open(part)
+                if src is None:
+                    raise InputError(f"The window file {part} is missing: run the batch again.")
+                for y in range(y0, y1, step):
+                    h = min(step, y1 - y)
+                    out.write(i, Window(0, y, ds.RasterXSize, h), src.GetRasterBand(1).ReadAsArray(0, y - y0, None, h))
+                    if noise_out is not None:
+                        noise_out.write(i, Window(0, y, ds.RasterXSize, h),
+                                        src.GetRasterBand(2).ReadAsArray(0, y - y0, None, h))
+                src = None
+            outputs.commit()
+        seconds = time.perf_counter() - started + sum(w.get("seconds") or 0 for w in windows_done)
+        result = {"status": "done", "seconds": seconds, "worker": worker_name(),
+                  "provider": windows_done[0].get("provider"),
+                  "window_workers": sorted({w.get("worker") for w in windows_done})}
+        _mark_done(job, result)
+        for _, _, _, part in job["windows"]:
+            remove_quietly(part)
+            clear_marker(part)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a result
+        return _failure(exc, started)
