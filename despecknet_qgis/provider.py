@@ -5,6 +5,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.despeckle import DespeckleAlgorithm
+from .algorithms.despeckle_batch import DespeckleBatchAlgorithm
 from .algorithms.finetune import FineTuneAlgorithm
 from .algorithms.quality import QualityAlgorithm
 from .algorithms.speckle_stats import SpeckleStatsAlgorithm
@@ -29,5 +30,5 @@ class DespeckNetProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         for alg in (DespeckleAlgorithm(), TemporalLabelAlgorithm(), TrainAlgorithm(), FineTuneAlgorithm(),
-                    SpeckleStatsAlgorithm(), QualityAlgorithm()):
+                    SpeckleStatsAlgorithm(), QualityAlgorithm(), DespeckleBatchAlgorithm()):
             self.addAlgorithm(alg)

@@ -24,6 +24,7 @@ from ..core.files import same_file
 
 MANIFEST = "despecknet-manifest.jsonl"
 WORK_DIR = ".despecknet-batch"  # per-band parts and done-markers, inside the output folder
+SIDECARS = (".aux.xml", ".ovr", ".msk")
 RASTER_EXTENSIONS = (".tif", ".tiff", ".img", ".vrt", ".jp2", ".nc", ".h5")
 
 
@@ -96,7 +97,8 @@ def input_files(name: str) -> list[str]:
         files = (ds.GetFileList() or []) if ds is not None else []
     finally:
         gdal.PopErrorHandler()
-    files = [f for f in files if os.path.isfile(f)]
+    # GDAL's and QGIS's own sidecars (statistics, overviews) change when a raster is only looked at
+    files = [f for f in files if os.path.isfile(f) and not f.lower().endswith(SIDECARS)]
     if not files and os.path.isfile(name):
         files = [name]
     return sorted(set(files))

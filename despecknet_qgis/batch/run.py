@@ -67,9 +67,11 @@ def start_client(scheduler: str | None = None, workers: int | None = None, threa
         return client, None
     cores = os.cpu_count() or 1
     workers = workers or max(1, cores // max(1, threads_per_worker))
+    # worker processes talk over TCP on loopback; threads in this process over inproc (no socket at all)
+    network = {"host": "127.0.0.1"} if processes else {}
     cluster = distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=threads_per_worker, processes=processes, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=40,
+        n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+        dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=40, **network,
     )
     return distributed.Client(cluster), cluster
 
@@ -263,10 +265,15 @@ def _collect(distributed, client, finals, manifest, report, model, model_sha, op
              cancel_name):
     pending = distributed.as_completed(list(finals))
     total, done, failed = len(finals), 0, 0
+    recorded = set()
     if bar is not None:
         _bar(0, total, 0, started, bar)
     while not pending.is_empty():
         if progress.cancelled():
+            for fut in finals:  # finished since the last look: recorded all the same
+                if fut not in recorded and fut.status == "finished":
+                    _record(fut, finals[fut], fut.result(), manifest, report, model, model_sha, options, progress)
+                    done += 1
             _cancel(distributed, client, finals, cancel_name)
             raise Cancelled(f"Cancelled: {done} of {total} scene(s) finished and are recorded in {report.manifest}; "
                             "the others were stopped on the cluster. Run the same command again to go on.")
@@ -274,25 +281,30 @@ def _collect(distributed, client, finals, manifest, report, model, model_sha, op
         if not finished:
             time.sleep(POLL_S)
         for fut in finished:
-            scene = finals[fut]
             try:
                 result = fut.result()
             except Exception as exc:  # noqa: BLE001 - KilledWorker and the like: the scene failed, the batch goes on
                 result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            recorded.add(fut)
             fut.release()
-            manifest.append(record_for(scene, result, model, model_sha, options))
+            failed += not _record(fut, finals[fut], result, manifest, report, model, model_sha, options, progress)
             done += 1
-            if result.get("status") == "done":
-                report.done.append(scene.output)
-            else:
-                failed += 1
-                report.failed[scene.input] = result.get("error") or result.get("status")
-                progress.info(f"FAILED {scene.input}: {report.failed[scene.input]}")
             progress.set(100.0 * done / total)
             if bar is not None:
                 _bar(done, total, failed, started, bar)
     if bar is not None and bar.isatty():
         bar.write("\n")
+
+
+def _record(fut, scene, result, manifest, report, model, model_sha, options, progress) -> bool:
+    """Append the scene's record; True when it is done."""
+    manifest.append(record_for(scene, result, model, model_sha, options))
+    if result.get("status") == "done":
+        report.done.append(scene.output)
+        return True
+    report.failed[scene.input] = result.get("error") or result.get("status")
+    progress.info(f"FAILED {scene.input}: {report.failed[scene.input]}")
+    return False
 
 
 def _cancel(distributed, client, finals, cancel_name) -> None:
