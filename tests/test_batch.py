@@ -19,7 +19,7 @@ distributed = pytest.importorskip("distributed")
 from despecknet_qgis.batch import options as bo  # noqa: E402
 from despecknet_qgis.batch.plan import MANIFEST, expand_inputs  # noqa: E402
 from despecknet_qgis.batch.run import run_batch  # noqa: E402
-from despecknet_qgis.core.errors import InputError, OutputError  # noqa: E402
+from despecknet_qgis.core.errors import ClusterError, InputError, OutputError  # noqa: E402
 from despecknet_qgis.core.tiled_predict import despeckle_raster  # noqa: E402
 
 
@@ -291,3 +291,17 @@ def test_provider_loads_and_the_batch_algorithm_names_the_missing_package_withou
     src = write_tif(tmp_path / "x.tif", speckled_scene(64)[0])
     with pytest.raises(QgsProcessingException, match="dask and distributed.*pip install"):
         batch_alg({"INPUTS": [src], "OUTPUT_FOLDER": str(tmp_path / "o")})
+
+
+def test_a_scheduler_that_does_not_answer_is_named(tiny_model, tmp_path, monkeypatch):
+    import socket
+
+    from despecknet_qgis.batch import run
+
+    monkeypatch.setattr(run, "SCHEDULER_TIMEOUT", "2s")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = write_tif(tmp_path / "x.tif", speckled_scene(64)[0])
+    with pytest.raises(ClusterError, match=f"No Dask scheduler answers at `scheduler` tcp://127.0.0.1:{port}"):
+        run_batch([src], str(tmp_path / "out"), model=tiny_model[0], scheduler=f"tcp://127.0.0.1:{port}")

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..core.errors import Cancelled, InputError, OutputError
+from ..core.errors import Cancelled, ClusterError, InputError, OutputError
 from ..core.progress import SILENT, Progress
 from .options import check_options
 from .plan import MANIFEST, Manifest, WORK_DIR, file_sha256, plan_scenes, record_for, up_to_date
@@ -26,6 +26,7 @@ from .split import split_supported
 from .tasks import assemble, clear_marker, despeckle_band, part_path
 
 POLL_S = 0.2
+SCHEDULER_TIMEOUT = "20s"
 
 
 @dataclass
@@ -50,7 +51,7 @@ def import_dask():
         import dask  # noqa: F401
         import distributed
     except ImportError as exc:
-        raise InputError(missing_dask_message(exc)) from exc
+        raise ClusterError(missing_dask_message(exc)) from exc
     return distributed
 
 
@@ -60,9 +61,9 @@ def start_client(scheduler: str | None = None, workers: int | None = None, threa
     distributed = import_dask()
     if scheduler:
         try:
-            client = distributed.Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"No Dask scheduler answers at `scheduler` {scheduler} ({exc}): start one "
+            client = distributed.Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(f"No Dask scheduler answers at `scheduler` {scheduler} ({exc}): start one "
                              "(`dask scheduler`) or check the address (tcp://HOST:8786).") from exc
         return client, None
     cores = os.cpu_count() or 1
@@ -112,7 +113,8 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
             the terminal progress bar (None: none); client: an existing dask Client to use.
 
     Raises:
-        InputError, OutputError (before any task is sent), Cancelled.
+        InputError, OutputError (before any task is sent), ClusterError (no dask, no scheduler
+        at `scheduler`), Cancelled.
     """
     started = time.perf_counter()
     log = log or progress.info

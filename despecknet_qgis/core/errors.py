@@ -37,6 +37,10 @@ class ResourceError(DespeckNetError):
     """Not enough memory (or another machine resource) for the request as given."""
 
 
+class ClusterError(DespeckNetError):
+    """The Dask cluster of a batch run cannot be used: dask missing, no scheduler at the address."""
+
+
 class TrainingError(DespeckNetError):
     """Training cannot go on: the loss stopped being finite."""
 
