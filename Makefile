@@ -3,7 +3,7 @@ PY := .venv/bin/python
 QGIS_PROCESS := tools/qgis_process
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup demo test bench bench-quality model sample package clean
+.PHONY: setup demo test bench bench-batch bench-quality model sample package clean
 
 setup:
 	@tools/setup.sh
@@ -16,6 +16,11 @@ test: setup
 
 bench: setup
 	$(PY) tools/bench.py
+
+# Batch path on Dask: scenes per minute for 1 and 2 LocalCluster workers beside one process.
+# BENCH_BATCH_ARGS="--scenes 16 --size 1024" for more work.
+bench-batch: setup
+	nice -n 10 $(PY) tools/bench_batch.py $(BENCH_BATCH_ARGS)
 
 # Despeckling quality beside peers (OTB, BM3D, SAR2SAR: tools/setup_peers.sh installs them into
 # build/peers-venv, never into .venv) on simulated regimes and the real dates of ../shared/data.
