@@ -305,3 +305,20 @@ def test_a_scheduler_that_does_not_answer_is_named(tiny_model, tmp_path, monkeyp
     src = write_tif(tmp_path / "x.tif", speckled_scene(64)[0])
     with pytest.raises(ClusterError, match=f"No Dask scheduler answers at `scheduler` tcp://127.0.0.1:{port}"):
         run_batch([src], str(tmp_path / "out"), model=tiny_model[0], scheduler=f"tcp://127.0.0.1:{port}")
+
+
+def test_own_local_cluster_reports_a_dashboard_that_answers(tiny_model, tmp_path):
+    import urllib.request
+
+    pytest.importorskip("bokeh")
+    src = write_tif(tmp_path / "x.tif", speckled_scene(64)[0])
+    pages = []
+
+    def log(line):
+        if line.startswith("Dask:"):  # the cluster runs now: open the dashboard link it printed
+            link = line.split("dashboard ")[1].split()[0]
+            with urllib.request.urlopen(link, timeout=30) as page:
+                pages.append((link, page.status))
+
+    report = run_batch([src], str(tmp_path / "out"), model=tiny_model[0], workers=1, processes=False, log=log)
+    assert report.done and pages == [(report.dashboard, 200)] and report.dashboard.startswith("http://127.0.0.1:")

@@ -161,7 +161,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
             info = client.scheduler_info()
             worker_threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()) or 1
             report.workers = len(info.get("workers", {}))
-            report.dashboard = client.dashboard_link
+            report.dashboard = _dashboard(client, cluster)
             log(f"Dask: {report.workers} worker(s), {worker_threads} thread(s) at {client.scheduler.address}; "
                 f"dashboard {report.dashboard}{'' if _has_bokeh() else ' (needs the bokeh package to show)'}")
             if ort_threads is None and cluster is not None:
@@ -184,6 +184,16 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
                         cluster.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _dashboard(client, cluster) -> str | None:
+    """The dashboard's address; a LocalCluster's listens on loopback, whatever Dask's link template says."""
+    if cluster is not None:
+        try:
+            return f"http://127.0.0.1:{cluster.scheduler.http_server.port}/status"
+        except AttributeError:
+            pass
+    return client.dashboard_link
 
 
 def _has_bokeh() -> bool:
