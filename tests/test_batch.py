@@ -168,6 +168,10 @@ def test_a_failed_scene_is_recorded_and_retried_on_the_next_run(client, tiny_mod
     # a changed option makes the finished scene stale
     third = run_batch([good], out, model=tiny_model[0], client=client, options={"point_targets": False})
     assert third.done == [os.path.join(out, "good_despeckled.tif")]
+    # so does an output replaced by another file since
+    write_tif(os.path.join(out, "later_despeckled.tif"), speckled_scene(96, seed=3)[0])
+    fourth = run_batch([str(bad)], out, model=tiny_model[0], client=client)
+    assert fourth.done == [os.path.join(out, "later_despeckled.tif")]
 
 
 def test_outputs_that_would_collide_or_overwrite_an_input_are_refused_before_any_task(tmp_path, tiny_model):

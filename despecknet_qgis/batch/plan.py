@@ -249,11 +249,25 @@ class Manifest:
         os.fsync(self._fh.fileno())
 
 
+def output_stats(scene: Scene) -> list | None:
+    """[size, mtime_ns] of each output, None when one is missing."""
+    stats = []
+    for p in (scene.output, scene.noise_output):
+        if p:
+            try:
+                st = os.stat(p)
+            except OSError:
+                return None
+            stats.append([st.st_size, st.st_mtime_ns])
+    return stats
+
+
 def up_to_date(scene: Scene, last: dict | None) -> bool:
-    """The scene's outputs exist and its last record is a success with the same key."""
+    """The scene's last record is a success with the same key, and its outputs are the files it wrote."""
     if not last or last.get("status") != "done" or last.get("key") != scene.key:
         return False
-    return all(os.path.isfile(p) for p in (scene.output, scene.noise_output) if p)
+    stats = output_stats(scene)
+    return stats is not None and stats == last.get("output_stats")
 
 
 def record_for(scene: Scene, result: dict, model: str, model_sha256: str, options: dict) -> dict:
@@ -262,7 +276,8 @@ def record_for(scene: Scene, result: dict, model: str, model_sha256: str, option
         "status": result.get("status"), "seconds": result.get("seconds"), "worker": result.get("worker"),
         "error": result.get("error"), "reused": result.get("reused", False), "provider": result.get("provider"),
         "model": model, "model_sha256": model_sha256, "options": options, "input_fingerprint": scene.fingerprint,
-        "key": scene.key, **({"window_workers": result["window_workers"]} if result.get("window_workers") else {}),
+        "key": scene.key, "output_stats": output_stats(scene) if result.get("status") == "done" else None,
+        **({"window_workers": result["window_workers"]} if result.get("window_workers") else {}),
     }
 
 
