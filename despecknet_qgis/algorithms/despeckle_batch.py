@@ -134,8 +134,13 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         inputs = self.inputs(parameters, context)
         output_dir = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
         text = self.parameterAsString(parameters, self.OPTIONS, context) or ""
+        items = [p.strip() for p in text.split(";") if p.strip()]
+        band_items = [p for p in items if p.replace(" ", "").lower().startswith(("bands=", "band="))]
         try:
-            options = parse_settings([p.strip() for p in text.split(";") if p.strip()])
+            options = parse_settings([p for p in items if p not in band_items])
+            bands = [int(b) for p in band_items for b in p.split("=", 1)[1].replace(",", " ").split()] or None
+        except ValueError as exc:
+            raise QgsProcessingException(f"OPTIONS: bands must be band numbers, e.g. bands=1,2 ({exc}).") from exc
         except DespeckNetError as exc:
             raise QgsProcessingException(f"OPTIONS: {exc}") from exc
         options.update({
@@ -143,7 +148,6 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
             "point_targets": self.parameterAsBool(parameters, self.POINT_TARGETS, context),
         })
-        bands = options.pop("bands", None)
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
         threads = self.parameterAsInt(parameters, self.WORKERS, context) or (os.cpu_count() or 1)
         feedback.pushInfo(f"{len(inputs)} input(s) to {output_dir} on "
@@ -152,7 +156,7 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             run_batch, inputs, output_dir,
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            options=options, bands=[int(b) for b in bands] if bands else None,
+            options=options, bands=bands,
             noise=self.parameterAsBool(parameters, self.WRITE_NOISE, context),
             scheduler=scheduler,
             # QGIS's own executable cannot be spawned as a Python worker: threads of this process here
