@@ -1,9 +1,17 @@
-"""The QGIS plugin object: registers the Processing provider (headless too) and, with a GUI, the map tool."""
+"""The QGIS plugin object: registers the Processing provider (headless too) and, with a GUI, the map tool.
+
+On load it puts the plugin's own package folder on sys.path (core/dependencies.py) and
+checks the Python packages. Headless, the provider loads whatever is missing (each
+algorithm then says what it lacks before any work); in the desktop a message bar offers
+to install what is missing (gui/dependency_installer.py).
+"""
 import os
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
 
-from .provider import DespeckNetProvider
+from .core import dependencies
+
+LOG_TAG = "deSpeckNet"
 
 
 class DespeckNetPlugin:
@@ -15,18 +23,37 @@ class DespeckNetPlugin:
         self.tool = None
         self.domain_box = None
         self.toolbar = None
+        self.missing = []
+        self.installer = None
+        self.message = None
+        dependencies.activate_packages_dir()
 
     def initProcessing(self):  # noqa: N802 - QGIS API
         registry = QgsApplication.processingRegistry()
         # Another copy of the plugin may hold the id already: QGIS would refuse (and delete) ours.
-        if self.provider is None and registry.providerById("despecknet") is None:
-            provider = DespeckNetProvider()
-            if registry.addProvider(provider):
-                self.provider = provider
+        if self.provider is not None or registry.providerById("despecknet") is not None:
+            return
+        self.missing = dependencies.missing("all")
+        if any(r.module == "numpy" for r in self.missing):
+            # Without a usable numpy no algorithm can even be imported: say so instead of failing to load.
+            QgsMessageLog.logMessage(dependencies.describe(self.missing, "deSpeckNet"), LOG_TAG, Qgis.MessageLevel.Critical)
+            return
+        if self.missing:
+            QgsMessageLog.logMessage(dependencies.describe(self.missing, "Part of deSpeckNet"), LOG_TAG,
+                                     Qgis.MessageLevel.Warning)
+        from .provider import DespeckNetProvider
+
+        provider = DespeckNetProvider()
+        if registry.addProvider(provider):
+            self.provider = provider
 
     def initGui(self):  # noqa: N802 - QGIS API
         self.initProcessing()
         if self.iface is None:
+            return
+        if self.missing:
+            self.offer_install()
+        if any(r.module == "numpy" for r in self.missing):
             return
         from qgis.PyQt.QtGui import QIcon
         from qgis.PyQt.QtWidgets import QAction, QComboBox
@@ -49,10 +76,32 @@ class DespeckNetPlugin:
         self.toolbar.addWidget(self.domain_box)
         self.iface.addPluginToRasterMenu("deSpeckNet", self.action)
 
+    def offer_install(self):
+        """A message bar item naming the missing packages, with a button that opens the installer."""
+        from qgis.PyQt.QtWidgets import QPushButton
+
+        names = ", ".join(r.pip for r in self.missing)
+        bar = self.iface.messageBar()
+        self.message = bar.createMessage("deSpeckNet", f"Python packages missing: {names}.")
+        button = QPushButton("Install…", self.message)
+        button.clicked.connect(self.open_installer)
+        self.message.layout().addWidget(button)
+        bar.pushWidget(self.message, Qgis.MessageLevel.Warning)
+
+    def open_installer(self):
+        from .gui.dependency_installer import DependencyInstaller
+
+        self.installer = DependencyInstaller(self.missing, self.iface.mainWindow())
+        self.installer.show()
+        return self.installer
+
     def unload(self):
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if self.installer is not None:
+            self.installer.close()
+            self.installer = None
         if self.iface is not None and self.action is not None:
             self.iface.mapCanvas().unsetMapTool(self.tool)
             self.iface.removePluginRasterMenu("deSpeckNet", self.action)

@@ -45,6 +45,10 @@ class TrainingError(DespeckNetError):
     """Training cannot go on: the loss stopped being finite."""
 
 
+class MissingPackageError(DespeckNetError):
+    """A Python package the requested work needs is not installed in QGIS's Python (see dependencies.py)."""
+
+
 class Cancelled(DespeckNetError):
     """The user cancelled (or the process was asked to terminate); nothing half-done was left behind."""
 

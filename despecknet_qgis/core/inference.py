@@ -62,8 +62,12 @@ class Despeckler:
 
         Raises:
             InputError: unknown device, missing file or a folder; ModelError: not a loadable
-            deSpeckNet model; ResourceError: CUDA asked for but not usable.
+            deSpeckNet model; ResourceError: CUDA asked for but not usable; MissingPackageError:
+            onnxruntime (or numpy) is not installed.
         """
+        from .dependencies import require
+
+        require("despeckle", "Despeckling")
         import onnxruntime as ort
 
         path = model_path or bundled_model_path()
@@ -156,30 +160,20 @@ class Despeckler:
         return out[0][0, 0], (out[1][0, 0] if with_noise else None)
 
 
-def _clean_branch_only(path: str) -> bytes:
+def _clean_branch_only(path: str) -> bytes | str:
     """The model without FCN_noise: ONNX Runtime would otherwise compute both branches
-    even when only `clean` is fetched, doubling the cost of despeckling."""
-    import onnx
+    even when only `clean` is fetched, doubling the cost of despeckling.
+
+    Cut out with the protobuf wire format alone (onnx_graph.py): despeckling needs no `onnx`
+    package. Anything that is not a graph with a `clean` output is returned as the path, for
+    ONNX Runtime to load or to explain why it cannot.
+    """
+    from .onnx_graph import WireFormatError, keep_output
 
     try:
-        proto = onnx.load_model(path)
-    except Exception:  # noqa: BLE001 - not an ONNX file: let ORT produce the error message
+        with open(path, "rb") as f:
+            data = f.read()
+        pruned = keep_output(data, ModelInfo.OUTPUTS[0])
+    except (OSError, WireFormatError, UnicodeDecodeError):
         return path
-    graph = proto.graph
-    keep_out = [o for o in graph.output if o.name == ModelInfo.OUTPUTS[0]]
-    if not keep_out:
-        return path
-    needed = {ModelInfo.OUTPUTS[0]}
-    kept = []
-    for node in reversed(graph.node):
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    del graph.output[:]
-    graph.output.extend(keep_out)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    return proto.SerializeToString()
+    return path if pruned is None else pruned

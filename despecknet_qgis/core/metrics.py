@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+from .dependencies import import_module
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # Gaussian window 11x11, as in Wang et al. (2004)
@@ -65,11 +66,14 @@ def epi_from_gradients(sum_grad_estimate: float, sum_grad_reference: float) -> f
 
 
 def sobel_magnitude(image: np.ndarray) -> np.ndarray:
+    ndimage = import_module("scipy.ndimage", "Quality metrics")  # imported where used: the provider loads without it
+
     return np.hypot(ndimage.sobel(image, axis=0, mode="nearest"), ndimage.sobel(image, axis=1, mode="nearest"))
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     """Local SSIM (Gaussian 11x11 window, sigma 1.5)."""
+    ndimage = import_module("scipy.ndimage", "Quality metrics")
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     f = lambda x: ndimage.gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_RADIUS / SSIM_SIGMA, mode="reflect")  # noqa: E731
     mu_a, mu_b = f(a), f(b)

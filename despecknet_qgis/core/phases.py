@@ -192,6 +192,9 @@ def train(
         InputError, OutputError (both checked before any work), ModelError (initial_model),
         TrainingError (diverged), Cancelled.
     """
+    from .dependencies import require
+
+    require("train", "Training (phase 1)")  # torch, onnx and onnxscript before any work, not at export
     if not pairs:
         raise InputError("Give at least one noisy image with its reference label.")
     if any(not p.label for p in pairs):
@@ -248,6 +251,9 @@ def fine_tune(
     base model that already fits the image is not tuned, and tuned weights are kept only
     when they explain the speckle better than the base ones.
     """
+    from .dependencies import require
+
+    require("finetune", "Fine-tuning (phase 2)")  # torch, onnx and onnxscript before any work, not at export
     base = base_model or bundled_checkpoint_path()
     _check_output(onnx_path, {"image": image, "base_model": base})
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,

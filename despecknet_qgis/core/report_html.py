@@ -5,7 +5,6 @@ import html
 import math
 
 import numpy as np
-from scipy.special import gammaln
 
 from .region_stats import RegionStats
 
@@ -13,7 +12,7 @@ from .region_stats import RegionStats
 def gamma_pdf(u: np.ndarray, looks: float) -> np.ndarray:
     """Density of normalised intensity u = I / mean for L-look Gamma speckle."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.exp(looks * math.log(looks) + (looks - 1) * np.log(u) - looks * u - gammaln(looks))
+        return np.exp(looks * math.log(looks) + (looks - 1) * np.log(u) - looks * u - math.lgamma(looks))
 
 
 def histogram_svg(stats: RegionStats, width=320, height=180, bins=40) -> str:
