@@ -4,6 +4,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .algorithms.classic_filter import ClassicFilterAlgorithm
 from .algorithms.despeckle import DespeckleAlgorithm
 from .algorithms.despeckle_batch import DespeckleBatchAlgorithm
 from .algorithms.finetune import FineTuneAlgorithm
@@ -30,5 +31,5 @@ class DespeckNetProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         for alg in (DespeckleAlgorithm(), TemporalLabelAlgorithm(), TrainAlgorithm(), FineTuneAlgorithm(),
-                    SpeckleStatsAlgorithm(), QualityAlgorithm(), DespeckleBatchAlgorithm()):
+                    SpeckleStatsAlgorithm(), QualityAlgorithm(), DespeckleBatchAlgorithm(), ClassicFilterAlgorithm()):
             self.addAlgorithm(alg)

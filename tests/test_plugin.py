@@ -16,7 +16,8 @@ def test_init_processing_without_iface_registers_the_provider_once(qgis_processi
     assert provider is plugin.provider
     ids = {a.id() for a in provider.algorithms()}
     assert ids == {"despecknet:despeckle", "despecknet:temporallabel", "despecknet:train", "despecknet:finetune",
-                   "despecknet:specklestats", "despecknet:quality", "despecknet:despecklebatch"}
+                   "despecknet:specklestats", "despecknet:quality", "despecknet:despecklebatch",
+                   "despecknet:classicfilter"}
     # A second copy of the plugin neither registers a duplicate nor removes the first one's provider.
     other = classFactory(None)
     other.initProcessing()
