@@ -3,7 +3,7 @@ PY := .venv/bin/python
 QGIS_PROCESS := tools/qgis_process
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup demo test bench bench-batch bench-quality model sample package clean
+.PHONY: setup demo test lint bench bench-batch bench-quality model sample package clean
 
 setup:
 	@tools/setup.sh
@@ -13,6 +13,11 @@ demo: setup
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
+
+# What would keep the plugin from running under Qt6 (QGIS 4) as well as Qt5 (QGIS 3): Qt imported other than
+# through qgis.PyQt, exec_(), unscoped Qt enums, QAction & co. from QtWidgets (tools/qt6_check.py).
+lint: setup
+	QT_QPA_PLATFORM=offscreen $(PY) tools/qt6_check.py despecknet_qgis
 
 bench: setup
 	$(PY) tools/bench.py

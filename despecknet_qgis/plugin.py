@@ -56,7 +56,12 @@ class DespeckNetPlugin:
         if any(r.module == "numpy" for r in self.missing):
             return
         from qgis.PyQt.QtGui import QIcon
-        from qgis.PyQt.QtWidgets import QAction, QComboBox
+        from qgis.PyQt.QtWidgets import QComboBox
+
+        try:
+            from qgis.PyQt.QtGui import QAction  # Qt6 (QGIS 4)
+        except ImportError:
+            from qgis.PyQt.QtWidgets import QAction  # Qt5 (QGIS 3)
 
         from .core.domain import DOMAINS
         from .gui.homogeneous_area_tool import HomogeneousAreaTool

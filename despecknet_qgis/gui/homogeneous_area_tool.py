@@ -69,13 +69,13 @@ class HomogeneousAreaTool(QgsMapTool):
         self.band.setWidth(2)
         self.last_results = []
         self.layer = None
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def canvasPressEvent(self, event):  # noqa: N802 - QGIS API
-        if event.button() == Qt.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             self.points.append(self.toMapCoordinates(event.pos()))
             self._redraw()
-        elif event.button() == Qt.RightButton:
+        elif event.button() == Qt.MouseButton.RightButton:
             self.finish()
 
     def canvasDoubleClickEvent(self, event):  # noqa: N802 - QGIS API
@@ -86,7 +86,7 @@ class HomogeneousAreaTool(QgsMapTool):
             self._redraw(self.toMapCoordinates(event.pos()))
 
     def keyPressEvent(self, event):  # noqa: N802 - QGIS API
-        if event.key() == Qt.Key_Escape:
+        if event.key() == Qt.Key.Key_Escape:
             self.reset()
 
     def _redraw(self, floating=None):
