@@ -104,7 +104,7 @@ def test_finetune_checks_its_packages_before_the_first_step(profile, scene, tmp_
     assert not model.exists()
 
 
-def test_provider_loads_without_scipy_and_quality_says_what_is_missing(profile, tmp_path):
+def test_provider_lists_every_algorithm_without_scipy(profile, tmp_path):
     proc = run_without(["scipy"], "list", profile=profile)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for alg in ("despeckle", "train", "finetune", "quality", "specklestats", "temporallabel"):
