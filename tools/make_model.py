@@ -43,7 +43,7 @@ from despecknet_qgis.core.training import (  # noqa: E402
     Trainer, TrainingRecord, load_checkpoint, save_checkpoint, seed_everything,
 )
 
-VERSION = "0.2.0-sim"
+VERSION = "0.3.0-sim"
 DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
                "scatterers; 1 to 10 looks, with and without spatial correlation)")
 STATE_FORMAT = "despecknet-training-state/1"
