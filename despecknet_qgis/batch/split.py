@@ -13,10 +13,9 @@ statistics. So a split band is:
    `core.raster.RasterOutput` (the core's output: creation options, georeferencing, nodata,
    read back before it takes its name).
 
-Memory: a task holds one tile with margins; the writer one tile row. The per-tile steps
-below are the core loop's steps (core/tiled_predict.py); tests/test_batch.py checks the
-result against `despeckle_raster` bit for bit, so a change of the core loop that is not
-mirrored here fails there. Core options this module does not know disable the split
+Memory: a task holds one tile with margins; the writer one tile row. Each tile is made by
+the core loop's own `tiled_predict.despeckle_window`; tests/test_batch.py checks the result
+against `despeckle_raster` bit for bit. Core options this module does not know disable the split
 (the band then runs as one task): see `split_supported`.
 """
 from __future__ import annotations
@@ -94,10 +93,8 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
     from osgeo import gdal
 
-    from ..core import domain as dm
-    from ..core import point_targets as pt
-    from ..core.raster import Window, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows
-    from ..core.tiled_predict import _check_finite, _with_nodata
+    from ..core.raster import Window, gdal_cache_limit, nodata_of, open_raster, windows
+    from ..core.tiled_predict import despeckle_window
 
     started = time.perf_counter()
     if stats.get("status") != "done":
@@ -126,24 +123,12 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         with gdal_cache_limit():
             for win in (w for w in windows(width, height, s["tile_size"]) if y0 <= w.y < y1):
                 progress.check()
-                outer = win.grown(s["overlap"], width, height)
-                inner = win.within(outer)
-                intensity, valid = read_intensity(band, outer, s["domain"])
-                clean, speckle_z = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise)
-                keep = valid[inner]
-                with np.errstate(over="ignore"):
-                    estimate = dm.denormalise(clean, st.offset)
-                    band_looks = s["looks"] or st.looks
-                    if s["point_targets"] and band_looks:
-                        estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
-                    result = dm.from_intensity(estimate[inner], s["domain"])
-                _check_finite(result, keep, despeckler, "clean")
-                _write(out, 1, Window(win.x, win.y - y0, win.w, win.h), _with_nodata(result, keep, nd))
+                result, speckle = despeckle_window(despeckler, band, win, s["overlap"], st, s["domain"], nd,
+                                                   point_targets=s["point_targets"], looks=s["looks"],
+                                                   with_noise=noise)
+                _write(out, 1, Window(win.x, win.y - y0, win.w, win.h), result)
                 if noise:
-                    with np.errstate(over="ignore"):
-                        speckle = dm.speckle_from_log(speckle_z[inner], s["domain"])
-                    _check_finite(speckle, keep, despeckler, "noise")
-                    _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), _with_nodata(speckle, keep, nd))
+                    _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), speckle)
         out.FlushCache()
         out = None
         if gdal.Open(tmp) is None:

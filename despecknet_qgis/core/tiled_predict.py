@@ -121,26 +121,14 @@ def despeckle_raster(
         with outputs as (out, noise_out):
             done = 0
             for win in tiles:
-                outer = win.grown(overlap, ds.RasterXSize, ds.RasterYSize)
-                inner = win.within(outer)
                 for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
                     progress.check()
-                    intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
-                    clean, noise = despeckler.predict(dm.network_input(intensity, valid, st.offset), with_noise=noise_out is not None)
-                    keep = valid[inner]
-                    with np.errstate(over="ignore"):
-                        estimate = dm.denormalise(clean, st.offset)
-                        band_looks = looks or st.looks
-                        if point_targets and band_looks:
-                            estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
-                        result = dm.from_intensity(estimate[inner], domain)
-                    _check_finite(result, keep, despeckler, "clean")
-                    out.write(i, win, _with_nodata(result, keep, nd))
+                    result, speckle = despeckle_window(
+                        despeckler, ds.GetRasterBand(b), win, overlap, st, domain, nd,
+                        point_targets=point_targets, looks=looks, with_noise=noise_out is not None)
+                    out.write(i, win, result)
                     if noise_out is not None:
-                        with np.errstate(over="ignore"):
-                            speckle = dm.speckle_from_log(noise[inner], domain)
-                        _check_finite(speckle, keep, despeckler, "noise")
-                        noise_out.write(i, win, _with_nodata(speckle, keep, nd))
+                        noise_out.write(i, win, speckle)
                     done += 1
                     progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
             outputs.commit()
@@ -152,6 +140,40 @@ def despeckle_raster(
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
     )
+
+
+def despeckle_window(
+    despeckler: Despeckler, band, win, overlap: int, stats: BandStats, domain: str, nodata: float | None, *,
+    point_targets: bool = True, looks: float | None = None, with_noise: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None), nodata set.
+
+    The window is read with `overlap` pixels of margin where the raster has them, and only
+    its centre is returned. The batch path's band split runs the same function, so its
+    windows are bit-identical to despeckle_raster's.
+
+    Raises:
+        ModelError: the network gave non-finite values for valid pixels.
+    """
+    outer = win.grown(overlap, band.XSize, band.YSize)
+    inner = win.within(outer)
+    intensity, valid = read_intensity(band, outer, domain)
+    clean, noise = despeckler.predict(dm.network_input(intensity, valid, stats.offset), with_noise=with_noise)
+    keep = valid[inner]
+    with np.errstate(over="ignore"):
+        estimate = dm.denormalise(clean, stats.offset)
+        band_looks = looks or stats.looks
+        if point_targets and band_looks:
+            estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
+        result = dm.from_intensity(estimate[inner], domain)
+    _check_finite(result, keep, despeckler, "clean")
+    speckle = None
+    if with_noise:
+        with np.errstate(over="ignore"):
+            speckle = dm.speckle_from_log(noise[inner], domain)
+        _check_finite(speckle, keep, despeckler, "noise")
+        speckle = _with_nodata(speckle, keep, nodata)
+    return _with_nodata(result, keep, nodata), speckle
 
 
 def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
