@@ -43,7 +43,7 @@ from .errors import InputError, translate_errors
 from .files import check_outputs
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster
-from .raster import read_intensity, windows
+from .raster import read_intensity, windows, with_nodata
 
 METHODS = ("boxcar", "lee", "refined_lee", "lee_sigma", "gamma_map", "frost")
 METHOD_LABELS = ("Boxcar (mean)", "Lee", "Refined Lee (7x7, edge-aligned)", "Lee sigma (improved, 2009)",
@@ -340,9 +340,7 @@ def classic_filter_raster(
                     keep = valid[inner]
                     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                         result = dm.from_intensity(estimate[inner], domain)
-                    if nd is not None:
-                        result = np.where(keep, result, math.nan if math.isnan(nd) else nd)
-                    out.write(i, win, result)
+                    out.write(i, win, with_nodata(result, keep, nd))
                     done += 1
                     progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
             outputs.commit()

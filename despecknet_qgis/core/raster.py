@@ -9,6 +9,7 @@ every band back before it takes its final name (see `RasterOutput.finish`).
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,6 +230,13 @@ def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other
     a, b = other.GetSpatialRef(), ref.GetSpatialRef()
     if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
         raise InputError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
+
+
+def with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> np.ndarray:
+    """`values` with `nodata` outside `keep` (unchanged when the band declares no nodata)."""
+    if nodata is None:
+        return values
+    return np.where(keep, values, math.nan if math.isnan(nodata) else nodata)
 
 
 def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:

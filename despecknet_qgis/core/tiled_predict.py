@@ -7,7 +7,6 @@ normalisation offset (mean of ln I) and rejects bad values before any output exi
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from .files import check_outputs
 from . import point_targets as pt
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows
+from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows, with_nodata
 
 STATS_SHARE = 5.0  # percent of the progress bar for the statistics pass
 
@@ -172,8 +171,8 @@ def despeckle_window(
         with np.errstate(over="ignore"):
             speckle = dm.speckle_from_log(noise[inner], domain)
         _check_finite(speckle, keep, despeckler, "noise")
-        speckle = _with_nodata(speckle, keep, nodata)
-    return _with_nodata(result, keep, nodata), speckle
+        speckle = with_nodata(speckle, keep, nodata)
+    return with_nodata(result, keep, nodata), speckle
 
 
 def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
@@ -187,8 +186,3 @@ def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, 
             "data. Nothing was written; export the model again or use the bundled one."
         )
 
-
-def _with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> np.ndarray:
-    if nodata is None:
-        return values
-    return np.where(keep, values, math.nan if math.isnan(nodata) else nodata)
