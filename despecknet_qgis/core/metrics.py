@@ -1,4 +1,4 @@
-"""Despeckling quality measures (definitions in the project's METHOD.md).
+"""Despeckling quality measures (definitions in the method description in ../shared, beside the project).
 
 No-reference (on a homogeneous area): ENL, coefficient of variation, and the ratio image
 Y / X_hat (MoR should be 1, VoR close to 1/L). Full-reference, against a clean X:
