@@ -1,0 +1,350 @@
+"""Sentinel-1 SAFE products (folder, zip or manifest.safe) as inputs: calibrated sigma0 intensity.
+
+GDAL's SENTINEL1 (SAFE) driver lists a GRD product's measurements only as uncalibrated
+digital numbers (`SENTINEL1_CALIB:UNCALIB:…:IW_VV:AMPLITUDE`); the `SENTINEL1_CALIB:SIGMA0:…`
+names it documents open for SLC products only ("Measurement bands not found" for a GRD, seen
+with GDAL 3.6 and in its later sources). Despeckling digital numbers would feed the network
+amplitudes scaled by a LUT that varies across the swath, so the calibration is done here, as
+ESA specifies it: sigma0 = DN² / A², A the calibration LUT's sigmaNought interpolated
+bilinearly between its vectors (by line) and its pixels (by column).
+
+The result is one Float32 GeoTIFF, one band per polarisation (co-polarisation first), each
+band described by its polarisation (VV, VH), with the product's GCPs and metadata, and 0
+(a border pixel, DN 0) declared nodata. It is written once per product and reused.
+
+Product names GDAL uses are accepted too, `SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV[:INTENSITY]`,
+and give that one polarisation.
+"""
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+MANIFEST = "manifest.safe"
+CALIB_PREFIX = "SENTINEL1_CALIB:"
+_CO_POLARISATIONS = ("VV", "HH")
+_STRIP_LINES = 256
+_XFDU = "{urn:ccsds:schema:xfdu:1}"
+
+
+# --- recognising a product ---------------------------------------------------------------
+
+def is_sentinel1_input(path) -> bool:
+    """True for what this module resolves: a .SAFE folder, a zip holding one, a manifest.safe,
+    or a SENTINEL1_CALIB: dataset name."""
+    if not isinstance(path, str) or not path:
+        return False
+    if path.upper().startswith(CALIB_PREFIX):
+        return True
+    plain = path.rstrip("/\\")
+    if os.path.basename(plain).lower() == MANIFEST:
+        return True
+    if plain.upper().endswith(".SAFE") and (os.path.isdir(plain) or plain.startswith("/vsi")):
+        return True
+    if plain.lower().endswith(".zip"):
+        return _zip_holds_product(plain)
+    return False
+
+
+def _zip_holds_product(plain: str) -> bool:
+    from osgeo import gdal
+
+    root = plain if plain.startswith("/vsizip/") else f"/vsizip/{plain}"
+    entries = gdal.ReadDir(root) or []
+    return MANIFEST in entries or any(e.upper().endswith(".SAFE") for e in entries)
+
+
+def manifest_path(path: str) -> str:
+    """The GDAL path of the product's manifest.safe (a /vsizip/ path for a zip)."""
+    from osgeo import gdal
+
+    plain = path.rstrip("/\\")
+    if os.path.basename(plain).lower() == MANIFEST:
+        if not _vsi_exists(plain):
+            raise InputError(f"{path} does not exist: check the path of the product's {MANIFEST}.")
+        return plain
+    if plain.lower().endswith(".zip"):
+        if not plain.startswith("/vsi") and not os.path.isfile(plain):
+            raise InputError(f"The Sentinel-1 product {path} does not exist: check the path.")
+        root = plain if plain.startswith("/vsizip/") else f"/vsizip/{plain}"
+        entries = gdal.ReadDir(root) or []
+        if MANIFEST in entries:
+            return f"{root}/{MANIFEST}"
+        for entry in entries:
+            if entry.upper().endswith(".SAFE") and MANIFEST in (gdal.ReadDir(f"{root}/{entry}") or []):
+                return f"{root}/{entry}/{MANIFEST}"
+        raise InputError(f"{path} holds no Sentinel-1 product: a SAFE zip has a .SAFE folder with a "
+                         f"{MANIFEST} in it. Give the product's zip as downloaded, its unzipped .SAFE "
+                         "folder, or that folder's manifest.safe.")
+    candidate = f"{plain}/{MANIFEST}"
+    if not _vsi_exists(candidate):
+        if not _vsi_exists(plain):
+            raise InputError(f"The Sentinel-1 product {path} does not exist: check the path.")
+        raise InputError(f"{path} has no {MANIFEST}: it is not a complete Sentinel-1 SAFE product. Give the "
+                         "unzipped .SAFE folder as downloaded (or its zip).")
+    return candidate
+
+
+def _vsi_exists(path: str) -> bool:
+    from osgeo import gdal
+
+    return gdal.VSIStatL(path) is not None
+
+
+# --- reading the product ----------------------------------------------------------------
+
+class Measurement:
+    """One measurement of a product: its polarisation, swath, product type and files."""
+
+    def __init__(self, polarisation, swath, product_type, measurement, calibration, annotation):
+        self.polarisation = polarisation
+        self.swath = swath
+        self.product_type = product_type
+        self.measurement = measurement
+        self.calibration = calibration
+        self.annotation = annotation
+
+
+def _read_xml(path: str, what: str, product: str) -> ET.Element:
+    from osgeo import gdal
+
+    handle = gdal.VSIFOpenL(path, "rb")
+    if handle is None:
+        raise InputError(f"The Sentinel-1 product {product} lacks its {what} {path}: the product is incomplete "
+                         "(an interrupted download or unzip?). Download it again.")
+    try:
+        data = b""
+        while True:
+            chunk = gdal.VSIFReadL(1, 1 << 20, handle)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        gdal.VSIFCloseL(handle)
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise InputError(f"The {what} {path} of the Sentinel-1 product {product} is not valid XML ({exc}): "
+                         "the product is damaged. Download it again.") from exc
+
+
+def measurements(manifest: str) -> list[Measurement]:
+    """The product's measurements as its manifest lists them, co-polarisation first."""
+    root = _read_xml(manifest, "manifest", manifest)
+    folder = manifest.rsplit("/", 1)[0]
+    hrefs = {}
+    for data_object in root.iter("dataObject"):
+        location = data_object.find("byteStream/fileLocation")
+        if location is not None and location.get("href"):
+            hrefs[data_object.get("ID")] = (data_object.get("repID", ""), _join(folder, location.get("href")))
+    pointers = {m.get("ID"): m.find("dataObjectPointer").get("dataObjectID")
+                for m in root.iter("metadataObject") if m.find("dataObjectPointer") is not None}
+    found = []
+    for unit in root.iter(f"{_XFDU}contentUnit"):
+        if unit.get("unitType") != "Measurement Data Unit":
+            continue
+        pointer = unit.find("dataObjectPointer")
+        rep, measurement = hrefs.get(pointer.get("dataObjectID") if pointer is not None else None, ("", None))
+        files = {}
+        for dmd in (unit.get("dmdID") or "").split():
+            kind, href = hrefs.get(pointers.get(dmd), ("", None))
+            files[kind] = href
+        annotation, calibration = files.get("s1Level1ProductSchema"), files.get("s1Level1CalibrationSchema")
+        if annotation is None or calibration is None:
+            continue
+        header = _read_xml(annotation, "annotation", manifest).find("adsHeader")
+        text = (lambda tag: (header.findtext(tag) or "").strip()) if header is not None else (lambda tag: "")
+        found.append(Measurement(text("polarisation").upper(), text("swath"), text("productType").upper(),
+                                 measurement, calibration, annotation))
+    found.sort(key=lambda m: (m.swath, m.polarisation not in _CO_POLARISATIONS, m.polarisation))
+    return found
+
+
+def _join(folder: str, href: str) -> str:
+    href = href[2:] if href.startswith("./") else href
+    return f"{folder}/{href}"
+
+
+def grd_measurements(path: str, polarisation: str | None = None) -> tuple[str, list[Measurement]]:
+    """(manifest, the GRD measurements to calibrate): checks the product is one this plugin despeckles."""
+    manifest = manifest_path(path)
+    found = measurements(manifest)
+    if not found:
+        raise InputError(f"The Sentinel-1 product {path} lists no measurement with its annotation and calibration "
+                         "files in its manifest.safe: the product is incomplete. Download it again.")
+    types = {m.product_type for m in found}
+    if types & {"SLC"}:
+        swaths = sorted({m.swath for m in found})
+        raise InputError(
+            f"{path} is a Sentinel-1 SLC product: complex bursts in {len(swaths)} sub-swath(s) ({', '.join(swaths)}) "
+            "in slant range, which neither GDAL nor this plugin calibrates and merges into one image. Give a GRD "
+            "product, or deburst and calibrate the SLC first (SNAP: TOPSAR-Deburst, Calibration to sigma0) and "
+            "despeckle that raster.")
+    if types - {"GRD"}:
+        raise InputError(f"{path} is a Sentinel-1 {'/'.join(sorted(types))} product; only GRD products (and "
+                         "rasters of calibrated intensity) can be despeckled.")
+    if polarisation:
+        chosen = [m for m in found if m.polarisation == polarisation.upper()]
+        if not chosen:
+            raise InputError(f"{path} has no {polarisation} measurement; it has "
+                             f"{', '.join(m.polarisation for m in found)}.")
+        found = chosen
+    missing = [m for m in found if m.measurement is None or not _vsi_exists(m.measurement)]
+    if missing:
+        raise InputError(
+            f"The Sentinel-1 product {path} has no measurement file for {', '.join(m.polarisation for m in missing)}"
+            f"{' (' + missing[0].measurement + ')' if missing[0].measurement else ''}: the measurement folder is "
+            "empty or incomplete (a partial download or unzip?). Download the product again.")
+    return manifest, found
+
+
+def parse_calib_name(name: str) -> tuple[str, str | None, str | None]:
+    """SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV[:INTENSITY] -> (manifest path, swath, polarisation)."""
+    m = re.match(r"SENTINEL1_CALIB:([A-Z0-9]+):(.+?):([A-Z0-9]+)(?:_([A-Z]{2}))?(?::(AMPLITUDE|COMPLEX|INTENSITY))?$",
+                 name, re.I)
+    if m is None:
+        raise InputError(f"{name} is not a Sentinel-1 dataset name: write SENTINEL1_CALIB:SIGMA0:"
+                         "<product>/manifest.safe:IW_VV (or give the product folder or zip).")
+    if m.group(1).upper() != "SIGMA0":
+        raise InputError(f"{name} asks for {m.group(1).upper()}; deSpeckNet despeckles calibrated sigma0 "
+                         "intensity: write SENTINEL1_CALIB:SIGMA0:… (or give the product folder or zip).")
+    if m.group(5) and m.group(5).upper() != "INTENSITY":
+        raise InputError(f"{name} asks for {m.group(5).upper()}; calibrated sigma0 is an intensity: end the "
+                         "name with :INTENSITY or leave the last part out.")
+    return m.group(2), m.group(3), m.group(4)
+
+
+def sigma0_names(path: str) -> list[str]:
+    """The names of the product's sigma0 measurements, one per polarisation, in GDAL's naming
+    (`SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV:INTENSITY`); `calibrated_raster` opens them."""
+    manifest, found = grd_measurements(path)
+    return [f"{CALIB_PREFIX}SIGMA0:{manifest}:{m.swath}_{m.polarisation}:INTENSITY" for m in found]
+
+
+# --- calibration ----------------------------------------------------------------------------
+
+def sigma0_lut(calibration_xml: str, width: int, product: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(lines of the vectors, sigmaNought LUT interpolated to every column: one row per vector)."""
+    root = _read_xml(calibration_xml, "calibration file", product or calibration_xml)
+    lines, rows = [], []
+    for vector in root.iter("calibrationVector"):
+        try:
+            pixels = np.array(vector.findtext("pixel").split(), dtype=np.float64)
+            values = np.array(vector.findtext("sigmaNought").split(), dtype=np.float64)
+            line = float(vector.findtext("line"))
+        except (AttributeError, ValueError) as exc:
+            raise InputError(f"The calibration file {calibration_xml} has a calibration vector without line, pixel "
+                             "or sigmaNought values: the product is damaged. Download it again.") from exc
+        if len(pixels) != len(values) or len(pixels) < 1 or np.any(values <= 0):
+            raise InputError(f"The calibration file {calibration_xml} has a sigmaNought vector that does not match "
+                             "its pixels or is not positive: the product is damaged. Download it again.")
+        lines.append(line)
+        rows.append(np.interp(np.arange(width, dtype=np.float64), pixels, values))
+    if not lines:
+        raise InputError(f"The calibration file {calibration_xml} holds no calibration vector: the product is "
+                         "damaged. Download it again.")
+    order = np.argsort(lines)
+    return np.asarray(lines)[order], np.asarray(rows)[order]
+
+
+def lut_rows(lines: np.ndarray, table: np.ndarray, first: int, count: int) -> np.ndarray:
+    """The LUT at image lines first..first+count-1: linear between the vectors around each line."""
+    wanted = np.arange(first, first + count, dtype=np.float64)
+    if len(lines) == 1:
+        return np.repeat(table[:1], count, axis=0)
+    upper = np.clip(np.searchsorted(lines, wanted, side="right"), 1, len(lines) - 1)
+    lower = upper - 1
+    weight = np.clip((wanted - lines[lower]) / (lines[upper] - lines[lower]), 0.0, 1.0)[:, None]
+    return (1.0 - weight) * table[lower] + weight * table[upper]
+
+
+_CACHE: dict = {}
+
+
+def calibrated_raster(path: str, folder: str, progress=None) -> str:
+    """A GeoTIFF of the product's sigma0 (one band per polarisation, described VV, VH...) under
+    `folder`, written once per product and reused while the product is unchanged."""
+    from osgeo import gdal
+
+    polarisation = None
+    source = path
+    if path.upper().startswith(CALIB_PREFIX):
+        source, _, polarisation = parse_calib_name(path)
+    manifest, found = grd_measurements(source, polarisation)
+    stat = gdal.VSIStatL(manifest)
+    key = (manifest, polarisation, stat.mtime if stat else None, os.path.abspath(folder))
+    cached = _CACHE.get(key)
+    if cached and os.path.exists(cached):
+        return cached
+    product = os.path.basename(manifest.rsplit("/", 1)[0])
+    stem = re.sub(r"\.(SAFE|zip)$", "", product, flags=re.I) or "sentinel1"
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, f"{stem}_sigma0{'_' + polarisation.upper() if polarisation else ''}.tif")
+    try:
+        _write_sigma0(manifest, found, out, progress)
+    except BaseException:
+        if os.path.exists(out):
+            os.remove(out)
+        raise
+    _CACHE[key] = out
+    return out
+
+
+def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress) -> None:
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        sources = [gdal.Open(m.measurement) for m in found]
+        product = gdal.Open(manifest)  # GCPs and metadata as GDAL's driver reads them
+    finally:
+        gdal.PopErrorHandler()
+    bad = [m.measurement for m, ds in zip(found, sources) if ds is None or ds.RasterCount < 1]
+    if bad:
+        raise InputError(f"GDAL cannot read the measurement {bad[0]}: the product is damaged. Download it again.")
+    width, height = sources[0].RasterXSize, sources[0].RasterYSize
+    if any((ds.RasterXSize, ds.RasterYSize) != (width, height) for ds in sources):
+        raise InputError(f"The measurements of {manifest} differ in size; only products whose polarisations "
+                         "share one grid (GRD) can be despeckled.")
+    luts = [sigma0_lut(m.calibration, width, manifest) for m in found]
+    driver = gdal.GetDriverByName("GTiff")
+    ds = driver.Create(out, width, height, len(found), gdal.GDT_Float32,
+                       ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=3", "BIGTIFF=IF_SAFER"])
+    if ds is None:
+        raise OutputError(f"Cannot write the calibrated product {out}: check the folder is writable and has room.")
+    gcp_source = product if product is not None and product.GetGCPCount() else sources[0]
+    if gcp_source.GetGCPCount():
+        ds.SetGCPs(gcp_source.GetGCPs(), gcp_source.GetGCPSpatialRef())
+    elif sources[0].GetGeoTransform(can_return_null=True):
+        ds.SetGeoTransform(sources[0].GetGeoTransform())
+        ds.SetSpatialRef(sources[0].GetSpatialRef())
+    metadata = dict(product.GetMetadata()) if product is not None else {}
+    metadata.update({"CALIBRATION": "SIGMA0", "DOMAIN": "intensity", "SOURCE_PRODUCT": manifest})
+    ds.SetMetadata(metadata)
+    for b, (m, src, (lines, table)) in enumerate(zip(found, sources, luts), start=1):
+        band = ds.GetRasterBand(b)
+        band.SetDescription(m.polarisation)
+        band.SetMetadata({"POLARIZATION": m.polarisation, "SWATH": m.swath, "CALIBRATION": "SIGMA0"})
+        band.SetNoDataValue(0.0)  # DN 0: the product's border, no signal
+        dn_band = src.GetRasterBand(1)
+        for first in range(0, height, _STRIP_LINES):
+            count = min(_STRIP_LINES, height - first)
+            dn = dn_band.ReadAsArray(0, first, width, count)
+            if dn is None:
+                raise InputError(f"GDAL failed reading lines {first}..{first + count} of {m.measurement}: the "
+                                 "product is damaged. Download it again.")
+            if np.iscomplexobj(dn):
+                dn = np.abs(dn)
+            a = lut_rows(lines, table, first, count)
+            sigma0 = (dn.astype(np.float64) / a) ** 2
+            if band.WriteArray(sigma0.astype(np.float32), 0, first) != 0:
+                raise OutputError(f"Writing the calibrated product {out} failed: check the disk has room.")
+            if progress is not None:
+                progress(100.0 * ((b - 1) * height + first + count) / (len(found) * height))
+    ds.FlushCache()
+    ds = None
