@@ -121,18 +121,17 @@ def _calibration(pol, shape):
 
 
 def _manifest(units):
-    """units: (polarisation, annotation href, calibration href, measurement href or None)."""
+    """units: (polarisation, annotation href, calibration href, measurement href)."""
     content, metadata, data = [], [], []
     for i, (pol, annotation, calibration, measurement) in enumerate(units, start=1):
-        if measurement is not None:
-            content.append(
-                f'      <xfdu:contentUnit unitType="Measurement Data Unit" repID="s1Level1MeasurementSchema" '
-                f'dmdID="products{i} calibration{i}"><dataObjectPointer dataObjectID="measurement{i}"/>'
-                "</xfdu:contentUnit>")
-            data.append(
-                f'    <dataObject ID="measurement{i}" repID="s1Level1MeasurementSchema"><byteStream mimeType='
-                f'"application/octet-stream"><fileLocation locatorType="URL" href="{measurement}"/></byteStream>'
-                "</dataObject>")
+        content.append(
+            f'      <xfdu:contentUnit unitType="Measurement Data Unit" repID="s1Level1MeasurementSchema" '
+            f'dmdID="products{i} calibration{i}"><dataObjectPointer dataObjectID="measurement{i}"/>'
+            "</xfdu:contentUnit>")
+        data.append(
+            f'    <dataObject ID="measurement{i}" repID="s1Level1MeasurementSchema"><byteStream mimeType='
+            f'"application/octet-stream"><fileLocation locatorType="URL" href="{measurement}"/></byteStream>'
+            "</dataObject>")
         metadata.append(
             f'    <metadataObject ID="products{i}" classification="DESCRIPTION" category="DMD">'
             f'<dataObjectPointer dataObjectID="product{i}"/></metadataObject>')
@@ -192,7 +191,7 @@ def build_safe(folder, shape=(64, 80), polarisations=("VV", "VH"), product_type=
         if with_measurement:
             numbers[pol] = digital_numbers(shape, seed + k)
             _write_measurement(os.path.join(root, measurement), numbers[pol])
-        units.append((pol, annotation, calibration, measurement if with_measurement else None))
+        units.append((pol, annotation, calibration, measurement))  # listed even when its file is missing
     with open(os.path.join(root, "manifest.safe"), "w") as f:
         f.write(_manifest(units))
     return root, numbers

@@ -40,6 +40,8 @@ from ..core.files import check_outputs, same_file
 from ..core.inference import DEVICES
 from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
+from ..core.sentinel1 import is_sentinel1_input
+from .input_layers import gdal_layer, sentinel1_problem
 
 DOMAIN_LABELS = [
     "Intensity (linear power: sigma0, beta0, DN²)",
@@ -235,6 +237,11 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         for v in values:
             if not isinstance(v, str) or not v:
                 continue
+            if is_sentinel1_input(v):
+                problem = sentinel1_problem(v, d.name())
+                if problem:
+                    return problem
+                continue
             path = v.split("|")[0]
             if os.path.exists(path) or QgsProcessingUtils.mapLayerFromString(v, context, False) is not None:
                 continue
@@ -260,13 +267,17 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         for layer in layers:
             if layer is not None and layer.providerType() in ("gdal", "ogr"):
                 paths.append(layer.source().split("|")[0])
+        values = parameters.get(d.name())
+        # a SAFE product's layer is its calibrated copy: the product itself is an input too
+        paths += [v for v in (values if isinstance(values, (list, tuple)) else [values]) if is_sentinel1_input(v)]
         return paths
 
     def _check_unique(self, d, paths):
         if d.name() not in self.UNIQUE_LAYERS:
             return None
         for i, p in enumerate(paths):
-            if any(same_file(p, q) for q in paths[i + 1:]):
+            # two GDAL names in one zip are two inputs: same_file stands them both for the zip
+            if any(p == q if is_gdal_name(p) or is_gdal_name(q) else same_file(p, q) for q in paths[i + 1:]):
                 return f"{d.name()} lists {p} more than once: give each file once."
         return None
 
@@ -345,13 +356,22 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
     def raster_layer(self, parameters, name, context):
         """parameterAsRasterLayer, also for GDAL dataset names QGIS 3.22 does not load from a string
         (/vsizip/, /vsicurl/, sub-datasets)."""
-        layer = self.parameterAsRasterLayer(parameters, name, context)
         value = parameters.get(name)
-        if layer is None and isinstance(value, str) and value and gdal_can_open(value):
-            from qgis.core import QgsRasterLayer
+        if is_sentinel1_input(value):  # a SAFE product: its calibrated sigma0
+            return gdal_layer(value, name, context)
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        return layer if layer is not None else gdal_layer(value, name, context)
 
-            layer = QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
-        return layer
+    def parameterAsLayerList(self, parameters, name, context):  # noqa: N802 - QGIS API
+        """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given)."""
+        values = parameters.get(name)
+        if not isinstance(values, (list, tuple)) or not any(_needs_gdal(v) for v in values):
+            return super().parameterAsLayerList(parameters, name, context)
+        layers = []
+        for v in values:
+            layer = gdal_layer(v, name, context) if _needs_gdal(v) else None
+            layers.extend([layer] if layer is not None else super().parameterAsLayerList({name: [v]}, name, context))
+        return layers
 
     def gdal_source(self, layer, what="INPUT"):
         """The file behind a raster layer; deSpeckNet reads rasters through GDAL."""
@@ -382,6 +402,11 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
+
+
+def _needs_gdal(value) -> bool:
+    """A layer value QGIS 3.22 does not load itself: a SAFE product or a GDAL name that is no plain file."""
+    return isinstance(value, str) and (is_sentinel1_input(value) or (is_gdal_name(value) and gdal_can_open(value)))
 
 
 def geometries_in_crs(source, crs, context):

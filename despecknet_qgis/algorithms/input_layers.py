@@ -1,0 +1,52 @@
+"""Raster inputs QGIS 3.22 does not load from a string, as layers the algorithms read through GDAL.
+
+- Sentinel-1 SAFE products (the .SAFE folder, its zip, its manifest.safe, or a
+  `SENTINEL1_CALIB:SIGMA0:…` name): the layer of their calibrated sigma0 (core/sentinel1.py),
+  written once per product into the Processing temporary folder.
+- GDAL dataset names that are not plain files (/vsizip/, /vsicurl/, sub-datasets): the layer
+  GDAL opens, which QGIS 3.22's loader refuses.
+"""
+import os
+
+from qgis.core import QgsProcessingException, QgsProcessingUtils, QgsRasterLayer
+
+from ..core.errors import DespeckNetError
+from ..core.raster import gdal_can_open
+from ..core.sentinel1 import calibrated_raster, grd_measurements, is_sentinel1_input, parse_calib_name
+
+
+def sentinel1_problem(value, name):
+    """What is wrong with a Sentinel-1 product given as `name`, or None (cheap: reads its XML only)."""
+    try:
+        if value.upper().startswith("SENTINEL1_CALIB:"):
+            source, _, polarisation = parse_calib_name(value)
+            grd_measurements(source, polarisation)
+        else:
+            grd_measurements(value)
+    except DespeckNetError as exc:
+        return f"{name}: {exc}"
+    return None
+
+
+def gdal_layer(value, name="INPUT", context=None):
+    """The raster layer of a Sentinel-1 product or of a GDAL dataset name; None for anything else.
+    With a context, the context owns the layer, as it owns the layers QGIS loads."""
+    layer = _layer(value, name)
+    if layer is not None and context is not None:
+        context.temporaryLayerStore().addMapLayer(layer)
+    return layer
+
+
+def _layer(value, name):
+    if not isinstance(value, str) or not value:
+        return None
+    if is_sentinel1_input(value):
+        try:
+            path = calibrated_raster(value, os.path.join(QgsProcessingUtils.tempFolder(), "sentinel1"))
+        except DespeckNetError as exc:
+            raise QgsProcessingException(f"{name}: {exc}") from exc
+        label = os.path.basename(value.rstrip("/\\")) or value
+        return QgsRasterLayer(path, f"{label} sigma0", "gdal")
+    if gdal_can_open(value):
+        return QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
+    return None

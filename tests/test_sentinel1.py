@@ -1,0 +1,187 @@
+"""Sentinel-1 SAFE products (folder, zip, manifest.safe) as inputs, and GDAL names in multi-layer
+parameters (issue 9, items 1 and 2). A small SAFE product is built by tests/fake_safe.py the way
+GDAL's SENTINEL1 driver reads it; real GDAL, real QGIS, real ONNX Runtime."""
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+from conftest import read_tif, speckled_scene, write_tif
+from despecknet_qgis.core.errors import InputError
+from despecknet_qgis.core.sentinel1 import calibrated_raster, is_sentinel1_input, sigma0_names
+from despecknet_qgis.core.tiled_predict import despeckle_raster
+from fake_safe import build_safe, expected_sigma0, zip_safe
+
+
+def run(alg, params):
+    import processing
+
+    return processing.run(alg, params, feedback=QgsProcessingFeedback())
+
+
+@pytest.fixture()
+def safe(tmp_path):
+    root, numbers = build_safe(tmp_path / "download")
+    return root, numbers, zip_safe(root, tmp_path / (os.path.basename(root)[:-5] + ".zip"))
+
+
+def test_gdal_lists_no_calibrated_grd_measurement(safe):
+    """Why the plugin calibrates itself: GDAL's driver gives a GRD's digital numbers only."""
+    root, _, _ = safe
+    names = [v for k, v in gdal.Open(root).GetMetadata("SUBDATASETS").items() if k.endswith("_NAME")]
+    assert names and not any(":SIGMA0:" in n for n in names)
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        assert gdal.Open(f"SENTINEL1_CALIB:SIGMA0:{root}/manifest.safe:IW_VV:INTENSITY") is None
+    finally:
+        gdal.PopErrorHandler()
+
+
+@pytest.mark.parametrize("form", ["folder", "zip", "manifest"])
+def test_folder_zip_and_manifest_resolve_to_sigma0_of_each_polarisation(safe, tmp_path, form):
+    root, numbers, zpath = safe
+    given = {"folder": root, "zip": zpath, "manifest": os.path.join(root, "manifest.safe")}[form]
+    assert is_sentinel1_input(given)
+    names = sigma0_names(given)
+    assert [n.rsplit(":", 2)[1] for n in names] == ["IW_VV", "IW_VH"]
+    assert all(n.startswith("SENTINEL1_CALIB:SIGMA0:") and n.endswith(":INTENSITY") for n in names)
+    if form == "zip":
+        assert names[0].split(":")[2].startswith("/vsizip/")
+    ds = gdal.Open(calibrated_raster(given, str(tmp_path / f"cal_{form}")))
+    assert [ds.GetRasterBand(b).GetDescription() for b in (1, 2)] == ["VV", "VH"]
+    for b, pol in ((1, "VV"), (2, "VH")):
+        np.testing.assert_allclose(ds.GetRasterBand(b).ReadAsArray(), expected_sigma0(numbers[pol]), rtol=1e-6)
+    assert ds.GetGCPCount() > 0 and ds.GetMetadataItem("CALIBRATION") == "SIGMA0"
+
+
+def test_a_sigma0_name_gives_its_polarisation(safe, tmp_path):
+    root, numbers, zpath = safe
+    vh = [n for n in sigma0_names(zpath) if ":IW_VH:" in n][0]
+    ds = gdal.Open(calibrated_raster(vh, str(tmp_path / "cal")))
+    assert ds.RasterCount == 1 and ds.GetRasterBand(1).GetDescription() == "VH"
+    np.testing.assert_allclose(ds.GetRasterBand(1).ReadAsArray(), expected_sigma0(numbers["VH"]), rtol=1e-6)
+
+
+def test_despeckle_of_a_safe_product_keeps_polarisation_names_and_equals_its_sigma0(
+        provider, tiny_model, safe, tmp_path):
+    root, numbers, zpath = safe
+    reference = write_tif(tmp_path / "sigma0.tif", [expected_sigma0(numbers[p]).astype(np.float32) for p in ("VV", "VH")],
+                          nodata=0.0)
+    run("despecknet:despeckle", {"INPUT": reference, "MODEL": tiny_model[0], "DEVICE": 1,
+                                 "OUTPUT": str(tmp_path / "ref.tif")})
+    expected = read_tif(tmp_path / "ref.tif")[0]
+    for k, given in enumerate((root, zpath)):
+        out = str(tmp_path / f"out{k}.tif")
+        run("despecknet:despeckle", {"INPUT": given, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": out})
+        bands, ds = read_tif(out)
+        assert [ds.GetRasterBand(b).GetDescription() for b in (1, 2)] == ["VV", "VH"]
+        for got, want in zip(bands, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_despeckle_of_a_sigma0_name_equals_that_band_of_the_product(provider, tiny_model, safe, tmp_path):
+    root, _, _ = safe
+    vh = [n for n in sigma0_names(root) if ":IW_VH:" in n][0]
+    run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": str(tmp_path / "a.tif")})
+    run("despecknet:despeckle", {"INPUT": vh, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": str(tmp_path / "b.tif")})
+    both, single = read_tif(tmp_path / "a.tif")[0], read_tif(tmp_path / "b.tif")[0]
+    assert len(single) == 1
+    np.testing.assert_allclose(single[0], both[1], rtol=1e-5)
+
+
+def test_safe_without_measurement_is_a_clear_error(provider, tiny_model, tmp_path):
+    root, _ = build_safe(tmp_path, with_measurement=False)
+    with pytest.raises(InputError, match=r"no measurement file for VV, VH.*Download the product again"):
+        sigma0_names(root)
+    with pytest.raises(QgsProcessingException, match=r"INPUT.*no measurement file.*Download the product again"):
+        run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1,
+                                     "OUTPUT": str(tmp_path / "out.tif")})
+    assert not os.path.exists(tmp_path / "out.tif")
+
+
+def test_safe_with_a_measurement_gone_missing_names_it(safe, tmp_path):
+    root, _, _ = safe
+    broken = shutil.copytree(root, tmp_path / "broken" / os.path.basename(root))
+    vh = [f for f in os.listdir(broken / "measurement") if "-vh-" in f][0]
+    os.remove(broken / "measurement" / vh)
+    with pytest.raises(InputError, match=rf"no measurement file for VH \(.*{vh}\)"):
+        sigma0_names(str(broken))
+
+
+def test_safe_with_damaged_calibration_is_a_clear_error(safe, tmp_path):
+    root, _, _ = safe
+    calibration = os.path.join(root, "annotation", "calibration")
+    for name in os.listdir(calibration):
+        with open(os.path.join(calibration, name), "w") as f:
+            f.write("<calibration><calibrationVectorList>")
+    with pytest.raises(InputError, match=r"not valid XML.*damaged.*Download it again"):
+        calibrated_raster(root, str(tmp_path / "cal"))
+
+
+def test_zip_without_a_product_is_not_taken_for_one(tmp_path):
+    y, _ = speckled_scene(48, seed=3)
+    src = write_tif(tmp_path / "y.tif", y)
+    zpath = tmp_path / "y.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.write(src, "y.tif")
+    assert not is_sentinel1_input(str(zpath))
+
+
+def test_slc_product_is_refused_with_what_to_do(provider, tiny_model, tmp_path):
+    root, _ = build_safe(tmp_path, product_type="SLC")
+    with pytest.raises(InputError, match=r"SLC product.*deburst and calibrate"):
+        sigma0_names(root)
+    with pytest.raises(QgsProcessingException, match=r"INPUT.*SLC product"):
+        run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1,
+                                     "OUTPUT": str(tmp_path / "out.tif")})
+
+
+def test_core_despeckles_the_calibrated_product(despeckler, safe, tmp_path):
+    root, numbers, _ = safe
+    out = str(tmp_path / "o.tif")
+    report = despeckle_raster(calibrated_raster(root, str(tmp_path / "cal")), out, despeckler)
+    assert report is not None and read_tif(out)[1].RasterCount == 2
+
+
+# --- multi-layer parameters take GDAL dataset names (issue 9, item 1) -------------------------
+
+@pytest.fixture()
+def dates_zipped(tmp_path):
+    rng = np.random.default_rng(4)
+    scene = 0.05 + 0.05 * rng.random((48, 48))
+    paths = [write_tif(tmp_path / f"d{i}.tif", scene * rng.exponential(1.0, scene.shape)) for i in range(3)]
+    zpath = tmp_path / "dates.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in paths:
+            z.write(p, f"stack/{os.path.basename(p)}")
+    return paths, [f"/vsizip/{zpath}/stack/{os.path.basename(p)}" for p in paths]
+
+
+def test_multiple_layers_parameter_accepts_vsizip_names(provider, dates_zipped, tmp_path):
+    plain, zipped = dates_zipped
+    run("despecknet:temporallabel", {"INPUTS": plain, "OUTPUT": str(tmp_path / "a.tif")})
+    run("despecknet:temporallabel", {"INPUTS": zipped, "OUTPUT": str(tmp_path / "b.tif")})
+    a, b = read_tif(tmp_path / "a.tif")[0][0], read_tif(tmp_path / "b.tif")[0][0]
+    assert np.isfinite(a).any() and np.array_equal(np.nan_to_num(a, nan=-1), np.nan_to_num(b, nan=-1))
+
+
+def test_multiple_layers_parameter_keeps_the_order_of_mixed_names(provider, dates_zipped, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    plain, zipped = dates_zipped
+    alg = QgsApplication.processingRegistry().createAlgorithmById("despecknet:temporallabel")
+    mixed = [zipped[0], plain[1], zipped[2]]
+    context = QgsProcessingContext()  # owns the layers
+    layers = alg.parameterAsLayerList({"INPUTS": mixed}, "INPUTS", context)
+    assert [l.source() for l in layers] == mixed
+
+
+def test_multiple_layers_parameter_names_a_bad_vsizip_name(provider, dates_zipped, tmp_path):
+    _, zipped = dates_zipped
+    bad = zipped[1].replace("d1.tif", "missing.tif")
+    with pytest.raises(QgsProcessingException, match=r"INPUTS.*missing\.tif"):
+        run("despecknet:temporallabel", {"INPUTS": [zipped[0], bad], "OUTPUT": str(tmp_path / "b.tif")})
