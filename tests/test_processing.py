@@ -21,8 +21,8 @@ def test_provider_lists_despeckle_with_documented_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById("despecknet:despeckle")
     assert alg is not None
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS", "OUTPUT",
-                     "OUTPUT_NOISE"]
+    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS",
+                     "ZERO_IS_NODATA", "OUTPUT_DOMAIN", "OUTPUT_TYPE", "EXTENT", "OUTPUT", "OUTPUT_NOISE"]
     assert "PROVIDER" in [o.name() for o in alg.outputDefinitions()]
     assert alg.shortHelpString()
 

@@ -94,9 +94,10 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         """Enum parameter -> the names accepted instead of an index (same order as the options)."""
         from ..core.defaults import PHASE2_PRESETS
         from ..core.temporal_label import RULES
+        from .output_options import ENUM_NAMES
 
         return {"INPUT_DOMAIN": list(DOMAINS), "DEVICE": list(DEVICES), "PRESET": [p.key for p in PHASE2_PRESETS],
-                "STABILITY": list(RULES)}
+                "STABILITY": list(RULES), **ENUM_NAMES}
 
     def _enum_index(self, name, value):
         """The index an enum value stands for (an index or one of the names), None if neither."""

@@ -16,6 +16,7 @@ from ..core.domain import DOMAINS
 from ..core.inference import DEVICES, Despeckler
 from ..core.model_info import RECEPTIVE_RADIUS
 from ..core.tiled_predict import despeckle_raster
+from . import output_options
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
 
@@ -31,7 +32,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
     OUTPUT = "OUTPUT"
     OUTPUT_NOISE = "OUTPUT_NOISE"
     PROVIDER = "PROVIDER"
-    ARGUMENTS = {"noise_path": "OUTPUT_NOISE", "point_targets": "POINT_TARGETS"}
+    ARGUMENTS = {"noise_path": "OUTPUT_NOISE", "point_targets": "POINT_TARGETS", **output_options.ARGUMENTS}
 
     def name(self):
         return "despeckle"
@@ -58,6 +59,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             f"<b>Tile size</b>: {TILE_RANGE.describe()} pixels; the result does not depend on it, memory does "
             "(about 0.8 KB per pixel of a tile with its margins, twice that with the speckle output), and a tile "
             "that would take more than half the available memory is refused.<br>"
+            + output_options.HELP + output_options.EXTENT_HELP +
             "Rasters of any size are processed tile by tile; nodata stays nodata. Outputs appear only once "
             "complete and read back intact; a file already at an output path is replaced only then."
         )
@@ -82,6 +84,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         points = QgsProcessingParameterBoolean(self.POINT_TARGETS, self.tr("Keep point targets"), defaultValue=True)
         points.setFlags(points.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(points)
+        output_options.add_output_parameters(self, extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled")))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
@@ -130,6 +133,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             noise_path=noise,
             progress=self.progress(feedback),
             point_targets=self.parameterAsBool(parameters, self.POINT_TARGETS, context),
+            **output_options.output_arguments(self, parameters, context, layer),
         )
         for b in report.bands:
             looks = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"

@@ -19,6 +19,7 @@ from ..core.losses import LossWeights
 from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune
 from ..core.progress import terminate_as_cancel
 from ..core.tiled_predict import despeckle_raster
+from . import output_options
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, add_training_parameters, training_arguments
 
 
@@ -28,7 +29,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
     LOOKS = "LOOKS"
     OUTPUT_MODEL, OUTPUT_CHECKPOINT, OUTPUT = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "OUTPUT"
     VALIDATION_LOSS, PROVIDER = "VALIDATION_LOSS", "PROVIDER"
-    ARGUMENTS = {"image": "INPUT", "base_model": "MODEL", "input_path": "INPUT", "model_path": "OUTPUT_MODEL"}
+    ARGUMENTS = {"image": "INPUT", "base_model": "MODEL", "input_path": "INPUT", "model_path": "OUTPUT_MODEL",
+                 **output_options.ARGUMENTS}
 
     def name(self):
         return "finetune"
@@ -54,7 +56,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "Nodata is excluded.<br>"
             "Outputs: the tuned ONNX model (for Despeckle SAR image), its .pt checkpoint, and optionally the "
             "image despeckled with the tuned model. Every output is checked before tuning starts; if despeckling "
-            "fails after tuning, the model files that were there before are put back."
+            "fails after tuning, the model files that were there before are put back.<br>"
+            + output_options.HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -72,6 +75,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         add_training_parameters(self, PHASE2_TRAINING, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 0, advanced=True, integer=True)
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
+        output_options.add_output_parameters(self, extent=False)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled with the tuned model"), optional=True, createByDefault=True))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CHECKPOINT, self.tr("PyTorch checkpoint")))
@@ -106,6 +110,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         if output:
             self.run_core(check_device, device)
         patience = self.parameterAsInt(parameters, self.PATIENCE, context)
+        choices = output_options.output_arguments(self, parameters, context)
         train_feedback = self.progress(feedback)
         if output:
             # tuning takes most of the time; despeckling the rest
@@ -116,7 +121,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
                 report = self.run_core(
                     fine_tune, source, onnx_path, band=band, domain=domain, base_model=base,
                     weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-                    patience=patience or None, progress=train_feedback, **training_arguments(self, parameters, context),
+                    patience=patience or None, progress=train_feedback, zero_is_nodata=choices["zero_is_nodata"],
+                    **training_arguments(self, parameters, context),
                 )
             except BaseException:
                 if previous is not None:
@@ -131,7 +137,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
                 try:
                     despeckler = self.run_core(Despeckler, onnx_path, device, with_noise=False)
                     done = self.run_core(despeckle_raster, source, output, despeckler, bands=[band], domain=domain,
-                                         progress=self.progress_part(feedback, 70.0, 100.0))
+                                         progress=self.progress_part(feedback, 70.0, 100.0),
+                                         algorithm="despecknet:finetune", **choices)
                 except BaseException:
                     previous.restore()  # all or nothing: no tuned model without the despeckled image asked for
                     raise

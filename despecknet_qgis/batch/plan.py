@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.errors import InputError, OutputError
-from ..core.files import same_file
+from ..core.files import file_sha256, same_file
 
 MANIFEST = "despecknet-manifest.jsonl"
 WORK_DIR = ".despecknet-batch"  # per-band parts and done-markers, inside the output folder
@@ -119,17 +119,6 @@ def fingerprint(name: str, checksum: bool = False) -> dict:
             entry["mtime_ns"] = st.st_mtime_ns
         entries.append(entry)
     return {"name": name, "files": entries}
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def raster_shape(name: str) -> tuple[int, int, int] | None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from ..core.errors import Cancelled, ClusterError, InputError, OutputError
 from ..core.progress import SILENT, Progress
+from ..core.files import file_sha256
 from .options import check_options
-from .plan import MANIFEST, Manifest, WORK_DIR, file_sha256, plan_scenes, record_for, up_to_date
+from .plan import MANIFEST, Manifest, WORK_DIR, plan_scenes, record_for, up_to_date
 from .split import split_supported
 from .tasks import assemble, clear_marker, despeckle_band, part_path
 

@@ -30,7 +30,7 @@ from ..core.files import partial_path, remove_quietly
 from ..core.progress import Progress
 from .tasks import _cancel_check, _failure, _mark_done, _reuse, clear_marker, load_despeckler, worker_name
 
-KNOWN_OPTIONS = {"domain", "tile_size", "overlap", "point_targets", "looks"}
+KNOWN_OPTIONS = {"domain", "tile_size", "overlap", "point_targets", "looks", "zero_is_nodata", "output_domain"}
 
 
 def split_supported(options: dict) -> str | None:
@@ -47,15 +47,22 @@ def stripes(height: int, tile_size: int, rows: int) -> list[tuple[int, int]]:
     return [(y, min(height, y + step)) for y in range(0, height, step)]
 
 
-def _settings(options: dict, despeckler) -> dict:
-    from ..core import point_targets as pt
-    from ..core.defaults import TILE_SIZE
+def _option_values(options: dict) -> dict:
+    """The known options as given, else the core's defaults (one source for the split and the core)."""
     from .options import core_parameters
 
     defaults = {n: p.default for n, p in core_parameters().items()}
-    s = {k: options.get(k, defaults.get(k)) for k in KNOWN_OPTIONS}
+    return {k: options.get(k, defaults.get(k)) for k in KNOWN_OPTIONS}
+
+
+def _settings(options: dict, despeckler) -> dict:
+    from ..core import point_targets as pt
+    from ..core.defaults import TILE_SIZE
+
+    s = _option_values(options)
     s["tile_size"] = s["tile_size"] or TILE_SIZE
     s["point_targets"] = True if s["point_targets"] is None else s["point_targets"]
+    s["output_domain"] = s["output_domain"] or s["domain"]
     if s["overlap"] is None:
         s["overlap"] = despeckler.radius + (pt.MARGIN if s["point_targets"] else 0)
     if s["overlap"] < despeckler.radius:
@@ -83,7 +90,8 @@ def band_stats(job: dict) -> dict:
                              f"receptive field ({field}x{field}): use a larger raster.")
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
         with gdal_cache_limit():
-            stats = band_statistics(ds, job["band"], s["domain"], job["input"], s["tile_size"], progress)
+            stats = band_statistics(ds, job["band"], s["domain"], job["input"], s["tile_size"], progress,
+                                    zero_is_nodata=s["zero_is_nodata"])
         return {"status": "done", "stats": stats, "seconds": time.perf_counter() - started, "worker": worker_name()}
     except Exception as exc:  # noqa: BLE001 - a result, not a crash
         return _failure(exc, started)
@@ -93,7 +101,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
     from osgeo import gdal
 
-    from ..core.raster import Window, gdal_cache_limit, nodata_of, open_raster, windows
+    from ..core.raster import Window, gdal_cache_limit, input_nodata, open_raster, output_nodata, windows
     from ..core.tiled_predict import despeckle_window
 
     started = time.perf_counter()
@@ -111,7 +119,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
         ds = open_raster(job["input"])
         band = ds.GetRasterBand(job["band"])
-        nd = nodata_of(band)
+        nd = output_nodata(input_nodata(band, s["domain"], s["zero_is_nodata"]), s["output_domain"])
         width, height = ds.RasterXSize, ds.RasterYSize
         y0, y1 = job["y0"], job["y1"]
         os.makedirs(os.path.dirname(job["output"]), exist_ok=True)
@@ -125,7 +133,8 @@ def despeckle_window(job: dict, stats: dict) -> dict:
                 progress.check()
                 result, speckle = despeckle_window(despeckler, band, win, s["overlap"], st, s["domain"], nd,
                                                    point_targets=s["point_targets"], looks=s["looks"],
-                                                   with_noise=noise)
+                                                   with_noise=noise, zero_is_nodata=s["zero_is_nodata"],
+                                                   output_domain=s["output_domain"])
                 _write(out, 1, Window(win.x, win.y - y0, win.w, win.h), result)
                 if noise:
                     _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), speckle)
@@ -136,7 +145,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         os.replace(tmp, job["output"])
         tmp = None
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
-                  "provider": despeckler.provider, "part": job["output"]}
+                  "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version}
         _mark_done(job, result)
         return result
     except Exception as exc:  # noqa: BLE001 - a result, not a crash
@@ -156,7 +165,8 @@ def _write(ds, index: int, win, data: np.ndarray) -> None:
 
 def write_split(job: dict, windows_done: list[dict]) -> dict:
     """The scene's outputs from its windows: job["windows"] lists (band index, y0, y1, part path)."""
-    from ..core.raster import Outputs, RasterOutput, Window, gdal_cache_limit, nodata_of, open_raster
+    from ..core.raster import Outputs, RasterOutput, Window, gdal_cache_limit, open_raster
+    from ..core.tiled_predict import output_layout
 
     started = time.perf_counter()
     failed = [w for w in windows_done if w.get("status") != "done"]
@@ -172,11 +182,20 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
 
         ds = open_raster(job["input"])
         bands = job["bands"]
-        nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
+        s = _option_values(job.get("options", {}))
+        layout = output_layout(ds, bands, s["domain"], s["output_domain"] or s["domain"], s["zero_is_nodata"],
+                               job["input"], job["model"], windows_done[0].get("model_version", "?"),
+                               job.get("model_sha256"), point_targets=s["point_targets"])
         noise = job.get("noise_output")
         step = job["tile_size"]
-        outputs = Outputs(lambda: RasterOutput(job["output"], ds, len(bands), nodata, argument="output_path"),
-                          (lambda: RasterOutput(noise, ds, len(bands), nodata, argument="noise_path")) if noise else None)
+
+        def output(path, argument, what):
+            return RasterOutput(path, ds, len(bands), layout["nodata"], argument=argument,
+                                descriptions=layout["descriptions"],
+                                metadata={**layout["metadata"], "DESPECKNET_CONTENT": what})
+
+        outputs = Outputs(lambda: output(job["output"], "output_path", "despeckled"),
+                          (lambda: output(noise, "noise_path", "estimated speckle")) if noise else None)
         with gdal_cache_limit(), outputs as (out, noise_out):
             for i, y0, y1, part in job["windows"]:
                 src = gdal.Open(part)

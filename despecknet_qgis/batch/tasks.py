@@ -19,10 +19,10 @@ import threading
 import time
 
 from ..core.errors import Cancelled, DespeckNetError, ModelError, OutputError
-from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
+from ..core.files import commit_files, file_sha256, partial_path, remove_quietly, remove_stale_partials
 from ..core.progress import Progress
 from .options import core_function
-from .plan import WORK_DIR, file_sha256
+from .plan import WORK_DIR
 
 _DESPECKLERS: dict = {}
 _CHECKED_MODELS: dict = {}

@@ -42,7 +42,8 @@ from .dependencies import import_module
 from .errors import InputError, translate_errors
 from .files import check_outputs
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster
+from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, input_nodata, open_raster
+from .raster import output_nodata
 from .raster import read_intensity, windows, with_nodata
 
 METHODS = ("boxcar", "lee", "refined_lee", "lee_sigma", "gamma_map", "frost")
@@ -280,6 +281,7 @@ def classic_filter_raster(
     sigma: float = SIGMA,
     tile_size: int = TILE_SIZE,
     progress: Progress = SILENT,
+    zero_is_nodata: bool = True,
 ) -> ClassicFilterReport:
     """Filter `input_path` into `output_path` with a classic speckle filter, window by window.
 
@@ -293,6 +295,8 @@ def classic_filter_raster(
             sigma: the probability inside Lee sigma's range.
         tile_size: pixels per processing window side (TILE_RANGE); the result does not depend on it.
         progress: progress, log and cancellation.
+        zero_is_nodata: zeros of a band that declares no nodata are nodata (raster.input_nodata),
+            as in despeckle_raster, so that both compare on the same pixels.
 
     Returns:
         ClassicFilterReport: the output, method, looks used per band, timing.
@@ -311,8 +315,8 @@ def classic_filter_raster(
     margin = margin_of(method, window_size)
     with gdal_cache_limit():
         share = STATS_SHARE / len(bands)
-        stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share)
-                 for i, b in enumerate(bands)]
+        stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share,
+                                 zero_is_nodata=zero_is_nodata) for i, b in enumerate(bands)]
         used = []
         for st in stats:
             band_looks = looks or st.looks
@@ -323,7 +327,7 @@ def classic_filter_raster(
         for b, n in zip(bands, used):
             if n:
                 progress.info(f"band {b}: {'given' if looks else 'estimated'} equivalent number of looks {n:.2f}")
-        nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
+        nodata = [output_nodata(input_nodata(ds.GetRasterBand(b), domain, zero_is_nodata), domain) for b in bands]
         tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
         outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata, argument="output_path"))
@@ -334,7 +338,7 @@ def classic_filter_raster(
                 inner = win.within(outer)
                 for i, (b, n, nd) in enumerate(zip(bands, used, nodata), start=1):
                     progress.check()
-                    intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain)
+                    intensity, valid = read_intensity(ds.GetRasterBand(b), outer, domain, zero_is_nodata)
                     estimate = FILTERS[method](intensity, valid, n, window_size=window_size, damping=damping,
                                                sigma=sigma)
                     keep = valid[inner]

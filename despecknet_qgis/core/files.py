@@ -14,6 +14,7 @@ during it, and an all-or-nothing rename at the end.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import time
@@ -272,3 +273,12 @@ class KeepPrevious:
             if copy is not None:
                 remove_quietly(copy)
         self.kept = []
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file, read in chunks (models, and the batch's input fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

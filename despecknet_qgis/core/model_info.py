@@ -29,6 +29,19 @@ def bundled_checkpoint_path() -> str:
     return os.path.join(_MODELS, "despecknet.pt")
 
 
+def plugin_version() -> str:
+    """The plugin's version, from its metadata.txt (written into every output's provenance)."""
+    path = os.path.join(os.path.dirname(_MODELS), "metadata.txt")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("version="):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     INPUT = "y"

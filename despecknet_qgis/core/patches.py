@@ -37,6 +37,8 @@ class ImagePair:
     # Without a label the target is the image itself, shifted by this much in the
     # normalised log domain (phase 2 removes the speckle's log bias E[ln N] this way).
     target_shift: float = 0.0
+    # Zeros of the noisy band are nodata where it declares none (raster.input_nodata: GRD borders).
+    zero_is_nodata: bool = False
 
 
 @dataclass
@@ -67,7 +69,8 @@ class RasterPatches:
                     f"{pair.noisy} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than one "
                     f"{patch}x{patch} patch: lower `patch` or use a larger image."
                 )
-            stats = band_statistics(ds, pair.band, pair.domain, pair.noisy, 512, progress, 0.0, 0.0)
+            stats = band_statistics(ds, pair.band, pair.domain, pair.noisy, 512, progress, 0.0, 0.0,
+                                    zero_is_nodata=pair.zero_is_nodata)
             self.offsets.append(stats.offset)
             step = stride * BLOCK_PATCHES
             for y in range(0, ds.RasterYSize - patch + 1, step):
@@ -107,7 +110,8 @@ class RasterPatches:
     def _read_block(self, block: _Block):
         """(noisy, target, mask) patches of one block, float32, shape (n, 1, P, P)."""
         pair, offset, win = self.pairs[block.image], self.offsets[block.image], block.window
-        intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
+        intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain,
+                                          pair.zero_is_nodata)
         y = dm.network_input(intensity, valid, offset)
         if pair.label:
             lint, lvalid = read_intensity(self._dataset(pair.label).GetRasterBand(pair.label_band), win, pair.domain)
@@ -132,7 +136,8 @@ class RasterPatches:
         blocks = [b for b in self.training_blocks + self.validation_blocks if b.image == 0]
         for b in blocks[:: max(1, len(blocks) // max_blocks)]:
             pair, win = self.pairs[0], b.window
-            intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain)
+            intensity, valid = read_intensity(self._dataset(pair.noisy).GetRasterBand(pair.band), win, pair.domain,
+                                              pair.zero_is_nodata)
             yield dm.network_input(intensity, valid, self.offsets[0]), valid
 
     def _patches(self, blocks, rng):

@@ -240,6 +240,7 @@ def fine_tune(
     seed: int = P2.seed,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
+    zero_is_nodata: bool = True,
 ) -> TrainingReport:
     """Phase 2: adapt a trained model to `image` without any label (target = the image itself).
 
@@ -249,7 +250,8 @@ def fine_tune(
     scaled so that the mean of Y / X_hat on the image is 1 (see calibrate_radiometry).
     With `acceptance` and `looks` known, the ratio image decides (core/adaptation.py): a
     base model that already fits the image is not tuned, and tuned weights are kept only
-    when they explain the speckle better than the base ones.
+    when they explain the speckle better than the base ones. With `zero_is_nodata`, zeros of
+    a band that declares no nodata are nodata (GRD borders; see raster.input_nodata).
     """
     from .dependencies import require
 
@@ -262,7 +264,7 @@ def fine_tune(
         raise InputError(f"`looks` must be positive (got {looks:g}).")
     model, record = _base_model(base, seed, "base_model")
     shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
-    source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift)], patch, stride,
+    source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift, zero_is_nodata=zero_is_nodata)], patch, stride,
                            validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
     calibrate_fn = calibrate_radiometry if calibrate else None

@@ -158,11 +158,44 @@ def nodata_of(band: gdal.Band) -> float | None:
     return None if nd is None else float(nd)
 
 
-def read_intensity(band: gdal.Band, win: Window, domain: str) -> tuple[np.ndarray, np.ndarray]:
-    """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1."""
-    values = read(band, win).astype(np.float64)
-    valid = valid_mask(values, nodata_of(band)) & np.isfinite(values)
-    return dm.to_intensity(np.where(valid, values, 1.0), domain), valid
+def is_complex(band: gdal.Band) -> bool:
+    """CInt16, CInt32, CFloat32, CFloat64: single-look complex values z, despeckled as |z|²."""
+    return bool(gdal.DataTypeIsComplex(band.DataType))
+
+
+def input_nodata(band: gdal.Band, domain: str, zero_is_nodata: bool = False) -> float | None:
+    """What counts as nodata in an input band: its declared nodata, else 0 when `zero_is_nodata`.
+
+    Sentinel-1 GRD borders are 0 with no nodata declared; read as signal, ln 0 drives the
+    network to bright halos next to them. A physical intensity or amplitude is never exactly
+    0, but 0 dB is a valid decibel value, so zeros stay data in the decibel domain.
+    """
+    declared = nodata_of(band)
+    if declared is None and zero_is_nodata and (domain != "decibel" or is_complex(band)):
+        return 0.0
+    return declared
+
+
+def values_as_intensity(values: np.ndarray, domain: str, source: str = "the input") -> np.ndarray:
+    """Pixel values as intensity (float64): complex z as |z|² (never its real part alone), else by `domain`."""
+    if np.iscomplexobj(values):
+        if domain == "decibel":
+            raise InputError(f"{source} has complex values, which cannot be decibels: set `domain` to intensity "
+                             "(|z|² is despeckled and written as intensity) or amplitude (written as |z|).")
+        return values.real.astype(np.float64) ** 2 + values.imag.astype(np.float64) ** 2
+    return dm.to_intensity(values.astype(np.float64, copy=False), domain)
+
+
+def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1.
+
+    Complex bands are read as |z|²; `zero_is_nodata` makes zeros nodata where none is declared.
+    """
+    values = read(band, win)
+    if not np.iscomplexobj(values):
+        values = values.astype(np.float64)
+    valid = valid_mask(values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
+    return values_as_intensity(np.where(valid, values, 1.0), domain), valid
 
 
 @dataclass
@@ -174,20 +207,21 @@ class BandStats:
 
 
 def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, progress: Progress, share: float = 0.0,
-                    done: float = 0.0) -> BandStats:
+                    done: float = 0.0, zero_is_nodata: bool = False) -> BandStats:
     """Validate a band's values, compute its normalisation offset (mean of ln I) and estimate its looks, window by window.
 
     Args:
         ds: the open dataset; band_index: 1-based band; domain: one of domain.DOMAINS;
         source: the name used in messages; tile: window size; progress: reports
-        `done` .. `done + share` percent and checks for cancellation.
+        `done` .. `done + share` percent and checks for cancellation; zero_is_nodata: zeros
+        are nodata where the band declares none (see input_nodata).
 
     Raises:
         InputError: undeclared NaN or infinite values, negative intensities or amplitudes,
         or no valid pixel at all.
     """
     band = ds.GetRasterBand(band_index)
-    nodata = nodata_of(band)
+    nodata = input_nodata(band, domain, zero_is_nodata)
     from .point_targets import LOOKS_BLOCK, LooksEstimator
 
     log_mean = dm.LogMean()
@@ -196,7 +230,9 @@ def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, pr
     wins = windows(ds.RasterXSize, ds.RasterYSize, -(-tile // LOOKS_BLOCK) * LOOKS_BLOCK)
     for k, win in enumerate(wins):
         progress.check()
-        values = read(band, win).astype(np.float64)
+        values = read(band, win)
+        if not np.iscomplexobj(values):
+            values = values.astype(np.float64)
         valid = valid_mask(values, nodata)
         v = values[valid]
         if not np.isfinite(v).all():
@@ -204,12 +240,12 @@ def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, pr
                 f"{source} band {band_index} has NaN or infinite values that are not declared nodata. "
                 "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
             )
-        if domain in ("intensity", "amplitude") and (v < 0).any():
+        if domain in ("intensity", "amplitude") and not np.iscomplexobj(v) and (v < 0).any():
             raise InputError(
                 f"{source} band {band_index} has negative values ({v.min():g}), impossible for {domain}. "
                 "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
             )
-        intensity = dm.to_intensity(values, domain)
+        intensity = values_as_intensity(values, domain, f"{source} band {band_index}")
         log_mean.add(intensity, valid)
         looks.add(intensity, valid, win.y, win.x)
         progress.set(done + share * (k + 1) / len(wins))
@@ -237,6 +273,45 @@ def with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> n
     if nodata is None:
         return values
     return np.where(keep, values, math.nan if math.isnan(nodata) else nodata)
+
+
+def output_nodata(nodata: float | None, output_domain: str) -> float | None:
+    """The nodata value an output in `output_domain` declares for an input's `nodata`.
+
+    The input's value is kept where the output can never hold it as data (NaN, or at most 0
+    for intensity and amplitude, far below any decibel value); otherwise NaN, e.g. the 0
+    of a GRD border becomes NaN in a decibel output, where 0 dB is data.
+    """
+    if nodata is None or math.isnan(nodata):
+        return nodata
+    impossible = nodata <= -1000.0 if output_domain == "decibel" else nodata <= 0.0
+    return nodata if impossible else math.nan
+
+
+def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ymax: float, source: str = "the input") -> Window:
+    """The pixel window of `ds` that covers a rectangle in its CRS (every pixel it touches).
+
+    Raises:
+        InputError: the raster has no north-up geotransform, or the rectangle misses it.
+    """
+    gt = ds.GetGeoTransform(can_return_null=True)
+    if gt is None or gt[2] != 0 or gt[4] != 0:
+        raise InputError(f"`extent` needs a raster georeferenced by a north-up geotransform, and {source} has "
+                         "none (GCPs or a rotation): warp it first, or leave the extent empty.")
+    cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
+    rows = sorted(((ymin - gt[3]) / gt[5], (ymax - gt[3]) / gt[5]))
+    eps = 1e-9  # an edge exactly on a pixel boundary does not take the next pixel
+    x0, x1 = max(0, math.floor(cols[0] + eps)), min(ds.RasterXSize, math.ceil(cols[1] - eps))
+    y0, y1 = max(0, math.floor(rows[0] + eps)), min(ds.RasterYSize, math.ceil(rows[1] - eps))
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) does not overlap {source}: "
+                         "draw it over the raster (in the raster's CRS) or leave it empty.")
+    return Window(x0, y0, x1 - x0, y1 - y0)
+
+
+def windows_in(region: Window, size: int) -> list[Window]:
+    """Tiles of `size` covering `region`, in the raster's pixel coordinates."""
+    return [Window(region.x + w.x, region.y + w.y, w.w, w.h) for w in windows(region.w, region.h, size)]
 
 
 def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -273,7 +348,13 @@ class RasterOutput:
     """
 
     def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None], data_type: str = "Float32",
-                 errors: GdalErrorLog | None = None, argument: str = "output"):
+                 errors: GdalErrorLog | None = None, argument: str = "output", region: Window | None = None,
+                 descriptions: list[str] | None = None, metadata: dict[str, str] | None = None):
+        """A new raster on `like`'s grid, or on the part of it that `region` covers.
+
+        `write` takes windows in `like`'s pixel coordinates either way. `descriptions` are the
+        band names (VV, VH); `metadata` goes into the dataset's default metadata domain.
+        """
         self.path = check_output_path(path, argument)
         driver_name = driver_for(path)
         remove_stale_partials(self.path)
@@ -283,27 +364,36 @@ class RasterOutput:
         self._mark = len(self.errors.failures)
         self.finished = self.committed = False
         self.bands = bands
-        self.size = (like.RasterXSize, like.RasterYSize)
+        self.region = region or Window(0, 0, like.RasterXSize, like.RasterYSize)
+        self.size = (self.region.w, self.region.h)
         driver = gdal.GetDriverByName(driver_name)
+        floating = data_type in ("Float32", "Float64")
         self.ds = driver.Create(
-            self.tmp, like.RasterXSize, like.RasterYSize, bands, gdal.GetDataTypeByName(data_type),
-            [o for o in CREATION_OPTIONS.get(driver_name, []) if data_type == "Float32" or not o.startswith("PREDICTOR")],
+            self.tmp, self.region.w, self.region.h, bands, gdal.GetDataTypeByName(data_type),
+            [o for o in CREATION_OPTIONS.get(driver_name, []) if floating or not o.startswith("PREDICTOR")],
         )
         if self.ds is None:
             failure = (self.errors.since(self._mark) or [gdal.GetLastErrorMsg()])[-1]
             self._release()
             remove_quietly(self.tmp)
             raise OutputError(f"Cannot create {path}: {failure}")
+        x0, y0 = self.region.x, self.region.y
         gt = like.GetGeoTransform(can_return_null=True)
         if gt is not None:
-            self.ds.SetGeoTransform(gt)
+            self.ds.SetGeoTransform((gt[0] + x0 * gt[1] + y0 * gt[2], gt[1], gt[2],
+                                     gt[3] + x0 * gt[4] + y0 * gt[5], gt[4], gt[5]))
         if like.GetProjection():
             self.ds.SetProjection(like.GetProjection())
         elif like.GetGCPCount():
-            self.ds.SetGCPs(like.GetGCPs(), like.GetGCPProjection())
+            gcps = [gdal.GCP(g.GCPX, g.GCPY, g.GCPZ, g.GCPPixel - x0, g.GCPLine - y0, g.Info, g.Id) for g in like.GetGCPs()]
+            self.ds.SetGCPs(gcps, like.GetGCPProjection())
+        if metadata:
+            self.ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
         for i, nd in enumerate(nodata, start=1):
             if nd is not None:
                 self.ds.GetRasterBand(i).SetNoDataValue(float(nd))
+            if descriptions and descriptions[i - 1]:
+                self.ds.GetRasterBand(i).SetDescription(descriptions[i - 1])
 
     def _adopt(self, errors: GdalErrorLog) -> None:
         """Record into a shared log from now on (its own log is the top of GDAL's stack here)."""
@@ -316,7 +406,7 @@ class RasterOutput:
 
     def write(self, i: int, win: Window, data: np.ndarray) -> None:
         try:
-            status = self.band(i).WriteArray(data, win.x, win.y)
+            status = self.band(i).WriteArray(data, win.x - self.region.x, win.y - self.region.y)
         except RuntimeError as exc:  # GDAL with exceptions enabled by someone else
             self._fail(str(exc))
         if status != 0:

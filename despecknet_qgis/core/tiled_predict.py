@@ -7,6 +7,7 @@ normalisation offset (mean of ln I) and rejects bad values before any output exi
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,10 @@ from .files import check_outputs
 from . import point_targets as pt
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, nodata_of, open_raster, read_intensity, windows, with_nodata
+from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, input_nodata, is_complex
+from .raster import open_raster, output_nodata, read_intensity, window_of_extent, windows, windows_in, with_nodata
+
+OUTPUT_TYPES = ("Float32", "Float64")
 
 STATS_SHARE = 5.0  # percent of the progress bar for the statistics pass
 
@@ -66,6 +70,11 @@ def despeckle_raster(
     progress: Progress = SILENT,
     point_targets: bool = True,
     looks: float | None = None,
+    zero_is_nodata: bool = True,
+    output_domain: str | None = None,
+    output_type: str = "Float32",
+    extent: tuple[float, float, float, float] | None = None,
+    algorithm: str = "despecknet:despeckle",
 ) -> DespeckleReport:
     """Despeckle `input_path` into `output_path` (and the speckle estimate into `noise_path`).
 
@@ -81,6 +90,15 @@ def despeckle_raster(
         point_targets: put back the measured intensity of bright point targets that the network
             shrinks (core/point_targets.py); looks: the speckle's looks for that test (None:
             estimated from the band's flattest blocks).
+        zero_is_nodata: pixels equal to 0 in a band that declares no nodata are nodata (GRD
+            borders); not in the decibel domain, where 0 dB is data.
+        output_domain: the outputs' domain (None: `domain`); complex bands (read as |z|²)
+            count as `domain` intensity or amplitude.
+        output_type: "Float32" or "Float64".
+        extent: (xmin, ymin, xmax, ymax) in the raster's CRS: only the pixels it touches are
+            despeckled and written, the margins read from around it; the statistics still
+            come from the whole band, so the result equals that window of a whole-image run.
+        algorithm: what made the outputs, for their provenance metadata.
 
     Returns:
         DespeckleReport: outputs, execution provider, per-band statistics and timing.
@@ -90,6 +108,9 @@ def despeckle_raster(
         wrongly shaped network output), ResourceError, Cancelled.
     """
     dm.check_domain(domain)
+    output_domain = dm.check_domain(output_domain or domain)
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"Unknown `output_type` {output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
     started = time.perf_counter()
     check_outputs({"output_path": output_path, "noise_path": noise_path},
                   {"input_path": input_path, "model_path": getattr(despeckler, "path", None)})
@@ -108,15 +129,24 @@ def despeckle_raster(
             f"{input_path} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
             f"receptive field ({field_size}x{field_size}): use a larger raster."
         )
+    region = window_of_extent(ds, *extent, source=input_path) if extent is not None else None
     with gdal_cache_limit():
         share = STATS_SHARE / len(bands)
-        stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share) for i, b in enumerate(bands)]
-        nodata = [nodata_of(ds.GetRasterBand(b)) for b in bands]
+        stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share, zero_is_nodata=zero_is_nodata)
+                 for i, b in enumerate(bands)]
+        layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path, despeckler.path,
+                               despeckler.info.version, point_targets=point_targets, algorithm=algorithm)
+        nodata = layout["nodata"]
 
-        tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
+        tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
-        outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata, argument="output_path"),
-                          (lambda: RasterOutput(noise_path, ds, len(bands), nodata, argument="noise_path")) if noise_path else None)
+
+        def output(path, argument, what):
+            return RasterOutput(path, ds, len(bands), nodata, data_type=output_type, argument=argument, region=region,
+                                descriptions=layout["descriptions"], metadata={**layout["metadata"], "DESPECKNET_CONTENT": what})
+
+        outputs = Outputs(lambda: output(output_path, "output_path", "despeckled"),
+                          (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
         with outputs as (out, noise_out):
             done = 0
             for win in tiles:
@@ -124,7 +154,8 @@ def despeckle_raster(
                     progress.check()
                     result, speckle = despeckle_window(
                         despeckler, ds.GetRasterBand(b), win, overlap, st, domain, nd,
-                        point_targets=point_targets, looks=looks, with_noise=noise_out is not None)
+                        point_targets=point_targets, looks=looks, with_noise=noise_out is not None,
+                        zero_is_nodata=zero_is_nodata, output_domain=output_domain)
                     out.write(i, win, result)
                     if noise_out is not None:
                         noise_out.write(i, win, speckle)
@@ -141,11 +172,52 @@ def despeckle_raster(
     )
 
 
+def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
+                  model_path: str, model_version: str, model_sha256: str | None = None, point_targets: bool = True,
+                  algorithm: str = "despecknet:despeckle") -> dict:
+    """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
+
+    The input's dataset metadata is copied, and DESPECKNET_* items record the model (name,
+    version, SHA-256), the algorithm, the domains and the plugin version, where `gdalinfo`
+    shows them. No timestamp, so that reruns give identical files.
+    """
+    from .files import file_sha256
+    from .model_info import plugin_version
+
+    nodata, descriptions, complex_bands = [], [], []
+    for b in bands:
+        band = ds.GetRasterBand(b)
+        nodata.append(output_nodata(input_nodata(band, domain, zero_is_nodata), output_domain))
+        descriptions.append(band.GetDescription() or "")
+        if is_complex(band):
+            complex_bands.append(b)
+    if model_sha256 is None:
+        model_sha256 = file_sha256(model_path) if model_path and os.path.isfile(model_path) else ""
+    metadata = dict(ds.GetMetadata() or {})
+    metadata.update({
+        "DESPECKNET_ALGORITHM": algorithm,
+        "DESPECKNET_PLUGIN_VERSION": plugin_version(),
+        "DESPECKNET_MODEL": os.path.basename(model_path or ""),
+        "DESPECKNET_MODEL_VERSION": model_version,
+        "DESPECKNET_MODEL_SHA256": model_sha256,
+        "DESPECKNET_INPUT": os.path.basename(source.rstrip("/")) or source,
+        "DESPECKNET_INPUT_DOMAIN": ("complex, read as |z|^2" if complex_bands else domain),
+        "DESPECKNET_OUTPUT_DOMAIN": output_domain,
+        "DESPECKNET_POINT_TARGETS": "kept" if point_targets else "off",
+        "DESPECKNET_ZERO_IS_NODATA": "yes" if zero_is_nodata else "no",
+    })
+    return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata}
+
+
 def despeckle_window(
     despeckler: Despeckler, band, win, overlap: int, stats: BandStats, domain: str, nodata: float | None, *,
-    point_targets: bool = True, looks: float | None = None, with_noise: bool = False,
+    point_targets: bool = True, looks: float | None = None, with_noise: bool = False, zero_is_nodata: bool = False,
+    output_domain: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None), nodata set.
+    """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None), `nodata` set.
+
+    `domain` is the input's, `output_domain` (None: the same) the result's; `nodata` is the
+    output's nodata value (see output_layout).
 
     The window is read with `overlap` pixels of margin where the raster has them, and only
     its centre is returned. The batch path's band split runs the same function, so its
@@ -156,7 +228,8 @@ def despeckle_window(
     """
     outer = win.grown(overlap, band.XSize, band.YSize)
     inner = win.within(outer)
-    intensity, valid = read_intensity(band, outer, domain)
+    output_domain = output_domain or domain
+    intensity, valid = read_intensity(band, outer, domain, zero_is_nodata)
     clean, noise = despeckler.predict(dm.network_input(intensity, valid, stats.offset), with_noise=with_noise)
     keep = valid[inner]
     with np.errstate(over="ignore"):
@@ -164,12 +237,12 @@ def despeckle_window(
         band_looks = looks or stats.looks
         if point_targets and band_looks:
             estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
-        result = dm.from_intensity(estimate[inner], domain)
+        result = dm.from_intensity(estimate[inner], output_domain)
     _check_finite(result, keep, despeckler, "clean")
     speckle = None
     if with_noise:
         with np.errstate(over="ignore"):
-            speckle = dm.speckle_from_log(noise[inner], domain)
+            speckle = dm.speckle_from_log(noise[inner], output_domain)
         _check_finite(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
     return with_nodata(result, keep, nodata), speckle

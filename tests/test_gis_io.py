@@ -1,0 +1,274 @@
+"""Real radar products in, GIS-ready results out (issue 9): zero borders, complex values, output
+domain and type, band names, metadata and provenance, and a processing extent.
+
+Real GeoTIFFs through GDAL and the bundled model (the halo next to a zero border is a
+property of a trained network; an untrained one shows none).
+"""
+import math
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from conftest import read_tif, speckled_scene, write_tif
+from despecknet_qgis.core.errors import InputError
+from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+BORDER = 24  # columns of zeros on the left, as on a Sentinel-1 GRD's swath edge
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from despecknet_qgis.core.inference import Despeckler
+
+    return Despeckler(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def grd_with_zero_border():
+    """A 4.4-look correlated scene at sigma0 scale with a zero border and no declared nodata."""
+    y, _ = speckled_scene(160, looks=4.4, correlation=0.5, seed=3)
+    y = 0.05 * y
+    y[:, :BORDER] = 0.0
+    return y
+
+
+def _despeckle(despeckler, src, dst, **kw):
+    despeckle_raster(str(src), str(dst), despeckler, **kw)
+    arrays, ds = read_tif(dst)
+    return arrays, ds
+
+
+def test_zero_border_makes_no_halo(bundled, grd_with_zero_border, tmp_path):
+    undeclared = write_tif(tmp_path / "zero.tif", grd_with_zero_border)
+    declared = write_tif(tmp_path / "declared.tif", grd_with_zero_border, nodata=0.0)
+    (out,), ds = _despeckle(bundled, undeclared, tmp_path / "out.tif")
+    (ref,), _ = _despeckle(bundled, declared, tmp_path / "ref.tif")
+    near = slice(BORDER, BORDER + 2)
+    assert abs(out[:, near].mean() / ref[:, near].mean() - 1.0) < 0.10
+    # the zeros stay zeros and are declared nodata, so a GIS shows them as no data
+    assert ds.GetRasterBand(1).GetNoDataValue() == 0.0
+    assert (out[:, :BORDER] == 0).all() and (out[:, BORDER:] > 0).all()
+    # what ZERO_IS_NODATA protects against: read as signal, ln 0 makes a bright halo
+    (halo,), _ = _despeckle(bundled, undeclared, tmp_path / "halo.tif", zero_is_nodata=False)
+    assert halo[:, near].mean() / ref[:, near].mean() > 1.5
+
+
+def test_uint16_image_and_its_float32_copy_agree(bundled, grd_with_zero_border, tmp_path):
+    dn = np.round(np.clip(grd_with_zero_border * 2e5, 0, 65535))  # DN², zeros where they round to 0 too
+    as_uint16 = write_tif(tmp_path / "dn.tif", dn, dtype=gdal.GDT_UInt16)
+    as_float32 = write_tif(tmp_path / "dn32.tif", dn.astype(np.float32))
+    (a,), _ = _despeckle(bundled, as_uint16, tmp_path / "a.tif")
+    (b,), _ = _despeckle(bundled, as_float32, tmp_path / "b.tif")
+    valid = b > 0
+    assert (a[valid] > 0).all()
+    assert np.abs(a[valid] / b[valid] - 1).max() < 0.01
+
+
+def test_zeros_in_decibel_are_data(bundled, tmp_path):
+    y, _ = speckled_scene(96, looks=4.0, seed=5)
+    db = 10 * np.log10(y)
+    db[40:44, 40:44] = 0.0  # 0 dB: an intensity of 1, a bright but real value
+    (out,), ds = _despeckle(bundled, write_tif(tmp_path / "db.tif", db), tmp_path / "out.tif", domain="decibel")
+    assert ds.GetRasterBand(1).GetNoDataValue() is None
+    assert np.isfinite(out[40:44, 40:44]).all()
+
+
+@pytest.mark.parametrize("data_type", [gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64])
+def test_complex_input_is_despeckled_as_intensity(bundled, tmp_path, data_type):
+    rng = np.random.default_rng(7)
+    y, scene = speckled_scene(96, looks=1.0, seed=7)
+    amplitude = np.sqrt(y) * 300.0
+    phase = rng.uniform(-np.pi, np.pi, y.shape)
+    z = amplitude * np.exp(1j * phase)
+    if data_type in (gdal.GDT_CInt16, gdal.GDT_CInt32):
+        z = np.round(z.real) + 1j * np.round(z.imag)
+    z[:, :6] = 0  # an undeclared zero border
+    slc = write_tif(tmp_path / "slc.tif", z, dtype=data_type)
+    intensity = write_tif(tmp_path / "i.tif", (np.abs(z) ** 2).astype(np.float32))
+    (out,), _ = _despeckle(bundled, slc, tmp_path / "out.tif")
+    (ref,), _ = _despeckle(bundled, intensity, tmp_path / "ref.tif")
+    valid = ref > 0
+    assert np.abs(out[valid] / ref[valid] - 1).max() < 1e-4
+    # never the real part alone: it is often negative and would give another result entirely
+    assert (z.real < 0).any()
+    # the amplitude domain when asked: |z| in, sqrt of the same intensity out
+    (amp,), _ = _despeckle(bundled, slc, tmp_path / "amp.tif", domain="amplitude")
+    assert np.abs(amp[valid] / np.sqrt(ref[valid]) - 1).max() < 1e-4
+
+
+def test_complex_input_refuses_decibel(bundled, tmp_path):
+    z = (np.ones((64, 64)) + 1j).astype(np.complex64)
+    slc = write_tif(tmp_path / "slc.tif", z, dtype=gdal.GDT_CFloat32)
+    with pytest.raises(InputError, match="complex values, which cannot be decibels"):
+        despeckle_raster(slc, str(tmp_path / "out.tif"), bundled, domain="decibel")
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_output_domain_and_nodata_in_decibel(bundled, grd_with_zero_border, tmp_path):
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
+    (lin,), _ = _despeckle(bundled, src, tmp_path / "lin.tif")
+    (db,), ds = _despeckle(bundled, src, tmp_path / "db.tif", output_domain="decibel")
+    valid = lin > 0
+    np.testing.assert_allclose(db[valid], 10 * np.log10(lin[valid]), atol=1e-4)
+    # 0 dB is data: the border's nodata becomes NaN in a decibel output
+    assert math.isnan(ds.GetRasterBand(1).GetNoDataValue())
+    assert np.isnan(db[:, :BORDER]).all()
+    assert ds.GetMetadataItem("DESPECKNET_OUTPUT_DOMAIN") == "decibel"
+    (amp,), _ = _despeckle(bundled, src, tmp_path / "amp.tif", output_domain="amplitude")
+    np.testing.assert_allclose(amp[valid], np.sqrt(lin[valid]), rtol=1e-6)
+
+
+def test_output_type_float64(bundled, grd_with_zero_border, tmp_path):
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
+    (a,), ds = _despeckle(bundled, src, tmp_path / "f64.tif", output_type="Float64")
+    assert ds.GetRasterBand(1).DataType == gdal.GDT_Float64
+    (b,), _ = _despeckle(bundled, src, tmp_path / "f32.tif")
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(InputError, match="output_type"):
+        despeckle_raster(src, str(tmp_path / "x.tif"), bundled, output_type="Int16")
+
+
+def test_band_names_metadata_and_provenance_are_written(bundled, tmp_path):
+    from despecknet_qgis.core.files import file_sha256
+    from despecknet_qgis.core.model_info import bundled_model_path, plugin_version
+
+    vv, _ = speckled_scene(96, seed=1)
+    vh, _ = speckled_scene(96, seed=2)
+    src = write_tif(tmp_path / "s1.tif", [vv, 0.2 * vh])
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.GetRasterBand(1).SetDescription("VV")
+    ds.GetRasterBand(2).SetDescription("VH")
+    ds.SetMetadataItem("MISSION_ID", "S1A")
+    ds = None
+    _, out = _despeckle(bundled, src, tmp_path / "out.tif", noise_path=str(tmp_path / "noise.tif"))
+    assert [out.GetRasterBand(i).GetDescription() for i in (1, 2)] == ["VV", "VH"]
+    meta = out.GetMetadata()
+    assert meta["MISSION_ID"] == "S1A"
+    assert meta["DESPECKNET_MODEL"] == "despecknet.onnx"
+    assert meta["DESPECKNET_MODEL_VERSION"] == bundled.info.version
+    assert meta["DESPECKNET_MODEL_SHA256"] == file_sha256(bundled_model_path())
+    assert meta["DESPECKNET_PLUGIN_VERSION"] == plugin_version() != "unknown"
+    assert meta["DESPECKNET_ALGORITHM"] == "despecknet:despeckle"
+    assert meta["DESPECKNET_INPUT_DOMAIN"] == "intensity"
+    assert meta["DESPECKNET_CONTENT"] == "despeckled"
+    noise = gdal.Open(str(tmp_path / "noise.tif"))
+    assert noise.GetMetadataItem("DESPECKNET_CONTENT") == "estimated speckle"
+    assert noise.GetRasterBand(2).GetDescription() == "VH"
+    # gdalinfo shows the provenance
+    assert "DESPECKNET_MODEL_SHA256" in gdal.Info(str(tmp_path / "out.tif"))
+
+
+def test_extent_equals_that_window_of_a_whole_run(bundled, grd_with_zero_border, tmp_path):
+    pixel, origin = 20.0, (500000.0, 4000000.0)
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border, origin=origin, pixel=pixel)
+    (whole,), _ = _despeckle(bundled, src, tmp_path / "whole.tif", tile_size=64)
+    # columns 50..129 and rows 30..99; edges inside pixels take the pixels they touch
+    extent = (origin[0] + 50.5 * pixel, origin[1] - 99.5 * pixel, origin[0] + 129.2 * pixel, origin[1] - 30.7 * pixel)
+    (part,), ds = _despeckle(bundled, src, tmp_path / "part.tif", extent=extent, tile_size=64)
+    assert part.shape == (70, 80)
+    np.testing.assert_allclose(part, whole[30:100, 50:130], rtol=1e-4)
+    gt = ds.GetGeoTransform()
+    assert gt[0] == origin[0] + 50 * pixel and gt[3] == origin[1] - 30 * pixel
+    # an extent that misses the raster says so, and writes nothing
+    with pytest.raises(InputError, match="does not overlap"):
+        despeckle_raster(src, str(tmp_path / "none.tif"), bundled, extent=(0.0, 0.0, 10.0, 10.0))
+    assert not (tmp_path / "none.tif").exists()
+
+
+def test_extent_needs_a_north_up_raster(bundled, tmp_path):
+    y, _ = speckled_scene(64, seed=1)
+    src = write_tif(tmp_path / "in.tif", y)
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.SetGeoTransform((0.0, 10.0, 1.0, 0.0, 1.0, -10.0))
+    ds = None
+    with pytest.raises(InputError, match="north-up"):
+        despeckle_raster(src, str(tmp_path / "out.tif"), bundled, extent=(0.0, -100.0, 100.0, 0.0))
+
+
+# --- the same choices as Processing parameters, in QGIS and in qgis_process ------------------------
+
+
+def _run(algorithm, params):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    return processing.run(algorithm, params, feedback=QgsProcessingFeedback())
+
+
+def test_despeckle_parameters_zero_output_domain_type_and_extent(provider, grd_with_zero_border, tmp_path):
+    pixel, origin = 20.0, (500000.0, 4000000.0)
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border, origin=origin, pixel=pixel)
+    whole = tmp_path / "whole.tif"
+    _run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(whole)})
+    (ref,), _ = read_tif(whole)
+    x0, x1, y0, y1 = origin[0] + 10 * pixel, origin[0] + 90 * pixel, origin[1] - 120 * pixel, origin[1] - 40 * pixel
+    out = tmp_path / "part.tif"
+    # enumerations by name, the extent as the modeler and qgis_process write it
+    _run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(out), "OUTPUT_DOMAIN": "decibel",
+                                  "OUTPUT_TYPE": "Float64", "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:32633]"})
+    (db,), ds = read_tif(out)
+    assert ds.GetRasterBand(1).DataType == gdal.GDT_Float64 and db.shape == (80, 80)
+    window = ref[40:120, 10:90]
+    valid = window > 0
+    np.testing.assert_allclose(db[valid], 10 * np.log10(window[valid]), atol=1e-3)
+    assert np.isnan(db[:, :BORDER - 10]).all()
+    # ZERO_IS_NODATA off gives the halo back (what the default protects against)
+    halo = tmp_path / "halo.tif"
+    _run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(halo), "ZERO_IS_NODATA": False})
+    (h,), hds = read_tif(halo)
+    assert hds.GetRasterBand(1).GetNoDataValue() is None
+    assert h[:, BORDER:BORDER + 2].mean() > 1.5 * ref[:, BORDER:BORDER + 2].mean()
+
+
+def test_extent_outside_the_raster_is_a_clear_error(provider, grd_with_zero_border, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
+    with pytest.raises(QgsProcessingException, match="EXTENT .* does not overlap"):
+        _run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(tmp_path / "o.tif"),
+                                      "EXTENT": "0,10,0,10 [EPSG:32633]"})
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_headless_decibel_output_with_provenance(profile, grd_with_zero_border, tmp_path):
+    import json
+
+    from conftest import run_qgis_process
+
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
+    out = tmp_path / "db.tif"
+    proc = run_qgis_process("--json", "run", "despecknet:despeckle", "--", f"INPUT={src}", "OUTPUT_DOMAIN=decibel",
+                            f"OUTPUT={out}", profile=profile)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    json.loads(proc.stdout[proc.stdout.index("{"):])
+    info = gdal.Info(str(out), format="json")
+    assert info["metadata"][""]["DESPECKNET_OUTPUT_DOMAIN"] == "decibel"
+    assert info["bands"][0]["noDataValue"] == "NaN"
+
+
+def test_finetune_output_in_decibel_with_its_provenance(provider, tiny_model, grd_with_zero_border, tmp_path):
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
+    res = _run("despecknet:finetune", {
+        "INPUT": src, "MODEL": tiny_model[0][:-5] + ".pt", "PATCH_SIZE": 24, "STRIDE": 24, "BATCH_SIZE": 8,
+        "OUTPUT_DOMAIN": "decibel", "OUTPUT_TYPE": "Float64", "OUTPUT_MODEL": str(tmp_path / "tuned.onnx"),
+        "OUTPUT": str(tmp_path / "db.tif")})
+    (db,), ds = read_tif(res["OUTPUT"])
+    assert ds.GetRasterBand(1).DataType == gdal.GDT_Float64
+    assert np.isnan(db[:, :BORDER]).all() and np.isfinite(db[:, BORDER:]).all()
+    meta = ds.GetMetadata()
+    assert meta["DESPECKNET_ALGORITHM"] == "despecknet:finetune"
+    assert meta["DESPECKNET_OUTPUT_DOMAIN"] == "decibel" and meta["DESPECKNET_MODEL"] == "tuned.onnx"
+
+
+def test_classic_filter_treats_zero_borders_as_despeckle_does(grd_with_zero_border, tmp_path):
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+
+    undeclared = write_tif(tmp_path / "zero.tif", grd_with_zero_border)
+    declared = write_tif(tmp_path / "declared.tif", grd_with_zero_border, nodata=0.0)
+    classic_filter_raster(undeclared, str(tmp_path / "a.tif"), method="lee")
+    classic_filter_raster(declared, str(tmp_path / "b.tif"), method="lee")
+    (a,), ds = read_tif(tmp_path / "a.tif")
+    (b,), _ = read_tif(tmp_path / "b.tif")
+    assert ds.GetRasterBand(1).GetNoDataValue() == 0.0
+    np.testing.assert_array_equal(a, b)
