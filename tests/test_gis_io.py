@@ -272,3 +272,35 @@ def test_classic_filter_treats_zero_borders_as_despeckle_does(grd_with_zero_bord
     (b,), _ = read_tif(tmp_path / "b.tif")
     assert ds.GetRasterBand(1).GetNoDataValue() == 0.0
     np.testing.assert_array_equal(a, b)
+
+
+def test_region_statistics_of_complex_and_zero_bordered_bands(grd_with_zero_border, tmp_path):
+    from despecknet_qgis.core.region_stats import region_statistics
+
+    rng = np.random.default_rng(3)
+    intensity = grd_with_zero_border.astype(np.complex64)
+    z = np.sqrt(intensity) * np.exp(1j * rng.uniform(-np.pi, np.pi, intensity.shape)).astype(np.complex64)
+    slc = write_tif(tmp_path / "slc.tif", z, dtype=gdal.GDT_CFloat32)
+    power = write_tif(tmp_path / "i.tif", (np.abs(z) ** 2).astype(np.float32), nodata=0.0)
+    # a polygon over the zero border and the image: pixels are 20 m, origin (500000, 4000000)
+    wkt = "POLYGON((500000 3998000, 501000 3998000, 501000 3999000, 500000 3999000, 500000 3998000))"
+    (a,), (b,) = region_statistics(slc, [wkt]), region_statistics(power, [wkt])
+    assert a.pixels == b.pixels == 50 * (50 - BORDER)
+    assert a.mean == pytest.approx(b.mean, rel=1e-5) and a.enl == pytest.approx(b.enl, rel=1e-4)
+
+
+def test_temporal_label_leaves_zero_borders_out(tmp_path):
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    truth = speckled_scene(96, seed=11)[1].reflectivity
+    rng = np.random.default_rng(12)
+    dates = []
+    for k in range(5):
+        y = truth * rng.gamma(4.4, 1 / 4.4, truth.shape)
+        y[:, : 10 + 2 * k] = 0.0  # each date's swath edge at its own place, no nodata declared
+        dates.append(write_tif(tmp_path / f"d{k}.tif", y))
+    temporal_label(dates, str(tmp_path / "label.tif"))
+    (label,), _ = read_tif(tmp_path / "label.tif")
+    assert np.isnan(label[:, :18]).all()
+    covered = label[:, 18:]
+    assert np.isfinite(covered).mean() > 0.5 and (covered[np.isfinite(covered)] > 0).all()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import domain as dm
-from .defaults import TILE_RANGE, TILE_SIZE, Range
+from .defaults import TILE_RANGE, TILE_SIZE, ZERO_IS_NODATA, Range
 from .dependencies import import_module
 from .errors import InputError, translate_errors
 from .files import check_outputs
@@ -281,7 +281,7 @@ def classic_filter_raster(
     sigma: float = SIGMA,
     tile_size: int = TILE_SIZE,
     progress: Progress = SILENT,
-    zero_is_nodata: bool = True,
+    zero_is_nodata: bool = ZERO_IS_NODATA,
 ) -> ClassicFilterReport:
     """Filter `input_path` into `output_path` with a classic speckle filter, window by window.
 

@@ -63,6 +63,9 @@ PHASE1_TRAINING = TrainingDefaults(epochs=30, patch=40, stride=9, batch_size=128
 # Phase 2: one epoch at a tenth of the rate; stride 20 (measured 48 s per Mpixel, see README).
 PHASE2_TRAINING = TrainingDefaults(epochs=1, patch=40, stride=20, batch_size=128, lr=1e-4, validation_fraction=0.1)
 
+# Zeros of a band that declares no nodata are nodata (raster.input_nodata): GRD borders are 0.
+ZERO_IS_NODATA = True
+
 RANGES = {
     "epochs": Range(1),
     "patch": Range(8),

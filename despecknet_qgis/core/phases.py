@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .defaults import PHASE1_TRAINING as P1
 from .defaults import PHASE2_TRAINING as P2
-from .defaults import RANGES
+from .defaults import RANGES, ZERO_IS_NODATA
 from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, InputError, OutputError, translate_errors
 from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
@@ -240,7 +240,7 @@ def fine_tune(
     seed: int = P2.seed,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
-    zero_is_nodata: bool = True,
+    zero_is_nodata: bool = ZERO_IS_NODATA,
 ) -> TrainingReport:
     """Phase 2: adapt a trained model to `image` without any label (target = the image itself).
 

@@ -15,8 +15,9 @@ from osgeo import gdal, ogr
 
 from . import domain as dm
 from . import metrics as mt
+from .defaults import ZERO_IS_NODATA
 from .errors import InputError, translate_errors
-from .raster import Window, check_bands, nodata_of, open_raster, read, valid_mask
+from .raster import Window, check_bands, input_nodata, open_raster, read, valid_mask, values_as_intensity
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -93,12 +94,16 @@ def polygon_mask(geometry: ogr.Geometry, geotransform, win: Window, srs_wkt: str
 
 @translate_errors
 def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domain: str = "intensity",
-                      keep_values: bool = False) -> list[RegionStats]:
-    """Statistics of the intensity inside each polygon (WKT in the raster's CRS)."""
+                      keep_values: bool = False, zero_is_nodata: bool = ZERO_IS_NODATA) -> list[RegionStats]:
+    """Statistics of the intensity inside each polygon (WKT in the raster's CRS).
+
+    Complex bands count as |z|²; zeros of a band that declares no nodata are nodata with
+    `zero_is_nodata` (raster.input_nodata), as in despeckle_raster.
+    """
     dm.check_domain(domain)
     ds = open_raster(raster)
     b = ds.GetRasterBand(check_bands(ds, [band], raster)[0])
-    nodata = nodata_of(b)
+    nodata = input_nodata(b, domain, zero_is_nodata)
     gt = ds.GetGeoTransform()
     results = []
     for i, wkt in enumerate(polygons_wkt):
@@ -109,9 +114,9 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
         if win is None:
             sample = np.array([])
         else:
-            values = read(b, win).astype(np.float64)
+            values = read(b, win)
             inside = polygon_mask(geometry, gt, win, ds.GetProjection()) & valid_mask(values, nodata) & np.isfinite(values)
-            sample = dm.to_intensity(values[inside], domain)
+            sample = values_as_intensity(values[inside], domain, f"{raster} band {band}")
         n = int(sample.size)
         results.append(RegionStats(
             raster=raster, polygon=i, pixels=n,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import domain as dm
+from .defaults import ZERO_IS_NODATA
 from .errors import DespeckNetError
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
@@ -229,7 +230,7 @@ def _check_grid(dates: list[Date]):
 def _read_stack(dates, win, domain, datasets):
     stack, valid = [], None
     for d, ds in zip(dates, datasets):
-        intensity, ok = read_intensity(ds.GetRasterBand(d.band), win, domain)
+        intensity, ok = read_intensity(ds.GetRasterBand(d.band), win, domain, ZERO_IS_NODATA)  # GRD borders
         stack.append(intensity)
         valid = ok if valid is None else valid & ok
     stack = np.stack(stack)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import domain as dm
-from .defaults import TILE_RANGE, TILE_SIZE, available_memory, largest_tile, tile_memory
+from .defaults import TILE_RANGE, TILE_SIZE, ZERO_IS_NODATA, available_memory, largest_tile, tile_memory
 from .errors import InputError, ModelError, ResourceError, translate_errors
 from .files import check_outputs
 from . import point_targets as pt
@@ -70,7 +70,7 @@ def despeckle_raster(
     progress: Progress = SILENT,
     point_targets: bool = True,
     looks: float | None = None,
-    zero_is_nodata: bool = True,
+    zero_is_nodata: bool = ZERO_IS_NODATA,
     output_domain: str | None = None,
     output_type: str = "Float32",
     extent: tuple[float, float, float, float] | None = None,
