@@ -17,8 +17,10 @@ and give that one polarisation.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -263,7 +265,17 @@ def lut_rows(lines: np.ndarray, table: np.ndarray, first: int, count: int) -> np
     return (1.0 - weight) * table[lower] + weight * table[upper]
 
 
-_CACHE: dict = {}
+def default_folder() -> str:
+    """Where calibrated products go when the caller names no folder (the batch, the core)."""
+    return os.path.join(tempfile.gettempdir(), "despecknet-sentinel1")
+
+
+def resolve_input(path, folder: str | None = None):
+    """`path` itself, or for a Sentinel-1 product (folder, zip, manifest.safe, SENTINEL1_CALIB:
+    name) the GeoTIFF of its calibrated sigma0. The one call a reader of inputs needs."""
+    if not is_sentinel1_input(path):
+        return path
+    return calibrated_raster(path, folder or default_folder())
 
 
 def calibrated_raster(path: str, folder: str, progress=None) -> str:
@@ -276,22 +288,23 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     if path.upper().startswith(CALIB_PREFIX):
         source, _, polarisation = parse_calib_name(path)
     manifest, found = grd_measurements(source, polarisation)
-    stat = gdal.VSIStatL(manifest)
-    key = (manifest, polarisation, stat.mtime if stat else None, os.path.abspath(folder))
-    cached = _CACHE.get(key)
-    if cached and os.path.exists(cached):
-        return cached
     product = os.path.basename(manifest.rsplit("/", 1)[0])
     stem = re.sub(r"\.(SAFE|zip)$", "", product, flags=re.I) or "sentinel1"
+    # two products of one name in different places get different files
+    tag = hashlib.sha1(manifest.encode()).hexdigest()[:8]
     os.makedirs(folder, exist_ok=True)
-    out = os.path.join(folder, f"{stem}_sigma0{'_' + polarisation.upper() if polarisation else ''}.tif")
+    out = os.path.join(folder, f"{stem}_{tag}_sigma0{'_' + polarisation.upper() if polarisation else ''}.tif")
+    files = [manifest] + [f for m in found for f in (m.measurement, m.calibration)]
+    newest = max((st.mtime for st in map(gdal.VSIStatL, files) if st is not None), default=0)
+    if os.path.exists(out) and os.path.getmtime(out) >= newest:
+        return out  # written before by this or another process, product unchanged since
+    partial = f"{out}.{os.getpid()}.partial.tif"
     try:
-        _write_sigma0(manifest, found, out, progress)
-    except BaseException:
-        if os.path.exists(out):
-            os.remove(out)
-        raise
-    _CACHE[key] = out
+        _write_sigma0(manifest, found, partial, progress)
+        os.replace(partial, out)  # whole or absent: parallel workers may calibrate the same product
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return out
 
 
