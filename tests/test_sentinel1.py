@@ -2,6 +2,7 @@
 parameters (issue 9, items 1 and 2). A small SAFE product is built by tests/fake_safe.py the way
 GDAL's SENTINEL1 driver reads it; real GDAL, real QGIS, real ONNX Runtime."""
 import os
+import re
 import shutil
 import zipfile
 
@@ -226,3 +227,37 @@ def test_batch_entry_despeckles_a_zipped_safe_product(tiny_model, safe, tmp_path
     assert len(outputs) == 1 and outputs[0].startswith("S1A_IW_GRDH")
     ds = gdal.Open(str(tmp_path / "out" / outputs[0]))
     assert [ds.GetRasterBand(b).GetDescription() for b in (1, 2)] == ["VV", "VH"]
+
+
+def test_a_product_opened_as_a_project_layer_is_despeckled_calibrated(provider, tiny_model, safe, tmp_path):
+    """QGIS opens a SAFE product as digital numbers (UNCALIB); choosing that layer gives sigma0."""
+    from qgis.core import Qgis, QgsProject, QgsRasterLayer
+
+    root, _, _ = safe
+    run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": str(tmp_path / "a.tif")})
+    uncalibrated = f"SENTINEL1_CALIB:UNCALIB:{root}/manifest.safe:IW_VH:AMPLITUDE"
+    layer = QgsRasterLayer(uncalibrated, "VH digital numbers", "gdal")
+    assert layer.isValid() and layer.dataProvider().dataType(1) == Qgis.UInt16  # QGIS reads the DN
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        run("despecknet:despeckle", {"INPUT": layer.id(), "MODEL": tiny_model[0], "DEVICE": 1,
+                                     "OUTPUT": str(tmp_path / "b.tif")})
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    both, single = read_tif(tmp_path / "a.tif")[0], read_tif(tmp_path / "b.tif")[0]
+    np.testing.assert_allclose(single[0], both[1], rtol=1e-5)
+
+
+def test_beta0_name_uses_the_beta_nought_lut(safe, tmp_path):
+    root, numbers, _ = safe
+    calibration = os.path.join(root, "annotation", "calibration")
+    for name in os.listdir(calibration):  # beta0 LUT twice the sigma0 one: a quarter of the intensity
+        path = os.path.join(calibration, name)
+        text = open(path).read()
+        text = re.sub(r"<betaNought count=\"(\d+)\">([^<]*)</betaNought>",
+                      lambda m: f'<betaNought count="{m.group(1)}">' + " ".join(str(2 * float(v)) for v in m.group(2).split())
+                      + "</betaNought>", text)
+        open(path, "w").write(text)
+    ds = gdal.Open(calibrated_raster(f"SENTINEL1_CALIB:BETA0:{root}/manifest.safe:IW_VV:INTENSITY", str(tmp_path / "c")))
+    assert ds.GetMetadataItem("CALIBRATION") == "BETA0"
+    np.testing.assert_allclose(ds.ReadAsArray(), expected_sigma0(numbers["VV"]) / 4, rtol=1e-6)

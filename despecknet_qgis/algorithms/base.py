@@ -41,7 +41,7 @@ from ..core.inference import DEVICES
 from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
 from ..core.sentinel1 import is_sentinel1_input
-from .input_layers import gdal_layer, sentinel1_problem
+from .input_layers import calibrated_if_sentinel1, gdal_layer, sentinel1_problem
 
 DOMAIN_LABELS = [
     "Intensity (linear power: sigma0, beta0, DN²)",
@@ -361,18 +361,19 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if is_sentinel1_input(value):  # a SAFE product: its calibrated sigma0
             return gdal_layer(value, name, context)
         layer = self.parameterAsRasterLayer(parameters, name, context)
-        return layer if layer is not None else gdal_layer(value, name, context)
+        return calibrated_if_sentinel1(layer, name, context) if layer is not None else gdal_layer(value, name, context)
 
     def parameterAsLayerList(self, parameters, name, context):  # noqa: N802 - QGIS API
         """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given)."""
         values = parameters.get(name)
         if not isinstance(values, (list, tuple)) or not any(_needs_gdal(v) for v in values):
-            return super().parameterAsLayerList(parameters, name, context)
+            layers = super().parameterAsLayerList(parameters, name, context)
+            return [calibrated_if_sentinel1(layer, name, context) for layer in layers]
         layers = []
         for v in values:
             layer = gdal_layer(v, name, context) if _needs_gdal(v) else None
             layers.extend([layer] if layer is not None else super().parameterAsLayerList({name: [v]}, name, context))
-        return layers
+        return [calibrated_if_sentinel1(layer, name, context) for layer in layers]
 
     def gdal_source(self, layer, what="INPUT"):
         """The file behind a raster layer; deSpeckNet reads rasters through GDAL."""

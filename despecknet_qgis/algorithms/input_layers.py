@@ -1,8 +1,9 @@
 """Raster inputs QGIS 3.22 does not load from a string, as layers the algorithms read through GDAL.
 
-- Sentinel-1 SAFE products (the .SAFE folder, its zip, its manifest.safe, or a
-  `SENTINEL1_CALIB:SIGMA0:…` name): the layer of their calibrated sigma0 (core/sentinel1.py),
-  written once per product into the Processing temporary folder.
+- Sentinel-1 SAFE products (the .SAFE folder, its zip, its manifest.safe, a
+  `SENTINEL1_CALIB:…` name, or a project layer QGIS opened on one): the layer of their
+  calibrated sigma0 (core/sentinel1.py), written once per product into the Processing
+  temporary folder.
 - GDAL dataset names that are not plain files (/vsizip/, /vsicurl/, sub-datasets): the layer
   GDAL opens, which QGIS 3.22's loader refuses.
 """
@@ -19,7 +20,7 @@ def sentinel1_problem(value, name):
     """What is wrong with a Sentinel-1 product given as `name`, or None (cheap: reads its XML only)."""
     try:
         if value.upper().startswith("SENTINEL1_CALIB:"):
-            source, _, polarisation = parse_calib_name(value)
+            source, _, polarisation, _ = parse_calib_name(value)
             grd_measurements(source, polarisation)
         else:
             grd_measurements(value)
@@ -35,6 +36,14 @@ def gdal_layer(value, name="INPUT", context=None):
     if layer is not None and context is not None:
         context.temporaryLayerStore().addMapLayer(layer)
     return layer
+
+
+def calibrated_if_sentinel1(layer, name="INPUT", context=None):
+    """A layer QGIS opened on a Sentinel-1 product (its manifest.safe, or an UNCALIB sub-dataset
+    chosen when the product was added to the project) gives way to the layer of its calibrated sigma0."""
+    if layer is None or layer.providerType() != "gdal" or not is_sentinel1_input(layer.source()):
+        return layer
+    return gdal_layer(layer.source(), name, context)
 
 
 def _layer(value, name):

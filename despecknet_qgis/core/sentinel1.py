@@ -13,7 +13,9 @@ band described by its polarisation (VV, VH), with the product's GCPs and metadat
 (a border pixel, DN 0) declared nodata. It is written once per product and reused.
 
 Product names GDAL uses are accepted too, `SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV[:INTENSITY]`,
-and give that one polarisation.
+and give that one polarisation (BETA0 and GAMMA give beta0 and gamma instead of sigma0). The
+UNCALIB names, the layers QGIS makes when a product is opened, give sigma0: despeckling wants a
+calibrated intensity, not digital numbers.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from .errors import InputError, OutputError
 MANIFEST = "manifest.safe"
 CALIB_PREFIX = "SENTINEL1_CALIB:"
 _CO_POLARISATIONS = ("VV", "HH")
+# calibration in a dataset name -> the calibration vector's LUT (UNCALIB: sigma0, see above)
+LUTS = {"SIGMA0": "sigmaNought", "BETA0": "betaNought", "GAMMA": "gamma", "UNCALIB": "sigmaNought"}
 _STRIP_LINES = 256
 _XFDU = "{urn:ccsds:schema:xfdu:1}"
 
@@ -205,20 +209,21 @@ def grd_measurements(path: str, polarisation: str | None = None) -> tuple[str, l
     return manifest, found
 
 
-def parse_calib_name(name: str) -> tuple[str, str | None, str | None]:
-    """SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV[:INTENSITY] -> (manifest path, swath, polarisation)."""
+def parse_calib_name(name: str) -> tuple[str, str | None, str | None, str]:
+    """SENTINEL1_CALIB:SIGMA0:<manifest>:IW_VV[:INTENSITY] -> (manifest, swath, polarisation, calibration)."""
     m = re.match(r"SENTINEL1_CALIB:([A-Z0-9]+):(.+?):([A-Z0-9]+)(?:_([A-Z]{2}))?(?::(AMPLITUDE|COMPLEX|INTENSITY))?$",
                  name, re.I)
     if m is None:
         raise InputError(f"{name} is not a Sentinel-1 dataset name: write SENTINEL1_CALIB:SIGMA0:"
                          "<product>/manifest.safe:IW_VV (or give the product folder or zip).")
-    if m.group(1).upper() != "SIGMA0":
-        raise InputError(f"{name} asks for {m.group(1).upper()}; deSpeckNet despeckles calibrated sigma0 "
-                         "intensity: write SENTINEL1_CALIB:SIGMA0:… (or give the product folder or zip).")
-    if m.group(5) and m.group(5).upper() != "INTENSITY":
-        raise InputError(f"{name} asks for {m.group(5).upper()}; calibrated sigma0 is an intensity: end the "
-                         "name with :INTENSITY or leave the last part out.")
-    return m.group(2), m.group(3), m.group(4)
+    calibration = m.group(1).upper()
+    if calibration not in LUTS:
+        raise InputError(f"{name} asks for the calibration {calibration}; give SIGMA0, BETA0 or GAMMA: "
+                         "SENTINEL1_CALIB:SIGMA0:… (or give the product folder or zip).")
+    if m.group(5) and m.group(5).upper() == "COMPLEX":
+        raise InputError(f"{name} asks for COMPLEX values; a GRD product holds detected amplitudes: end the "
+                         "name with :INTENSITY (or give the product folder or zip).")
+    return m.group(2), m.group(3), m.group(4), calibration
 
 
 def sigma0_names(path: str) -> list[str]:
@@ -230,20 +235,21 @@ def sigma0_names(path: str) -> list[str]:
 
 # --- calibration ----------------------------------------------------------------------------
 
-def sigma0_lut(calibration_xml: str, width: int, product: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """(lines of the vectors, sigmaNought LUT interpolated to every column: one row per vector)."""
+def sigma0_lut(calibration_xml: str, width: int, product: str = "", lut: str = "sigmaNought"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(lines of the vectors, the LUT (sigmaNought) interpolated to every column: one row per vector)."""
     root = _read_xml(calibration_xml, "calibration file", product or calibration_xml)
     lines, rows = [], []
     for vector in root.iter("calibrationVector"):
         try:
             pixels = np.array(vector.findtext("pixel").split(), dtype=np.float64)
-            values = np.array(vector.findtext("sigmaNought").split(), dtype=np.float64)
+            values = np.array(vector.findtext(lut).split(), dtype=np.float64)
             line = float(vector.findtext("line"))
         except (AttributeError, ValueError) as exc:
             raise InputError(f"The calibration file {calibration_xml} has a calibration vector without line, pixel "
-                             "or sigmaNought values: the product is damaged. Download it again.") from exc
+                             f"or {lut} values: the product is damaged. Download it again.") from exc
         if len(pixels) != len(values) or len(pixels) < 1 or np.any(values <= 0):
-            raise InputError(f"The calibration file {calibration_xml} has a sigmaNought vector that does not match "
+            raise InputError(f"The calibration file {calibration_xml} has a {lut} vector that does not match "
                              "its pixels or is not positive: the product is damaged. Download it again.")
         lines.append(line)
         rows.append(np.interp(np.arange(width, dtype=np.float64), pixels, values))
@@ -283,24 +289,25 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     `folder`, written once per product and reused while the product is unchanged."""
     from osgeo import gdal
 
-    polarisation = None
+    polarisation, calibration = None, "SIGMA0"
     source = path
     if path.upper().startswith(CALIB_PREFIX):
-        source, _, polarisation = parse_calib_name(path)
+        source, _, polarisation, calibration = parse_calib_name(path)
+        calibration = "SIGMA0" if calibration == "UNCALIB" else calibration
     manifest, found = grd_measurements(source, polarisation)
     product = os.path.basename(manifest.rsplit("/", 1)[0])
     stem = re.sub(r"\.(SAFE|zip)$", "", product, flags=re.I) or "sentinel1"
     # two products of one name in different places get different files
     tag = hashlib.sha1(manifest.encode()).hexdigest()[:8]
     os.makedirs(folder, exist_ok=True)
-    out = os.path.join(folder, f"{stem}_{tag}_sigma0{'_' + polarisation.upper() if polarisation else ''}.tif")
+    out = os.path.join(folder, f"{stem}_{tag}_{calibration.lower()}{'_' + polarisation.upper() if polarisation else ''}.tif")
     files = [manifest] + [f for m in found for f in (m.measurement, m.calibration)]
     newest = max((st.mtime for st in map(gdal.VSIStatL, files) if st is not None), default=0)
     if os.path.exists(out) and os.path.getmtime(out) >= newest:
         return out  # written before by this or another process, product unchanged since
     partial = f"{out}.{os.getpid()}.partial.tif"
     try:
-        _write_sigma0(manifest, found, partial, progress)
+        _write_sigma0(manifest, found, partial, progress, calibration)
         os.replace(partial, out)  # whole or absent: parallel workers may calibrate the same product
     finally:
         if os.path.exists(partial):
@@ -308,7 +315,7 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     return out
 
 
-def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress) -> None:
+def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, calibration="SIGMA0") -> None:
     from osgeo import gdal
 
     gdal.PushErrorHandler("CPLQuietErrorHandler")
@@ -324,7 +331,7 @@ def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress) -
     if any((ds.RasterXSize, ds.RasterYSize) != (width, height) for ds in sources):
         raise InputError(f"The measurements of {manifest} differ in size; only products whose polarisations "
                          "share one grid (GRD) can be despeckled.")
-    luts = [sigma0_lut(m.calibration, width, manifest) for m in found]
+    luts = [sigma0_lut(m.calibration, width, manifest, LUTS[calibration]) for m in found]
     driver = gdal.GetDriverByName("GTiff")
     ds = driver.Create(out, width, height, len(found), gdal.GDT_Float32,
                        ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=3", "BIGTIFF=IF_SAFER"])
@@ -337,12 +344,12 @@ def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress) -
         ds.SetGeoTransform(sources[0].GetGeoTransform())
         ds.SetSpatialRef(sources[0].GetSpatialRef())
     metadata = dict(product.GetMetadata()) if product is not None else {}
-    metadata.update({"CALIBRATION": "SIGMA0", "DOMAIN": "intensity", "SOURCE_PRODUCT": manifest})
+    metadata.update({"CALIBRATION": calibration, "DOMAIN": "intensity", "SOURCE_PRODUCT": manifest})
     ds.SetMetadata(metadata)
     for b, (m, src, (lines, table)) in enumerate(zip(found, sources, luts), start=1):
         band = ds.GetRasterBand(b)
         band.SetDescription(m.polarisation)
-        band.SetMetadata({"POLARIZATION": m.polarisation, "SWATH": m.swath, "CALIBRATION": "SIGMA0"})
+        band.SetMetadata({"POLARIZATION": m.polarisation, "SWATH": m.swath, "CALIBRATION": calibration})
         band.SetNoDataValue(0.0)  # DN 0: the product's border, no signal
         dn_band = src.GetRasterBand(1)
         for first in range(0, height, _STRIP_LINES):
