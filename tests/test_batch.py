@@ -286,15 +286,55 @@ def test_processing_algorithm_cancel_stops_the_tasks(provider, tiny_model, tmp_p
     assert sum(r["reused"] for r in reran) == len(finished) - result["SKIPPED"]
 
 
-def test_provider_loads_and_the_batch_algorithm_names_the_missing_package_without_dask(provider, tmp_path,
-                                                                                       monkeypatch):
-    from qgis.core import QgsProcessingException
+def test_without_dask_a_folder_and_a_list_are_despeckled_in_this_process(provider, tiny_model, tmp_path, monkeypatch):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    from despecknet_qgis.core.inference import Despeckler
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
 
     assert provider.algorithm("despecklebatch") is not None
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
-    src = write_tif(tmp_path / "x.tif", speckled_scene(64)[0])
+    paths = scenes(tmp_path / "in", count=2, size=64)
+    extra = write_tif(tmp_path / "extra.tif", speckled_scene(64, seed=9)[0])
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# one more scene\n{extra}\n")
+    out = str(tmp_path / "o")
+    logged = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            logged.append(info)
+            super().pushInfo(info)
+
+    params = {"INPUT_FOLDER": str(tmp_path / "in"), "INPUT_LIST": str(listing), "MODEL": tiny_model[0],
+              "OUTPUT_FOLDER": out, "OUTPUT_DOMAIN": "decibel"}
+    result = batch_alg(params, Feedback())
+    assert (result["DONE"], result["SKIPPED"], result["FAILED"]) == (3, 0, 0)
+    assert any("one after the other in this process" in line and "requirements-batch.txt" in line for line in logged)
+    # one output per input, named after it, each the same as despecknet:despeckle's, listed in the summary
+    despeckler = Despeckler(tiny_model[0], "cpu", with_noise=False)
+    for src in paths + [extra]:
+        name = os.path.join(out, os.path.basename(src)[:-4] + "_despeckled.tif")
+        assert any(line.strip() == f"despeckled: {name}" for line in logged)
+        despeckle_raster(src, str(tmp_path / "ref.tif"), despeckler, output_domain="decibel")
+        np.testing.assert_array_equal(read_tif(name)[0][0], read_tif(tmp_path / "ref.tif")[0][0])
+    assert batch_alg(params)["SKIPPED"] == 3
+    # a scheduler needs dask: the message names the packages and how to install them
     with pytest.raises(QgsProcessingException, match="dask and distributed.*pip install"):
-        batch_alg({"INPUTS": [src], "OUTPUT_FOLDER": str(tmp_path / "o")})
+        batch_alg({**params, "SCHEDULER": "tcp://127.0.0.1:8786"})
+
+
+def test_a_bad_scene_fails_alone_in_this_process(provider, tiny_model, tmp_path, monkeypatch):
+    from qgis.core import QgsProcessingException
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    paths = scenes(tmp_path / "in", count=2, size=64)
+    bad = tmp_path / "in" / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    with pytest.raises(QgsProcessingException, match=r"1 of 3 scene\(s\) failed.*broken.tif"):
+        batch_alg({"INPUT_FOLDER": str(tmp_path / "in"), "MODEL": tiny_model[0], "OUTPUT_FOLDER": str(tmp_path / "o")})
+    for src in paths:
+        assert os.path.isfile(os.path.join(tmp_path, "o", os.path.basename(src)[:-4] + "_despeckled.tif"))
 
 
 def test_a_scheduler_that_does_not_answer_is_named(tiny_model, tmp_path, monkeypatch):

@@ -24,12 +24,14 @@ from ..core.defaults import TILE_RANGE, TILE_SIZE
 from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError
 from ..core.inference import DEVICES
+from . import output_options
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
 
 class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
     INPUTS = "INPUTS"
     INPUT_FOLDER = "INPUT_FOLDER"
+    INPUT_LIST = "INPUT_LIST"
     INPUT_DOMAIN = "INPUT_DOMAIN"
     MODEL = "MODEL"
     DEVICE = "DEVICE"
@@ -46,19 +48,21 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
     ARGUMENTS = {"output_dir": "OUTPUT_FOLDER", "scheduler": "SCHEDULER", "input_path": "INPUTS",
-                 "suffix": "OUTPUT_FOLDER", "point_targets": "POINT_TARGETS"}
+                 "suffix": "OUTPUT_FOLDER", "point_targets": "POINT_TARGETS", **output_options.ARGUMENTS}
 
     def name(self):
         return "despecklebatch"
 
     def displayName(self):  # noqa: N802 - QGIS API
-        return self.tr("Despeckle many SAR images (Dask cluster)")
+        return self.tr("Despeckle many SAR images (folder, list or Dask cluster)")
 
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return self.tr(
-            "Despeckles every raster of a folder and/or a list of layers with the same model and options as "
-            "<i>Despeckle SAR image</i> (bit-identical results), one task per band and scene on Dask.<br><br>"
-            "<b>Dask scheduler</b>: empty runs the tasks in threads of this QGIS; <i>tcp://host:8786</i> sends "
+            "Despeckles every raster of a folder, a list of layers and/or a text file listing rasters, SAFE "
+            "products or GDAL dataset names (one a line, # comments), with the same model and options as "
+            "<i>Despeckle SAR image</i> (bit-identical results).<br><br>"
+            "<b>Dask scheduler</b>: empty runs the scenes in threads of this QGIS when the Python packages dask and "
+            "distributed are installed, else one after the other in this process; <i>tcp://host:8786</i> sends "
             "them to a cluster, whose workers must read the inputs, the model and the output folder at the same "
             "paths (see the README, 'Many scenes on a cluster').<br>"
             "<b>Output folder</b>: <i>name</i>_despeckled.tif per input (and <i>name</i>_speckle.tif), and "
@@ -66,8 +70,10 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             "options are unchanged and retries those that failed.<br>"
             "<b>More core options</b>: NAME=VALUE pairs separated by ';' for any argument of the core's "
             "despeckle_raster (e.g. <i>looks=4.4; bands=1</i>).<br>"
-            "Cancel stops the tasks on the cluster; the scenes already finished stay recorded. Needs the Python "
-            "packages dask and distributed (<i>python -m pip install -r requirements-batch.txt</i>)."
+            + output_options.HELP +
+            "The log ends with a summary: each scene's output, or why it failed. Cancel stops the tasks (on the "
+            "cluster too); the scenes already finished stay recorded. A cluster needs the Python packages dask "
+            "and distributed (<i>python -m pip install -r requirements-batch.txt</i>)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -75,6 +81,8 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
                                                                QgsProcessing.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.INPUT_FOLDER, self.tr("Folder of SAR rasters"),
                                                      behavior=QgsProcessingParameterFile.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.INPUT_LIST, self.tr("Text file listing inputs (one a line)"),
+                                                     optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS,
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Model (ONNX; empty: bundled)"),
@@ -94,6 +102,7 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
                                                optional=True)
         options.setFlags(options.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(options)
+        output_options.add_output_parameters(self, extent=False)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputFile(self.MANIFEST, self.tr("Manifest (JSON lines)")))
         for name, label in ((self.DONE, "Scenes despeckled"), (self.SKIPPED, "Scenes up to date"),
@@ -116,20 +125,19 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         folder = self.parameterAsFile(parameters, self.INPUT_FOLDER, context)
         if folder:
             names.append(folder)
-        if not names:
-            raise QgsProcessingException("Give SAR rasters (INPUTS) or a folder of them (INPUT_FOLDER).")
-        return self.run_core(expand_inputs, names)
+        listing = self.parameterAsFile(parameters, self.INPUT_LIST, context)
+        if not names and not listing:
+            raise QgsProcessingException("Give SAR rasters (INPUTS), a folder of them (INPUT_FOLDER) or a text file "
+                                         "listing them (INPUT_LIST).")
+        return self.run_core(expand_inputs, names, [listing] if listing else None)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        try:
-            import dask  # noqa: F401
-            import distributed  # noqa: F401
-        except ImportError as exc:
-            from ..batch.run import missing_dask_message
+        from ..batch.options import core_parameters, parse_settings
+        from ..batch.run import dask_available, missing_dask_message, run_batch
 
-            raise QgsProcessingException(missing_dask_message(exc)) from exc
-        from ..batch.options import parse_settings
-        from ..batch.run import run_batch
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
+        if scheduler and not dask_available():
+            raise QgsProcessingException(missing_dask_message(ImportError("No module named 'dask'")))
 
         inputs = self.inputs(parameters, context)
         output_dir = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
@@ -148,7 +156,10 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
             "point_targets": self.parameterAsBool(parameters, self.POINT_TARGETS, context),
         })
-        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
+        # only choices away from the core's defaults, so that reruns and the band split see the same options
+        defaults = {n: p.default for n, p in core_parameters().items()}
+        options.update({k: v for k, v in output_options.output_arguments(self, parameters, context).items()
+                        if v != defaults.get(k)})
         threads = self.parameterAsInt(parameters, self.WORKERS, context) or (os.cpu_count() or 1)
         feedback.pushInfo(f"{len(inputs)} input(s) to {output_dir} on "
                           f"{scheduler or f'this machine ({threads} thread(s))'}")
@@ -166,6 +177,11 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         )
         feedback.pushInfo(f"{len(report.done)} despeckled, {len(report.skipped)} up to date, {len(report.failed)} "
                           f"failed in {report.seconds:.1f} s; manifest {report.manifest}")
+        for label, outputs in (("despeckled", report.done), ("up to date", report.skipped)):
+            for path in outputs:
+                feedback.pushInfo(f"  {label}: {path}")
+        for name, error in report.failed.items():
+            feedback.reportError(f"  failed: {name}: {error}", fatalError=False)
         if report.failed:
             lines = "; ".join(f"{k}: {v}" for k, v in list(report.failed.items())[:5])
             raise QgsProcessingException(

@@ -41,9 +41,12 @@ class BatchReport:
     workers: int = 0
 
 
+INSTALL_DASK = "install them with `python -m pip install -r requirements-batch.txt` (or `make setup`)"
+
+
 def missing_dask_message(exc: ImportError) -> str:
-    return (f"The batch path needs the Python packages dask and distributed ({exc}). Install them into the Python "
-            "that runs deSpeckNet: `python -m pip install -r requirements-batch.txt` (or `make setup`), or "
+    return (f"The batch path needs the Python packages dask and distributed ({exc}) for a cluster: "
+            f"{INSTALL_DASK} into the Python that runs deSpeckNet, or "
             "`python -m pip install dask==2026.8.0 distributed==2026.8.0`.")
 
 
@@ -93,8 +96,11 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
               threads_per_worker: int = 1, ort_threads: int | None = None, processes: bool = True,
               checksum: bool = False, force: bool = False, split_rows: int = 4,
               split_min_pixels: int = 50_000_000, progress: Progress = SILENT,
-              log=None, bar=None, client=None) -> BatchReport:
+              log=None, bar=None, client=None, in_process: bool = False) -> BatchReport:
     """Despeckle `inputs` into `output_dir` on Dask; returns what was done, skipped and failed.
+
+    Without a scheduler or client, and with `in_process` or where dask is not installed, the
+    scenes run one after the other in this process, with the same tasks, outputs and manifest.
 
     Args:
         inputs: raster files, SAFE products or GDAL dataset names (see plan.expand_inputs for lists).
@@ -152,6 +158,12 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
             return report
         progress.check()
 
+        if client is None and scheduler is None and (in_process or not dask_available()):
+            log("Scenes one after the other in this process" + ("" if in_process else
+                " (Python packages dask and distributed are missing; " + INSTALL_DASK + " to use several cores)"))
+            _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started)
+            report.seconds = time.perf_counter() - started
+            return report
         own = client is None
         cluster = None
         if own:
@@ -185,6 +197,36 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
                         cluster.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def dask_available() -> bool:
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started) -> None:
+    """The scenes one after the other in this process, through the tasks the workers run."""
+    total, failed = len(todo), 0
+    common = {"model": model, "model_sha256": model_sha, "device": device, "threads": ort_threads,
+              "options": options, "cancel": None}
+    for k, s in enumerate(todo):
+        job = {**common, "input": s.input, "output": s.output, "noise_output": s.noise_output, "bands": s.bands,
+               "key": s.key}
+        progress.info(f"[{k + 1}/{total}] {s.input} -> {s.output}")
+        result = despeckle_band(job, progress.part(100.0 * k / total, 100.0 * (k + 1) / total))
+        if result.get("status") == "cancelled" or progress.cancelled():
+            raise Cancelled(f"Cancelled: {k} of {total} scene(s) finished and are recorded in {report.manifest}; "
+                            "run the same command again to go on.")
+        failed += not _record(None, s, result, manifest, report, model, model_sha, options, progress)
+        progress.set(100.0 * (k + 1) / total)
+        if bar is not None:
+            _bar(k + 1, total, failed, started, bar)
+    if bar is not None and bar.isatty():
+        bar.write("\n")
 
 
 def _dashboard(client, cluster) -> str | None:

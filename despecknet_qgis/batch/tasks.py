@@ -117,11 +117,12 @@ def _failure(exc: BaseException, started: float) -> dict:
     return {"status": status, "error": text, "seconds": time.perf_counter() - started, "worker": worker_name()}
 
 
-def despeckle_band(job: dict) -> dict:
+def despeckle_band(job: dict, progress: Progress | None = None) -> dict:
     """Despeckle job["bands"] of job["input"] into job["output"] (and job["noise_output"]).
 
     job: input, output, noise_output, bands (None: all), model, model_sha256, device, threads,
     options (core keyword arguments), key, cancel (a distributed Event name or None).
+    progress: in this process, without Dask (run._run_here): percent, log and cancel.
     """
     started = time.perf_counter()
     reused = _reuse(job)
@@ -130,7 +131,7 @@ def despeckle_band(job: dict) -> dict:
     try:
         despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
                                      job.get("noise_output") is not None)
-        progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
+        progress = progress or Progress(is_cancelled=_cancel_check(job.get("cancel")))
         report = core_function()(job["input"], job["output"], despeckler, bands=job.get("bands"),
                                  noise_path=job.get("noise_output"), progress=progress, **job.get("options", {}))
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),

@@ -86,6 +86,11 @@ class Progress:
     def cancelled(self) -> bool:
         return _terminated.is_set() or (self._is_cancelled is not None and bool(self._is_cancelled()))
 
+    def part(self, start: float, end: float) -> "Progress":
+        """The progress of one stage of a longer job, mapped onto start..end percent of this one."""
+        return Progress(report=lambda p: self.set(start + (end - start) * p / 100.0),
+                        is_cancelled=self._is_cancelled, log=self._log)
+
     def check(self) -> None:
         if _terminated.is_set():
             raise Cancelled("Terminated (SIGTERM) and handled as a cancel; no output was written.")
