@@ -47,6 +47,9 @@ def open_raster(path: str) -> gdal.Dataset:
     """Opens any GDAL raster dataset name: a file, /vsizip/, /vsicurl/, a sub-dataset, a VRT."""
     if not path:
         raise InputError("No input raster given: choose a raster file or a GDAL dataset name.")
+    from .sentinel1 import resolve_input
+
+    path = resolve_input(path)  # a Sentinel-1 product (folder, zip, manifest.safe): its calibrated sigma0
     if os.path.isdir(path):
         raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
     with _quiet_gdal():
