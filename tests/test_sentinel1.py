@@ -215,7 +215,6 @@ def test_resolve_input_leaves_other_rasters_alone_and_calibrates_products(safe, 
     np.testing.assert_allclose(ds.GetRasterBand(2).ReadAsArray(), expected_sigma0(numbers["VH"]), rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="needs `path = resolve_input(path)` at the top of core/raster.py open_raster")
 def test_batch_entry_despeckles_a_zipped_safe_product(tiny_model, safe, tmp_path):
     from despecknet_qgis.batch.run import run_batch
 
@@ -261,3 +260,30 @@ def test_beta0_name_uses_the_beta_nought_lut(safe, tmp_path):
     ds = gdal.Open(calibrated_raster(f"SENTINEL1_CALIB:BETA0:{root}/manifest.safe:IW_VV:INTENSITY", str(tmp_path / "c")))
     assert ds.GetMetadataItem("CALIBRATION") == "BETA0"
     np.testing.assert_allclose(ds.ReadAsArray(), expected_sigma0(numbers["VV"]) / 4, rtol=1e-6)
+
+
+def test_qgis_process_despeckles_a_zipped_safe_into_decibels(profile, tiny_model, safe, tmp_path):
+    """The README's headless example: the product's zip as INPUT, a dB output named by polarisation."""
+    import json
+
+    from conftest import run_qgis_process
+
+    _, _, zpath = safe
+    out = tmp_path / "vv_vh_db.tif"
+    proc = run_qgis_process("--json", "run", "despecknet:despeckle", "--", f"INPUT={zpath}", f"MODEL={tiny_model[0]}",
+                            "DEVICE=cpu", "OUTPUT_DOMAIN=decibel", f"OUTPUT={out}", profile=profile)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["results"]["OUTPUT"] == str(out)
+    ds = gdal.Open(str(out))
+    assert [ds.GetRasterBand(b).GetDescription() for b in (1, 2)] == ["VV", "VH"]
+    assert np.nanmax(ds.ReadAsArray()) < 10  # decibels of sigma0, not digital numbers
+
+
+def test_qgis_process_multiple_layers_take_vsizip_names(profile, dates_zipped, tmp_path):
+    from conftest import run_qgis_process
+
+    _, zipped = dates_zipped
+    proc = run_qgis_process("--json", "run", "despecknet:temporallabel", "--", *[f"INPUTS={z}" for z in zipped],
+                            f"OUTPUT={tmp_path / 'label.tif'}", profile=profile)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.path.exists(tmp_path / "label.tif")
