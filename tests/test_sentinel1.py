@@ -287,3 +287,12 @@ def test_qgis_process_multiple_layers_take_vsizip_names(profile, dates_zipped, t
                             f"OUTPUT={tmp_path / 'label.tif'}", profile=profile)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert os.path.exists(tmp_path / "label.tif")
+
+
+def test_safe_folder_without_manifest_is_named_before_any_work(provider, tiny_model, safe, tmp_path):
+    root, _, _ = safe
+    os.remove(os.path.join(root, "manifest.safe"))
+    with pytest.raises(QgsProcessingException, match=r"INPUT:.*has no manifest\.safe.*not a complete"):
+        run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1,
+                                     "OUTPUT": str(tmp_path / "out.tif")})
+    assert not os.path.exists(tmp_path / "out.tif")
