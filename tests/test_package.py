@@ -59,3 +59,31 @@ def test_unzipped_package_loads_in_qgis_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for alg in ("despeckle", "temporallabel", "train", "finetune", "specklestats", "quality"):
         assert f"despecknet:{alg}" in proc.stdout
+
+
+def test_pyproject_version_is_the_plugin_version():
+    import tomllib
+
+    from despecknet_qgis.core.model_info import plugin_version
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)["project"]
+    assert project["version"] == plugin_version()
+    assert project["scripts"]["despecknet-batch"] == "despecknet_qgis.batch.cli:main"
+
+
+def test_batch_console_script_runs_a_scene(tiny_model, tmp_path):
+    """`make setup` installs the package: `despecknet-batch` is the batch entry point's console script."""
+    import subprocess
+    import sys
+
+    from conftest import speckled_scene, write_tif
+
+    script = os.path.join(os.path.dirname(sys.executable), "despecknet-batch")
+    assert os.access(script, os.X_OK), "run `make setup`: it installs the console script"
+    src = write_tif(tmp_path / "a.tif", speckled_scene(64)[0])
+    proc = subprocess.run([script, src, "--output-dir", str(tmp_path / "out"), "--model", tiny_model[0],
+                           "--workers", "1"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 despeckled, 0 up to date, 0 failed" in proc.stdout
+    assert os.path.isfile(tmp_path / "out" / "a_despeckled.tif")

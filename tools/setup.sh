@@ -16,7 +16,7 @@ if [ -n "$missing" ]; then
 fi
 
 if nvidia-smi -L >/dev/null 2>&1; then ORT=requirements-gpu.txt; else ORT=requirements-cpu.txt; fi
-STAMP=.venv/.installed-$(cat requirements.txt requirements-batch.txt "$ORT" constraints.txt | sha1sum | cut -c1-12)
+STAMP=.venv/.installed-$(cat requirements.txt requirements-batch.txt "$ORT" constraints.txt pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$STAMP" ]; then
   [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv
   # onnxruntime and onnxruntime-gpu install the same module: never both.
@@ -25,6 +25,9 @@ if [ ! -f "$STAMP" ]; then
   echo "setup: installing pinned Python packages ($ORT)"
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-batch.txt -r "$ORT" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
+  # the package itself, editable: the batch's console script `despecknet-batch` (pyproject.toml)
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
+    || .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   .venv/bin/python -c "import numpy, torch, onnxruntime, onnx; from osgeo import gdal_array; import qgis.core; import dask, distributed" \
     || { echo "setup: the Python environment is broken"; exit 1; }
   rm -f .venv/.installed-*
