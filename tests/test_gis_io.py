@@ -176,14 +176,39 @@ def test_extent_equals_that_window_of_a_whole_run(bundled, grd_with_zero_border,
     assert not (tmp_path / "none.tif").exists()
 
 
-def test_extent_needs_a_north_up_raster(bundled, tmp_path):
-    y, _ = speckled_scene(64, seed=1)
-    src = write_tif(tmp_path / "in.tif", y)
-    ds = gdal.Open(src, gdal.GA_Update)
-    ds.SetGeoTransform((0.0, 10.0, 1.0, 0.0, 1.0, -10.0))
+def test_extent_on_a_raster_georeferenced_by_gcps_only(bundled, grd_with_zero_border, tmp_path):
+    """A Sentinel-1 GRD (and the plugin's calibrated copy of it) has GCPs, no geotransform."""
+    from osgeo import osr
+
+    pixel, origin = 20.0, (500000.0, 4000000.0)
+    north_up = write_tif(tmp_path / "gt.tif", grd_with_zero_border, origin=origin, pixel=pixel)
+    with_gcps = str(tmp_path / "gcp.tif")
+    gdal.Translate(with_gcps, north_up)
+    ds = gdal.Open(with_gcps, gdal.GA_Update)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetGCPs([gdal.GCP(origin[0] + c * pixel, origin[1] - r * pixel, 0, c, r)
+                for c, r in ((0, 0), (160, 0), (0, 160), (160, 160), (80, 40))], srs.ExportToWkt())
     ds = None
-    with pytest.raises(InputError, match="north-up"):
-        despeckle_raster(src, str(tmp_path / "out.tif"), bundled, extent=(0.0, -100.0, 100.0, 0.0))
+    assert gdal.Open(with_gcps).GetGeoTransform(can_return_null=True) is None
+    extent = (origin[0] + 50.5 * pixel, origin[1] - 99.5 * pixel, origin[0] + 129.2 * pixel, origin[1] - 30.7 * pixel)
+    (a,), _ = _despeckle(bundled, north_up, tmp_path / "a.tif", extent=extent)
+    (b,), out = _despeckle(bundled, with_gcps, tmp_path / "b.tif", extent=extent)
+    assert b.shape == a.shape == (70, 80)
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    # the output's GCPs are moved with the window: pixel (0, 0) is the window's corner
+    corner = [g for g in out.GetGCPs() if g.GCPX == origin[0] and g.GCPY == origin[1]][0]
+    assert (corner.GCPPixel, corner.GCPLine) == (-50, -30)
+
+
+def test_extent_needs_a_georeferenced_raster(bundled, tmp_path):
+    y, _ = speckled_scene(64, seed=1)
+    plain = str(tmp_path / "plain.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(plain, 64, 64, 1, gdal.GDT_Float32)
+    ds.GetRasterBand(1).WriteArray(y)
+    ds = None
+    with pytest.raises(InputError, match="neither a geotransform nor GCPs"):
+        despeckle_raster(plain, str(tmp_path / "out.tif"), bundled, extent=(0.0, -100.0, 100.0, 0.0))
 
 
 # --- the same choices as Processing parameters, in QGIS and in qgis_process ------------------------

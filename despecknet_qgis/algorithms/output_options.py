@@ -45,8 +45,8 @@ HELP = (
 EXTENT_HELP = (
     "<b>Processing extent</b> (optional): only the pixels it touches are despeckled and written; the "
     "network's margin is read from around it where the raster has one, and the band's statistics come from "
-    "the whole band, so the result equals the same window of a whole-image run. The raster must be "
-    "georeferenced north-up (warp GCP-only rasters first).<br>"
+    "the whole band, so the result equals the same window of a whole-image run. Rasters georeferenced by "
+    "GCPs only (Sentinel-1 GRD) take the pixels the extent covers through their GCPs.<br>"
 )
 
 

@@ -294,16 +294,33 @@ def output_nodata(nodata: float | None, output_domain: str) -> float | None:
 def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ymax: float, source: str = "the input") -> Window:
     """The pixel window of `ds` that covers a rectangle in its CRS (every pixel it touches).
 
+    North-up rasters map the rectangle exactly; rotated ones and rasters georeferenced by GCPs
+    only (a Sentinel-1 GRD) through GDAL's transformer, on points along the rectangle's edges.
+
     Raises:
-        InputError: the raster has no north-up geotransform, or the rectangle misses it.
+        InputError: the raster has no georeferencing, or the rectangle misses it.
     """
     gt = ds.GetGeoTransform(can_return_null=True)
-    if gt is None or gt[2] != 0 or gt[4] != 0:
-        raise InputError(f"`extent` needs a raster georeferenced by a north-up geotransform, and {source} has "
-                         "none (GCPs or a rotation): warp it first, or leave the extent empty.")
-    cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
-    rows = sorted(((ymin - gt[3]) / gt[5], (ymax - gt[3]) / gt[5]))
-    eps = 1e-9  # an edge exactly on a pixel boundary does not take the next pixel
+    if gt is not None and gt[2] == 0 and gt[4] == 0:
+        cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
+        rows = sorted(((ymin - gt[3]) / gt[5], (ymax - gt[3]) / gt[5]))
+    elif gt is not None or ds.GetGCPCount() >= 3:
+        with _quiet_gdal():
+            transformer = gdal.Transformer(ds, None, [])
+        steps = np.linspace(0.0, 1.0, 33)
+        xs = np.concatenate([xmin + (xmax - xmin) * steps, np.full(33, xmax), xmax - (xmax - xmin) * steps, np.full(33, xmin)])
+        ys = np.concatenate([np.full(33, ymin), ymin + (ymax - ymin) * steps, np.full(33, ymax), ymax - (ymax - ymin) * steps])
+        pixels = [transformer.TransformPoint(1, float(x), float(y)) for x, y in zip(xs, ys)]
+        pixels = [p for ok, p in pixels if ok]
+        if not pixels:
+            raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) cannot be placed on {source}'s "
+                             "georeferencing: give it in the raster's CRS, or warp the raster first.")
+        cols = (min(p[0] for p in pixels), max(p[0] for p in pixels))
+        rows = (min(p[1] for p in pixels), max(p[1] for p in pixels))
+    else:
+        raise InputError(f"`extent` needs a georeferenced raster, and {source} has neither a geotransform nor "
+                         "GCPs: georeference it first, or leave the extent empty.")
+    eps = 1e-6  # an edge exactly on a pixel boundary does not take the next pixel
     x0, x1 = max(0, math.floor(cols[0] + eps)), min(ds.RasterXSize, math.ceil(cols[1] - eps))
     y0, y1 = max(0, math.floor(rows[0] + eps)), min(ds.RasterYSize, math.ceil(rows[1] - eps))
     if x1 <= x0 or y1 <= y0:
