@@ -16,6 +16,8 @@ The chains:
 import os
 import sys
 
+# Qt writes XML attributes in hash order: a fixed seed (read before Qt starts) gives stable diffs.
+os.environ.setdefault("QT_HASH_SEED", "0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "despecknet_qgis", "examples", "models")
 GROUP = "Example models"
