@@ -23,6 +23,43 @@ def test_package_passes_the_repository_rules(tmp_path):
     assert os.path.getsize(zip_path) < MAX_BYTES
 
 
+SAMPLE = ("despecknet_qgis/examples/sample/sample_scene.tif", "despecknet_qgis/examples/sample/sample_homogeneous.geojson")
+MODELS = tuple(f"despecknet_qgis/examples/models/{n}.model3"
+               for n in ("despeckle_stats", "label_train_despeckle", "finetune_despeckle_folder"))
+
+
+def test_package_holds_the_sample_scene_polygon_and_example_models(tmp_path):
+    """`make package` ships a small sample (under 1 MB) and the .model3 examples; links resolved, no GDAL sidecars."""
+    from osgeo import gdal, ogr
+
+    sidecar = os.path.join(ROOT, "despecknet_qgis", "examples", "sample", "sample_scene.tif.aux.xml")
+    made_sidecar = not os.path.exists(sidecar)
+    if made_sidecar:  # what opening the sample in QGIS leaves beside it: it must not travel
+        with open(sidecar, "w") as fh:
+            fh.write("<PAMDataset/>")
+    try:
+        zip_path = build(str(tmp_path / "despecknet_qgis.zip"))
+    finally:
+        if made_sidecar:
+            os.remove(sidecar)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        for name in SAMPLE + MODELS:
+            assert name in names, name
+        assert not any(n.endswith(".aux.xml") for n in names)
+        assert sum(zf.getinfo(n).file_size for n in SAMPLE) < 1_000_000
+        zf.extractall(tmp_path / "unzipped")
+    scene = gdal.Open(str(tmp_path / "unzipped" / SAMPLE[0]))
+    assert (scene.RasterXSize, scene.RasterYSize, scene.RasterCount) == (512, 512, 1)
+    assert scene.GetSpatialRef().GetAuthorityCode(None) == "32631"
+    source = ogr.Open(str(tmp_path / "unzipped" / SAMPLE[1]))  # held: its layer dies with it
+    polygons = source.GetLayer(0)
+    assert polygons.GetFeatureCount() == 1 and polygons.GetGeomType() == ogr.wkbPolygon
+    left, right, bottom, top = polygons.GetExtent()
+    x0, dx, _, y0, _, dy = scene.GetGeoTransform()
+    assert x0 < left < right < x0 + 512 * dx and y0 + 512 * dy < bottom < top < y0  # the polygon lies on the scene
+
+
 def test_validator_rejects_a_zip_without_license(tmp_path):
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
@@ -57,7 +94,8 @@ def test_unzipped_package_loads_in_qgis_process(tmp_path):
     finally:
         os.environ.pop("DESPECKNET_QGIS_PLUGINPATH")
     assert proc.returncode == 0, proc.stderr
-    for alg in ("despeckle", "temporallabel", "train", "finetune", "specklestats", "quality"):
+    for alg in ("despeckle", "temporallabel", "train", "finetune", "specklestats", "quality",
+                "despeckle_stats", "label_train_despeckle", "finetune_despeckle_folder"):  # the last three: models
         assert f"despecknet:{alg}" in proc.stdout
 
 

@@ -1,7 +1,8 @@
 """Build the installable plugin zip and check it against the official repository's upload rules.
 
 Usage: package.py OUT.zip. The zip holds one folder, despecknet_qgis/, with the code,
-metadata.txt, LICENSE, the icon and the bundled model (links resolved).
+metadata.txt, LICENSE, the icon, the bundled model and the examples (Processing models, and the sample
+scene and polygon of data/ under examples/sample/), links resolved.
 """
 import configparser
 import io
@@ -16,7 +17,7 @@ PLUGIN = "despecknet_qgis"
 MAX_BYTES = 25_000_000
 REQUIRED = ("name", "description", "version", "qgisMinimumVersion", "author", "email", "about", "tracker", "repository")
 SKIP_DIRS = {"__pycache__", ".git", "__MACOSX", ".pytest_cache"}
-SKIP_FILES = re.compile(r"(\.pyc$|^\.|\.partial)")
+SKIP_FILES = re.compile(r"(\.pyc$|^\.|\.partial|\.aux\.xml$)")  # GDAL's .aux.xml: statistics of a local run
 
 
 def build(out_path: str) -> str:
