@@ -3,7 +3,7 @@ PY := .venv/bin/python
 QGIS_PROCESS := tools/qgis_process
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup demo test lint bench bench-batch bench-quality model sample package clean
+.PHONY: setup demo test lint bench bench-batch bench-quality model sample processing-models package clean
 
 setup:
 	@tools/setup.sh
@@ -45,6 +45,10 @@ model: setup
 # Regenerate the bundled sample scene (deterministic).
 sample: setup
 	$(PY) tools/make_sample.py
+
+# Regenerate the example Processing models the plugin ships (despecknet_qgis/examples/models, deterministic).
+processing-models: setup
+	QT_QPA_PLATFORM=offscreen $(PY) tools/make_processing_models.py
 
 package: setup
 	$(PY) tools/package.py dist/despecknet_qgis-$(VERSION).zip

@@ -44,7 +44,7 @@ def test_shipped_models_are_what_the_script_writes(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(f"{n}.model3" for n in SHIPPED)
     for name in SHIPPED:
         assert canonical(tmp_path / f"{name}.model3") == canonical(model_file(name)), (
-            f"{name}.model3 differs from what tools/make_processing_models.py writes: run it and commit the result")
+            f"{name}.model3 differs from what tools/make_processing_models.py writes: run `make processing-models` and commit the result")
 
 
 def test_provider_registers_each_model_with_its_chain_and_outputs(provider):
