@@ -17,7 +17,10 @@ def test_init_processing_without_iface_registers_the_provider_once(qgis_processi
     ids = {a.id() for a in provider.algorithms()}
     assert ids == {"despecknet:despeckle", "despecknet:temporallabel", "despecknet:train", "despecknet:finetune",
                    "despecknet:specklestats", "despecknet:quality", "despecknet:despecklebatch",
-                   "despecknet:classicfilter"}
+                   "despecknet:classicfilter",
+                   # the example models (examples/models/*.model3)
+                   "despecknet:despeckle_stats", "despecknet:label_train_despeckle",
+                   "despecknet:finetune_despeckle_folder"}
     # A second copy of the plugin neither registers a duplicate nor removes the first one's provider.
     other = classFactory(None)
     other.initProcessing()

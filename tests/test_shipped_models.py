@@ -55,6 +55,7 @@ def test_provider_registers_each_model_with_its_chain_and_outputs(provider):
         alg = registry.algorithmById(f"despecknet:{name}")
         assert alg is not None, name
         assert alg.group() == "Example models" and alg.displayName() != name
+        assert alg.helpUrl().endswith("#example-models-sample-data-and-a-pyqgis-script") and "speckle" in alg.tags()
         children = sorted(alg.childAlgorithms().values(), key=lambda c: c.position().x())
         assert [c.algorithmId() for c in children] == chain
         assert all(c.algorithm() is not None for c in children)
