@@ -9,7 +9,14 @@
 - `run_core` runs a core function with SIGTERM handled as a cancel and GDAL's block cache
   bounded, and turns its errors into QgsProcessingException, with the core's argument
   names (`tile_size`) replaced by this algorithm's parameter names (TILE_SIZE).
+- What the toolbox shows comes from parameter_help.py: group, tags, short description,
+  the README section behind the Help button, an icon from icons/, and the help of every
+  parameter (its tooltip) with the default, range and enum names taken from the
+  parameter's own definition; the same help ends each algorithm's help text, which is what
+  `qgis_process help` prints.
 """
+import html
+import math
 import os
 import re
 import sys
@@ -18,6 +25,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
@@ -42,6 +50,9 @@ from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
 from ..core.sentinel1 import is_sentinel1_input
 from .input_layers import calibrated_if_sentinel1, gdal_layer, sentinel1_problem
+from .parameter_help import ALGORITHMS, COMMON_TAGS, DECIMALS, GROUPS, README_URL, parameter_help
+
+ICONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons")
 
 DOMAIN_LABELS = [
     "Intensity (linear power: sigma0, beta0, DN²)",
@@ -76,17 +87,101 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
     ARGUMENTS: dict = {}  # this algorithm's own core argument -> parameter names (beside COMMON_ARGUMENTS)
     UNIQUE_LAYERS: tuple = ()  # multiple-layer parameters in which a file may appear only once
 
-    def group(self):
-        return self.tr("deSpeckNet")
+    def __init_subclass__(cls, **kwargs):
+        """An algorithm's own shortHelpString gets the parameter reference appended: the algorithm writes only
+        its prose, and `qgis_process help` (which shows no parameter help of its own in QGIS 3.22) lists every
+        parameter's default, range and enum names."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("shortHelpString")
+        if own is not None:
+            def shortHelpString(self):  # noqa: N802 - QGIS API
+                return own(self) + self.parameter_reference()
 
-    def groupId(self):  # noqa: N802 - QGIS API
-        return "despecknet"
+            cls.shortHelpString = shortHelpString
 
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
 
     def tr(self, text):
         return text
+
+    # --- what the toolbox shows (texts in parameter_help.py) -----------------------------------
+
+    def help_entry(self):
+        return ALGORITHMS[self.name()]
+
+    def group(self):
+        return self.tr(GROUPS[self.groupId()])
+
+    def groupId(self):  # noqa: N802 - QGIS API
+        return self.help_entry().group_id
+
+    def tags(self):
+        return list(dict.fromkeys([*COMMON_TAGS, *self.help_entry().tags]))
+
+    def shortDescription(self):  # noqa: N802 - QGIS API
+        return self.tr(self.help_entry().short_description)
+
+    def helpUrl(self):  # noqa: N802 - QGIS API
+        return f"{README_URL}#{self.help_entry().readme_anchor}"
+
+    def svgIconPath(self):  # noqa: N802 - QGIS API
+        return os.path.join(ICONS_DIR, f"{self.name()}.svg")
+
+    def icon(self):
+        from qgis.PyQt.QtGui import QIcon
+
+        return QIcon(self.svgIconPath())
+
+    def addParameter(self, definition, createOutput=True):  # noqa: N802 - QGIS API
+        """QGIS's addParameter, with the parameter's help (its tooltip) from parameter_help.py and number boxes
+        that show the smallest allowed value."""
+        prose = parameter_help(self.name(), definition.name())
+        if prose and not definition.help():
+            definition.setHelp(self.tr(prose) + " " + self.parameter_facts(definition))
+        if isinstance(definition, QgsProcessingParameterNumber) and \
+                definition.dataType() == QgsProcessingParameterNumber.Double:
+            decimals = number_decimals(definition)
+            if decimals is not None:
+                metadata = definition.metadata()
+                wrapper = dict(metadata.get("widget_wrapper") or {})
+                wrapper.setdefault("decimals", decimals)
+                metadata["widget_wrapper"] = wrapper
+                definition.setMetadata(metadata)
+        return super().addParameter(definition, createOutput)
+
+    def parameter_facts(self, d) -> str:
+        """Default, allowed range and enum names, read from the definition (built from core/defaults.py)."""
+        facts = []
+        default = d.defaultValue()
+        if isinstance(d, QgsProcessingParameterEnum):
+            names = self.enum_names().get(d.name(), [])
+            choices = ", ".join(f"{i} or {names[i]}" if i < len(names) else str(i) for i in range(len(d.options())))
+            facts.append(f"Choices (number or name): {choices}.")
+            if isinstance(default, int) and 0 <= default < len(names):
+                facts.append(f"Default: {names[default]}.")
+        elif isinstance(d, QgsProcessingParameterNumber):
+            lo = d.minimum() if abs(d.minimum()) < _UNBOUNDED else None
+            hi = d.maximum() if abs(d.maximum()) < _UNBOUNDED else None
+            if lo is not None or hi is not None:
+                facts.append(f"Allowed: {Range(lo, hi).describe()}.")
+            if default is not None:
+                facts.append(f"Default: {default:g}." if isinstance(default, (int, float)) else f"Default: {default}.")
+        elif isinstance(d, QgsProcessingParameterBoolean):
+            facts.append(f"Default: {'on' if default else 'off'}.")
+        elif default not in (None, ""):
+            facts.append(f"Default: {default}.")
+        if d.flags() & QgsProcessingParameterDefinition.FlagOptional and not isinstance(
+                d, QgsProcessingParameterBoolean):
+            facts.append("Optional.")
+        return " ".join(facts)
+
+    def parameter_reference(self) -> str:
+        """Every parameter with its help, as HTML lines: the end of each algorithm's help text."""
+        lines = [f"<b>{d.name()}</b> ({_escape(d.description())}): {_escape(d.help())}"
+                 for d in self.parameterDefinitions()
+                 if d.help() and not d.flags() & QgsProcessingParameterDefinition.FlagHidden]
+        return "<br><br><b>Parameters</b><br>" + "<br>".join(lines) if lines else ""
 
     # --- enum values by name ------------------------------------------------------------------
 
@@ -404,6 +499,20 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def number_decimals(definition):
+    """Decimals a Double parameter's number box needs to show its smallest value (None: QGIS's own choice).
+    Without them QGIS rounds to 6 decimals, and a learning rate of 1e-7 typed in the dialog becomes 0."""
+    if definition.name() in DECIMALS:
+        return DECIMALS[definition.name()]
+    smallest = [v for v in (definition.minimum(), definition.defaultValue())
+                if isinstance(v, (int, float)) and 0 < abs(v) < 1e-4]
+    return math.ceil(-math.log10(min(abs(v) for v in smallest))) + 2 if smallest else None
 
 
 def _needs_gdal(value) -> bool:
