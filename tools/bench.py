@@ -74,7 +74,7 @@ def child_despeckle(src, tile):
             h = min(size, y + tile + overlap) - max(0, y - overlap)
             tiles_px += w * h
     print(json.dumps({"seconds": seconds, "computed_pixels": tiles_px, "provider": report.provider,
-                      "overlap": report_overlap,
+                      "overlap": report_overlap, "network_seconds": report.network_seconds,
                       "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -113,7 +113,9 @@ def despeckle_row(src, tile, rate, mpix):
         sys.exit(proc.stderr)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
-    print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f}")
+    outside = 1.0 - r["network_seconds"] / r["seconds"]
+    print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} "
+          f"{r['peak_rss_mb']:>11.0f} {outside:>14.1%}")
     return r
 
 
@@ -137,11 +139,14 @@ def main():
         make_raster(src)
         mpix = SIZE * SIZE / 1e6
         print(f"\ndespeckle {SIZE}x{SIZE} ({mpix:.1f} Mpixel), bundled model, CPU, FCN_clean only")
-        header = f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11}"
+        header = (f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11} "
+                  f"{'outside network':>14}")
         print(header)
         small = {tile: despeckle_row(src, tile, rate, mpix) for tile in (256, 512, 1024)}
         print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included; "
-              f"GDAL block cache capped at {GDAL_CACHE_BYTES // 2**20} MB during a run)")
+              f"GDAL block cache capped at {GDAL_CACHE_BYTES // 2**20} MB during a run; 'outside network': the share "
+              "of the run spent reading (the next window is read during the network pass), in statistics, point "
+              "targets and writing)")
 
         os.remove(src)
         big = os.path.join(tmp, "bench_large.tif")

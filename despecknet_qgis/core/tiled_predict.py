@@ -36,6 +36,7 @@ class DespeckleReport:
     bands: list[BandStats] = field(default_factory=list)
     seconds: float = 0.0
     tiles: int = 0
+    network_seconds: float = 0.0  # inside ONNX Runtime; the rest is reading, statistics, point targets, writing
 
 
 def check_tile_size(tile_size: int, overlap: int, branches: int = 1, memory: int | None = None) -> int:
@@ -112,6 +113,7 @@ def despeckle_raster(
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"Unknown `output_type` {output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
     started = time.perf_counter()
+    network_before = getattr(despeckler, "network_seconds", 0.0)
     check_outputs({"output_path": output_path, "noise_path": noise_path},
                   {"input_path": input_path, "model_path": getattr(despeckler, "path", None)})
     radius = despeckler.radius
@@ -149,18 +151,25 @@ def despeckle_raster(
                           (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
         with outputs as (out, noise_out):
             done = 0
-            for win in tiles:
-                for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), start=1):
-                    progress.check()
-                    result, speckle = despeckle_window(
-                        despeckler, ds.GetRasterBand(b), win, overlap, st, domain, nd,
-                        point_targets=point_targets, looks=looks, with_noise=noise_out is not None,
-                        zero_is_nodata=zero_is_nodata, output_domain=output_domain)
-                    out.write(i, win, result)
-                    if noise_out is not None:
-                        noise_out.write(i, win, speckle)
-                    done += 1
-                    progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
+            band_of = {b: ds.GetRasterBand(b) for b in bands}  # fetched here, so the reading thread only reads
+            jobs = [(win, i, b, st, nd) for win in tiles for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), 1)]
+
+            def read_job(job):
+                win, _, b, _, _ = job
+                return read_intensity(band_of[b], win.grown(overlap, ds.RasterXSize, ds.RasterYSize), domain,
+                                      zero_is_nodata)
+
+            for (win, i, b, st, nd), window_data in read_ahead(jobs, read_job):
+                progress.check()
+                result, speckle = despeckle_window(
+                    despeckler, band_of[b], win, overlap, st, domain, nd,
+                    point_targets=point_targets, looks=looks, with_noise=noise_out is not None,
+                    zero_is_nodata=zero_is_nodata, output_domain=output_domain, window_data=window_data)
+                out.write(i, win, result)
+                if noise_out is not None:
+                    noise_out.write(i, win, speckle)
+                done += 1
+                progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
             outputs.commit()
     return DespeckleReport(
         output=output_path,
@@ -169,6 +178,7 @@ def despeckle_raster(
         bands=stats,
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
+        network_seconds=getattr(despeckler, "network_seconds", 0.0) - network_before,
     )
 
 
@@ -212,12 +222,13 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
 def despeckle_window(
     despeckler: Despeckler, band, win, overlap: int, stats: BandStats, domain: str, nodata: float | None, *,
     point_targets: bool = True, looks: float | None = None, with_noise: bool = False, zero_is_nodata: bool = False,
-    output_domain: str | None = None,
+    output_domain: str | None = None, window_data: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None), `nodata` set.
 
     `domain` is the input's, `output_domain` (None: the same) the result's; `nodata` is the
-    output's nodata value (see output_layout).
+    output's nodata value (see output_layout). `window_data`: the window with its margin as
+    read_intensity gives it, read ahead by the caller (read_ahead); None reads it here.
 
     The window is read with `overlap` pixels of margin where the raster has them, and only
     its centre is returned. The batch path's band split runs the same function, so its
@@ -229,7 +240,7 @@ def despeckle_window(
     outer = win.grown(overlap, band.XSize, band.YSize)
     inner = win.within(outer)
     output_domain = output_domain or domain
-    intensity, valid = read_intensity(band, outer, domain, zero_is_nodata)
+    intensity, valid = window_data or read_intensity(band, outer, domain, zero_is_nodata)
     clean, noise = despeckler.predict(dm.network_input(intensity, valid, stats.offset), with_noise=with_noise)
     keep = valid[inner]
     with np.errstate(over="ignore"):
@@ -246,6 +257,30 @@ def despeckle_window(
         _check_finite(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
     return with_nodata(result, keep, nodata), speckle
+
+
+def read_ahead(items: list, read):
+    """(item, read(item)) for each item, the next item's read running in a thread meanwhile.
+
+    The network keeps the cores busy while GDAL reads and decodes the next window (a remote
+    /vsicurl/ input waits on the network instead). Only that thread touches the input
+    dataset during the loop; writing stays in the caller's thread, where GDAL's error
+    handler records write failures (raster.GdalErrorLog).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="despecknet-read") as pool:
+        pending = pool.submit(read, items[0])
+        try:
+            for k, item in enumerate(items):
+                data = pending.result()
+                if k + 1 < len(items):
+                    pending = pool.submit(read, items[k + 1])
+                yield item, data
+        finally:
+            pending.cancel()
 
 
 def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
