@@ -1,25 +1,20 @@
 """The example Processing models shipped in examples/models/ (written by tools/make_processing_models.py).
 
 Each is added to the provider as despecknet:<file name> and shown under the model's own title; a
-plain QgsProcessingModelAlgorithm would use its title as both, which makes an awkward id. Help
-button, tags and icon are those of the plugin's other algorithms.
+plain QgsProcessingModelAlgorithm would use its title as both, which makes an awkward id. The Help
+button opens the README's example section; the search words are the other algorithms' common ones;
+the icon is the plugin's.
 """
-import configparser
 import os
 
 from qgis.core import QgsProcessingModelAlgorithm
 from qgis.PyQt.QtGui import QIcon
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ICON = os.path.join(HERE, "icon.svg")
-README_ANCHOR = "#example-models-sample-data-and-a-pyqgis-script"
-TAGS = ["model", "example", "chain", "sar", "radar", "speckle", "despeckle", "speckle filter", "denoise", "sentinel"]
+from .algorithms.parameter_help import COMMON_TAGS, README_URL
 
-
-def _homepage() -> str:
-    parser = configparser.ConfigParser()
-    parser.read(os.path.join(HERE, "metadata.txt"), encoding="utf8")
-    return parser.get("general", "homepage", fallback="")
+ICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "icon.svg")
+README_ANCHOR = "example-models-sample-data-and-a-pyqgis-script"  # GitHub's slug of the README section
+TAGS = list(COMMON_TAGS) + ["model", "example", "chain", "workflow"]
 
 
 class ExampleModel(QgsProcessingModelAlgorithm):
@@ -40,8 +35,7 @@ class ExampleModel(QgsProcessingModelAlgorithm):
         return TAGS + self.model_id.split("_")
 
     def helpUrl(self):  # noqa: N802 - QGIS API
-        home = _homepage()
-        return f"{home}{README_ANCHOR}" if home else ""
+        return f"{README_URL}#{README_ANCHOR}"
 
     def icon(self):
         return QIcon(ICON)

@@ -3,6 +3,7 @@ in step with tools/make_processing_models.py, and each one run through the real 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,13 @@ SHIPPED = {
     "label_train_despeckle": ["despecknet:temporallabel", "despecknet:train", "despecknet:despeckle"],
     "finetune_despeckle_folder": ["despecknet:finetune", "despecknet:despecklebatch"],
 }
+
+
+def readme_anchor(heading):
+    """GitHub's anchor of a README heading that must exist (lower case, punctuation dropped, spaces to -)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf8") as fh:
+        assert heading + "\n" in fh.read()
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("# ").lower()).replace(" ", "-")
 
 
 def model_file(name):
@@ -50,12 +58,15 @@ def test_shipped_models_are_what_the_script_writes(tmp_path):
 def test_provider_registers_each_model_with_its_chain_and_outputs(provider):
     from qgis.core import QgsApplication, QgsProcessingParameterFile
 
+    from despecknet_qgis.algorithms.parameter_help import README_URL
+
     registry = QgsApplication.processingRegistry()
     for name, chain in SHIPPED.items():
         alg = registry.algorithmById(f"despecknet:{name}")
         assert alg is not None, name
         assert alg.group() == "Example models" and alg.displayName() != name
-        assert alg.helpUrl().endswith("#example-models-sample-data-and-a-pyqgis-script") and "speckle" in alg.tags()
+        assert "speckle" in alg.tags() and "model" in alg.tags()
+        assert alg.helpUrl() == f"{README_URL}#{readme_anchor('## Example models, sample data and a PyQGIS script')}"
         children = sorted(alg.childAlgorithms().values(), key=lambda c: c.position().x())
         assert [c.algorithmId() for c in children] == chain
         assert all(c.algorithm() is not None for c in children)
