@@ -138,7 +138,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         that show the smallest allowed value."""
         prose = parameter_help(self.name(), definition.name())
         if prose and not definition.help():
-            definition.setHelp(self.tr(prose) + " " + self.parameter_facts(definition))
+            definition.setHelp(" ".join(t for t in (self.tr(prose), self.parameter_facts(definition)) if t))
         if isinstance(definition, QgsProcessingParameterNumber) and \
                 definition.dataType() == QgsProcessingParameterNumber.Double:
             decimals = number_decimals(definition)
