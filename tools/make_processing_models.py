@@ -65,6 +65,8 @@ class ModelBuilder:
         definition = alg.parameterDefinition(param).clone()
         definition.setName(name)
         definition.setDescription(description)
+        # The tooltip: what the input is for in this model, then the algorithm's own help (default, range, names).
+        definition.setHelp(f"{help_text} {definition.help()}".strip())
         if default is not None:
             definition.setDefaultValue(default)
         flags = definition.flags()
@@ -163,7 +165,8 @@ def label_train_despeckle() -> ModelBuilder:
         "paper's defaults train for 30 epochs of 40x40 patches in batches of 128.")
     b.input_like("despecknet:temporallabel", "INPUTS", "DATES", "Co-registered dates",
                  "The dates of one orbit and area, co-registered, same size.")
-    b.input_like("despecknet:train", "INPUT", "TRAINING_IMAGE", "Date trained against the label",
+    # One raster (despeckle's INPUT), since the label is one: train's own INPUT takes several images.
+    b.input_like("despecknet:despeckle", "INPUT", "TRAINING_IMAGE", "Date trained against the label",
                  "A noisy date of the stack (one raster), the network's input during training.")
     b.input_like("despecknet:despeckle", "INPUT", "INPUT", "Scene to despeckle with the trained model",
                  "Any scene of the same sensor and domain, for instance one of the dates.")
