@@ -14,11 +14,12 @@ from ..core.temporal_label import DEFAULT_RULE, RULES, temporal_label
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
 # Same order as core RULES: new rules go at the end so that saved enum indices keep their meaning.
+# Short, to fit the dialog; the STABILITY help (parameter_help.py) explains each rule.
 RULE_LABELS = [
-    "Speckle test: temporal variance beyond what L-look speckle gives, per pixel (any units; misses gradual change)",
-    "dB standard deviation <= threshold (any scale; threshold depends on looks)",
-    "Paper: standard deviation <= nu in the data's units (only for data scaled as in the paper)",
-    "Omnibus change test over a small window, with a trend test (any units; recommended)",
+    "Speckle test, per pixel",
+    "dB standard deviation <= threshold",
+    "Paper: standard deviation <= nu",
+    "Omnibus change test + trend (recommended)",
 ]
 
 
