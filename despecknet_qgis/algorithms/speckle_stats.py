@@ -15,9 +15,10 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
+    QgsProcessingUtils,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QMetaType
 
 from ..core.domain import DOMAINS
 from ..core.errors import OutputError
@@ -26,8 +27,26 @@ from ..core.region_stats import MIN_PIXELS, region_statistics
 from ..core.report_html import region_report
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
 
-FIELDS = (("polygon", QVariant.Int), ("raster", QVariant.String), ("pixels", QVariant.Int), ("mean", QVariant.Double),
-          ("std", QVariant.Double), ("enl", QVariant.Double), ("cx", QVariant.Double), ("gamma_looks", QVariant.Double))
+_INT, _STRING, _DOUBLE = QMetaType.Type.Int, QMetaType.Type.QString, QMetaType.Type.Double
+FIELDS = (("polygon", _INT), ("raster", _STRING), ("pixels", _INT), ("mean", _DOUBLE), ("std", _DOUBLE),
+          ("enl", _DOUBLE), ("cx", _DOUBLE), ("gamma_looks", _DOUBLE))
+
+
+def typed_field(name: str, field_type) -> QgsField:
+    """A field of a QMetaType.Type, on every QGIS: from 3.38 (and under Qt6) QgsField takes the QMetaType.Type,
+    before it the QVariant.Type of the same number (Int 2, Double 6, String 10)."""
+    try:
+        return QgsField(name, field_type)
+    except TypeError:
+        return QgsField(name, int(field_type))
+
+
+def statistics_fields(polygon_fields: QgsFields) -> QgsFields:
+    """The statistics' fields, then the polygons' own (one of the same name as a statistic gets a suffix)."""
+    fields = QgsFields()
+    for name, field_type in FIELDS:
+        fields.append(typed_field(name, field_type))
+    return QgsProcessingUtils.combineFields(fields, polygon_fields)
 
 
 class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
@@ -75,6 +94,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
         html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         # Every statistic first: no output exists before all of them are known.
+        attributes = {feature.id(): feature.attributes() for feature in source.getFeatures()}
         rows = []
         for k, layer in enumerate(layers):
             self._check_cancel(feedback)
@@ -96,7 +116,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
             raise QgsProcessingException("No polygon of POLYGONS overlaps a valid pixel of INPUTS: the polygons lie "
                                          "outside the rasters (check both cover the same area).")
         self._check_cancel(feedback)
-        return self._write_outputs(parameters, context, rows, html_path)
+        return self._write_outputs(parameters, context, rows, html_path, source.fields(), attributes)
 
     @staticmethod
     def _check_cancel(feedback):
@@ -105,7 +125,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         if feedback.isCanceled() or termination_requested():
             raise QgsProcessingException("Cancelled by the user; no output was written.")
 
-    def _write_outputs(self, parameters, context, rows, html_path):
+    def _write_outputs(self, parameters, context, rows, html_path, polygon_fields, attributes):
         """The HTML report into a partial file, the table, then the report into place."""
         tmp = None
         if html_path:
@@ -119,15 +139,15 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
                 raise QgsProcessingException(f"Writing OUTPUT_HTML {html_path} failed ({exc.strerror or exc}); "
                                              "a file already there is unchanged.") from exc
         try:
-            fields = QgsFields()
-            for name, kind in FIELDS:
-                fields.append(QgsField(name, kind))
+            fields = statistics_fields(polygon_fields)
             sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
             if sink is None:
                 raise QgsProcessingException("OUTPUT (the statistics table) cannot be created.")
             for fid, name, st in rows:
                 f = QgsFeature(fields)
-                f.setAttributes([int(fid), name, st.pixels] + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)])
+                f.setAttributes([int(fid), name, st.pixels]
+                                + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)]
+                                + list(attributes.get(fid, [None] * polygon_fields.count())))
                 if not sink.addFeature(f, QgsFeatureSink.FastInsert):
                     raise QgsProcessingException(f"Writing OUTPUT (the statistics table) failed: {sink.lastError()}")
             first = rows[0][2]
