@@ -22,6 +22,7 @@ class DespeckNetPlugin:
         self.action = None
         self.tool = None
         self.domain_box = None
+        self.band_box = None
         self.toolbar = None
         self.missing = []
         self.installer = None
@@ -56,7 +57,7 @@ class DespeckNetPlugin:
         if any(r.module == "numpy" for r in self.missing):
             return
         from qgis.PyQt.QtGui import QIcon
-        from qgis.PyQt.QtWidgets import QComboBox
+        from qgis.PyQt.QtWidgets import QComboBox, QSpinBox
 
         try:
             from qgis.PyQt.QtGui import QAction  # Qt6 (QGIS 4)
@@ -74,11 +75,18 @@ class DespeckNetPlugin:
         self.domain_box = QComboBox()
         self.domain_box.addItems(list(DOMAINS))
         self.domain_box.setToolTip("What the raster values are (statistics are computed on intensity)")
-        self.tool = HomogeneousAreaTool(canvas, self.domain_box.currentText, self.iface.messageBar())
+        self.band_box = QSpinBox()
+        self.band_box.setRange(1, 65535)
+        self.band_box.setPrefix("Band ")
+        self.band_box.setToolTip("The band of each visible raster the statistics are computed on (rasters with "
+                                 "fewer bands are left out)")
+        self.tool = HomogeneousAreaTool(canvas, self.domain_box.currentText, self.iface.messageBar(),
+                                        band_getter=self.band_box.value)
         self.tool.setAction(self.action)
         self.action.triggered.connect(lambda checked: canvas.setMapTool(self.tool) if checked else canvas.unsetMapTool(self.tool))
         self.toolbar.addAction(self.action)
         self.toolbar.addWidget(self.domain_box)
+        self.toolbar.addWidget(self.band_box)
         self.iface.addPluginToRasterMenu("deSpeckNet", self.action)
 
     def offer_install(self):

@@ -1,7 +1,8 @@
 """Map tool: draw a polygon over a homogeneous area and read ENL and Cx of every visible raster.
 
 Left click adds a vertex, right click (or double click) closes the polygon, Esc starts
-over. The statistics of every visible GDAL raster layer are shown in the message bar
+over. The statistics of the chosen band (the toolbar's band box) of every visible GDAL
+raster layer are shown in the message bar
 and the log; each polygon is also kept in a memory layer that despecknet:specklestats
 can use.
 """
@@ -27,18 +28,23 @@ from ..core.region_stats import region_statistics
 LAYER_NAME = "deSpeckNet homogeneous areas"
 
 
-def stats_for_visible_rasters(geometry: QgsGeometry, crs, layers, domain: str, project=None):
-    """(layer name, RegionStats) for each GDAL raster among `layers`; polygon given in `crs`."""
+def stats_for_visible_rasters(geometry: QgsGeometry, crs, layers, domain: str, project=None, band: int = 1):
+    """(layer name, RegionStats) of `band` for each GDAL raster among `layers`; polygon given in `crs`.
+    A raster with fewer bands is left out, with a message in the log."""
     project = project or QgsProject.instance()
     results = []
     for layer in layers:
         if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
             continue
+        if band > layer.bandCount():
+            QgsMessageLog.logMessage(f"{layer.name()} has {layer.bandCount()} band(s), no band {band}: left out.",
+                                     "deSpeckNet", Qgis.MessageLevel.Warning)
+            continue
         geom = QgsGeometry(geometry)
         if crs != layer.crs():
             geom.transform(QgsCoordinateTransform(crs, layer.crs(), project.transformContext()))
         try:
-            stats = region_statistics(layer.source(), [geom.asWkt()], 1, domain)[0]
+            stats = region_statistics(layer.source(), [geom.asWkt()], band, domain)[0]
         except DespeckNetError as exc:
             QgsMessageLog.logMessage(f"{layer.name()}: {exc}", "deSpeckNet", Qgis.Warning)
             continue
@@ -56,10 +62,12 @@ def format_stats(results) -> str:
 
 
 class HomogeneousAreaTool(QgsMapTool):
-    def __init__(self, canvas, domain_getter=lambda: "intensity", message_bar=None, keep_polygons=True):
+    def __init__(self, canvas, domain_getter=lambda: "intensity", message_bar=None, keep_polygons=True,
+                 band_getter=lambda: 1):
         super().__init__(canvas)
         self.canvas = canvas
         self.domain_getter = domain_getter
+        self.band_getter = band_getter
         self.message_bar = message_bar
         self.keep_polygons = keep_polygons
         self.points: list[QgsPointXY] = []
@@ -104,7 +112,8 @@ class HomogeneousAreaTool(QgsMapTool):
         geometry = QgsGeometry.fromPolygonXY([self.points])
         crs = self.canvas.mapSettings().destinationCrs()
         self.reset()
-        self.last_results = stats_for_visible_rasters(geometry, crs, self.canvas.layers(), self.domain_getter())
+        self.last_results = stats_for_visible_rasters(geometry, crs, self.canvas.layers(), self.domain_getter(),
+                                                      band=int(self.band_getter()))
         text = format_stats(self.last_results)
         QgsMessageLog.logMessage(text, "deSpeckNet", Qgis.Info)
         if self.message_bar is not None:
