@@ -195,6 +195,8 @@ ALGORITHM_PARAMETER_HELP = {
         "LEARNING_RATE_END": "Learning rate of the last stage; the rate falls from LEARNING_RATE to it in steps.",
         "LEARNING_RATE_STEPS": "Stages from the first to the final learning rate (1: a constant rate).",
         "INITIAL_MODEL": "A PyTorch checkpoint (.pt) training starts from; empty: random weights.",
+        "DEVICE": ("Where training runs: auto (an NVIDIA GPU when PyTorch can use one, i.e. a CUDA build of torch, "
+                   "else the CPU), cpu, or cuda (fails with a message rather than falling back to the CPU)."),
     },
     "finetune": {
         "INPUT": "The image the model adapts to, without any reference; it is then despeckled with the tuned model.",
@@ -208,7 +210,9 @@ ALGORITHM_PARAMETER_HELP = {
         "LAMBDA_TV": _LOSS_WEIGHTS + "weight lambda of the total variation of X̂ (custom preset only); 0: none.",
         "LOOKS": "Number of looks L of the image, for the log-bias correction; 0: the preset's.",
         "PATIENCE": "Stop early after this many evaluations without improvement; 0: never stop early.",
-        "DEVICE": _DEVICE + " For the despeckled output; training runs on PyTorch's device.",
+        "DEVICE": ("Where tuning and the despeckled output run: auto (an NVIDIA GPU when PyTorch, and ONNX Runtime "
+                   "for the output, can use one, else the CPU), cpu, or cuda (fails with a message rather than "
+                   "falling back to the CPU)."),
         "OUTPUT": "The image despeckled with the tuned model.",
     },
     "specklestats": {
