@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-DEBS="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv python3-scipy zip"
+# xvfb and xauth: a virtual display for tests/test_desktop.py (the real QGIS desktop under xvfb-run).
+DEBS="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv python3-scipy zip xvfb xauth"
 
 missing=$(for p in $DEBS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
 if [ -n "$missing" ]; then
