@@ -191,6 +191,22 @@ def test_each_dialog_opens_and_runs(desktop, name):
     assert job["ok"], f"{name}: {job.get('error')}\n{job.get('log', '')[-3000:]}"
 
 
+# Issue 10 item 4 ("labels fit"): these dialogs, at the size QGIS first opens them (688 x 523 here), have
+# a label or an option list wider than the parameter panel, which then scrolls sideways. Take a name out
+# once its dialog fits (the strict xfail then fails as a reminder); the test prints what is too wide.
+TOO_WIDE_TODAY = {"classicfilter", "temporallabel", "train", "finetune", "finetune_despeckle_folder"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 10 item 4: labels too wide for the dialog"))
+    if n in TOO_WIDE_TODAY else n for n in ALGORITHMS + MODELS])
+def test_dialog_labels_fit_the_default_size(desktop, name):
+    """Every label and option list, advanced parameters included, fits the panel without sideways scrolling."""
+    job = _job(desktop, name)
+    assert job["too_wide"] == [], f"{name} at {job['size']}: " + "; ".join(job["too_wide"])
+    assert os.path.isfile(job["screenshot_parameters"])
+
+
 def _finite_raster(path, shape):
     (band, *_), _ = read_tif(path)
     assert band.shape == shape and np.isfinite(band).all() and (band > 0).all(), path

@@ -25,8 +25,10 @@ import time
 import traceback
 
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer
+from qgis.gui import QgsCollapsibleGroupBoxBasic
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEventLoop, QPoint, Qt, QTimer
-from qgis.PyQt.QtWidgets import QApplication, QMessageBox, QPushButton, QToolBar
+from qgis.PyQt.QtWidgets import QApplication, QComboBox, QGroupBox, QLabel, QMessageBox, QPushButton, QScrollArea, QToolBar
 from qgis.utils import iface
 
 PLUGIN = "despecknet_qgis"
@@ -145,6 +147,23 @@ def plain(value):
     return str(value)
 
 
+def too_wide(dialog):
+    """Labels and option lists wider than the parameter panel at the dialog's size (they make it scroll sideways)."""
+    found = []
+    for area in dialog.mainWidget().findChildren(QScrollArea):
+        if not area.isVisible() or area.widget() is None:
+            continue
+        room = area.viewport().width()
+        for label in area.widget().findChildren(QLabel):
+            if label.isVisible() and not label.wordWrap() and label.sizeHint().width() > room:
+                found.append(f"label {label.text()!r}: {label.sizeHint().width()} px, room {room} px")
+        for box in area.widget().findChildren(QComboBox):
+            if box.isVisible() and box.sizeHint().width() > room:
+                longest = max((box.itemText(i) for i in range(box.count())), key=len, default="")
+                found.append(f"options {longest!r}: {box.sizeHint().width()} px, room {room} px")
+    return found
+
+
 def run_dialog(job):
     import processing
 
@@ -155,16 +174,28 @@ def run_dialog(job):
     if dialog is None:
         rec["error"] = "createAlgorithmDialog returned None (algorithm not found)"
         return
-    dialog.resize(900, 760)
     dialog.show()
     rec["opened"] = wait_until(dialog.isVisible, 10)
     rec["title"] = dialog.windowTitle()
+    rec["size"] = [dialog.width(), dialog.height()]  # QGIS's default size for a first use
     rec["screenshot"] = shot(dialog, f"{job['name']}-dialog")
+    # Then every parameter, advanced ones too: open the groups, measure, and picture the whole panel.
+    for group in dialog.mainWidget().findChildren(QGroupBox):
+        if group.metaObject().className().startswith("QgsCollapsibleGroupBox"):  # Python sees a plain QGroupBox
+            sip.cast(group, QgsCollapsibleGroupBoxBasic).setCollapsed(False)
+    QApplication.processEvents()
+    rec["too_wide"] = too_wide(dialog)
+    for area in dialog.mainWidget().findChildren(QScrollArea):
+        if area.isVisible() and area.widget() is not None:
+            rec["screenshot_parameters"] = shot(area.widget(), f"{job['name']}-parameters")
+            break
     try:
         # What the dialog's widgets hold now: what Run will use.
         rec["from_widgets"] = {k: str(v) for k, v in dialog.createProcessingParameters().items()}
     except Exception as exc:  # noqa: BLE001 - processing's InvalidParameterValue and friends
-        rec["error"] = f"the dialog refuses its values: {type(exc).__name__}: {getattr(exc, 'parameter', exc)}"
+        parameter = getattr(exc, "parameter", None)
+        rec["error"] = (f"the dialog refuses its values: {type(exc).__name__}: "
+                        f"{parameter.name() if parameter is not None else exc}")
         dialog.close()
         return
 
@@ -176,6 +207,9 @@ def run_dialog(job):
     rec["seconds"] = round(elapsed() - rec["t0"], 2)
     if not finished:
         rec["error"] = f"no result after {job.get('timeout', 60)} s"
+    elif not done:
+        popped = REPORT["modal"][modal_before]
+        rec["error"] = f"the run stopped at a window: {popped['title']}: {popped['text']}"
     rec["ok"] = bool(done.get("ok"))
     rec["results"] = plain(done.get("results", {}))
     rec["log"] = log_text(dialog, job["name"])[-6000:]
