@@ -112,3 +112,43 @@ def test_bad_training_inputs(tmp_path):
     with pytest.raises(DespeckNetError, match=r"m\.pt is the input `initial_model`"):
         train([p], str(tmp_path / "m.onnx"), initial_model=str(tmp_path / "m.pt"), **SMALL)
     assert (tmp_path / "m.pt").read_bytes() == b"an earlier checkpoint"
+
+
+def test_training_device_auto_cpu_and_cuda(tmp_path):
+    """The CUDA path of training: where torch can use a GPU it trains there (a lent GPU machine runs
+    this branch), elsewhere `cuda` fails before any work and `auto` trains on the CPU."""
+    from despecknet_qgis.core.errors import InputError, ResourceError
+    from despecknet_qgis.core.training import torch_device
+
+    assert torch_device("cpu").type == "cpu"
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="Unknown `device` 'gpu'"):
+        torch_device("gpu")
+    data = pair(tmp_path, size=96)
+    if torch.cuda.is_available():
+        report = train([data], str(tmp_path / "g.onnx"), epochs=1, device="cuda", **SMALL)
+        assert load_checkpoint(report.checkpoint_path)[1].phases[-1]["device"] == "cuda"
+    else:
+        with pytest.raises(ResourceError, match="`device` cuda: this PyTorch .* (built without CUDA|no usable)"):
+            train([data], str(tmp_path / "g.onnx"), epochs=1, device="cuda", **SMALL)
+        assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "g.pt").exists()
+    report = train([data], str(tmp_path / "a.onnx"), epochs=1, device="auto", **SMALL)
+    model, record = load_checkpoint(report.checkpoint_path)
+    assert record.phases[-1]["device"] == torch_device("auto").type
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_train_and_finetune_algorithms_refuse_cuda_where_torch_cannot(provider, tiny_model, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use a GPU: test_training_device_auto_cpu_and_cuda trains on it")
+    data = pair(tmp_path, size=96)
+    with pytest.raises(QgsProcessingException, match="DEVICE cuda: this PyTorch"):
+        processing.run("despecknet:train", {"INPUT": [data.noisy], "REFERENCE": [data.label], "DEVICE": "cuda",
+                                            "OUTPUT_MODEL": str(tmp_path / "t.onnx")}, feedback=QgsProcessingFeedback())
+    with pytest.raises(QgsProcessingException, match="DEVICE cuda: this PyTorch"):
+        processing.run("despecknet:finetune", {"INPUT": data.noisy, "MODEL": tiny_model[0][:-5] + ".pt", "DEVICE": "cuda",
+                                               "OUTPUT_MODEL": str(tmp_path / "f.onnx")}, feedback=QgsProcessingFeedback())
+    assert not any(tmp_path.glob("*.onnx"))

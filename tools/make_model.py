@@ -85,6 +85,10 @@ def write_candidate(model, record: TrainingRecord, stage: dict, log: dict, folde
     os.makedirs(folder, exist_ok=True)
     full = TrainingRecord(phases=[*record.phases, stage])
     save_checkpoint(os.path.join(folder, "despecknet.pt"), model, full)
+    if next(model.parameters()).device.type != "cpu":  # trained on a GPU: export a CPU copy
+        import copy
+
+        model = copy.deepcopy(model).to("cpu")
     export_onnx(model, os.path.join(folder, "despecknet.onnx"), full, VERSION, DESCRIPTION)
     with open(os.path.join(folder, "training_log.json"), "w") as f:
         json.dump(log, f, indent=1)
@@ -99,6 +103,7 @@ def main() -> None:
     ap.add_argument("--lr-end", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--device", default="auto", help="auto (an NVIDIA GPU when torch can use one), cpu or cuda")
     ap.add_argument("--state", default=DEFAULT_STATE)
     ap.add_argument("--init", default=os.path.join(BUNDLED_DIR, "despecknet.pt"), help="checkpoint to start from")
     ap.add_argument("--scratch", action="store_true", help="start from random weights instead of --init")
@@ -149,7 +154,7 @@ def main() -> None:
         state = None
         print(f"new training stage from {log['init'] or 'random weights'}; state file {args.state}", flush=True)
 
-    trainer = Trainer(model, PHASE1_BUNDLED, lr=args.lr, use_bf16=False if args.fp32 else None)
+    trainer = Trainer(model, PHASE1_BUNDLED, lr=args.lr, use_bf16=False if args.fp32 else None, device=args.device)
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}

@@ -16,7 +16,7 @@ from ..core.domain import DOMAINS
 from ..core.files import KeepPrevious, check_outputs
 from ..core.inference import DEVICES, Despeckler, check_device
 from ..core.losses import LossWeights
-from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune
+from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune, training_device
 from ..core.progress import terminate_as_cancel
 from ..core.tiled_predict import despeckle_raster
 from . import output_options
@@ -57,6 +57,8 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "Outputs: the tuned ONNX model (for Despeckle SAR image), its .pt checkpoint, and optionally the "
             "image despeckled with the tuned model. Every output is checked before tuning starts; if despeckling "
             "fails after tuning, the model files that were there before are put back.<br>"
+            "<b>Device</b>: auto tunes on an NVIDIA GPU when PyTorch can use one and despeckles with ONNX Runtime's "
+            "CUDA provider when it can; cuda fails rather than silently using the CPU.<br>"
             + output_options.HELP
         )
 
@@ -74,7 +76,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         self.add_number(self.EPOCHS, "Epochs", PHASE2_TRAINING.epochs, integer=True, allowed=RANGES["epochs"])
         add_training_parameters(self, PHASE2_TRAINING, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 0, advanced=True, integer=True)
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device for the despeckled output"), list(DEVICES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device (tuning and the despeckled output)"), list(DEVICES), defaultValue=0))
         output_options.add_output_parameters(self, extent=False)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Tuned model (ONNX)"), "ONNX models (*.onnx)"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled with the tuned model"), optional=True, createByDefault=True))
@@ -107,6 +109,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         self.run_core(check_outputs, {"output_path": output, "onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)},
                       {"input_path": source, "base_model": base or bundled_checkpoint_path()})
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        self.run_core(training_device, device)  # "cuda" where torch cannot use it fails before any work
         if output:
             self.run_core(check_device, device)
         patience = self.parameterAsInt(parameters, self.PATIENCE, context)
@@ -122,6 +125,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
                     fine_tune, source, onnx_path, band=band, domain=domain, base_model=base,
                     weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
                     patience=patience or None, progress=train_feedback, zero_is_nodata=choices["zero_is_nodata"],
+                    device=device,
                     **training_arguments(self, parameters, context),
                 )
             except BaseException:

@@ -13,6 +13,7 @@ from qgis.core import (
 
 from ..core.defaults import PHASE1_TRAINING, RANGES, Range
 from ..core.domain import DOMAINS
+from ..core.inference import DEVICES
 from ..core.losses import PHASE1, LossWeights
 from ..core.patches import ImagePair
 from ..core.phases import train
@@ -23,6 +24,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
     INPUT, REFERENCE, MASK, BAND, INPUT_DOMAIN = "INPUT", "REFERENCE", "MASK", "BAND", "INPUT_DOMAIN"
     EPOCHS, LEARNING_RATE_END, LEARNING_RATE_STEPS = "EPOCHS", "LEARNING_RATE_END", "LEARNING_RATE_STEPS"
     MU, XI, LAMBDA_TV, INITIAL_MODEL = "MU", "XI", "LAMBDA_TV", "INITIAL_MODEL"
+    DEVICE = "DEVICE"
     OUTPUT_MODEL, OUTPUT_CHECKPOINT, VALIDATION_LOSS = "OUTPUT_MODEL", "OUTPUT_CHECKPOINT", "VALIDATION_LOSS"
     ARGUMENTS = {"images": "INPUT", "labels": "REFERENCE", "masks": "MASK", "initial_model": "INITIAL_MODEL"}
 
@@ -41,7 +43,9 @@ class TrainAlgorithm(DespeckNetAlgorithm):
             "paper: 40x40 patches, batch 128, Adam, learning rate 1e-3 down to 1e-4 in 3 steps, mu 1, xi 0.01. "
             "Progress shows the loss per epoch; cancelling keeps the checkpoint of the last finished epoch.<br>"
             "Outputs: an ONNX model for Despeckle SAR image and, beside it, a .pt checkpoint for fine-tuning or "
-            "further training (INITIAL_MODEL). Same seed, same data, same CPU: same model."
+            "further training (INITIAL_MODEL). Same seed, same data, same CPU: same model.<br>"
+            "<b>Device</b>: auto trains on an NVIDIA GPU when PyTorch can use one (a CUDA build of torch), else on "
+            "the CPU; cuda fails rather than silently using the CPU."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -62,6 +66,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
         self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate steps (stages from first to final rate)",
                         PHASE1_TRAINING.lr_steps, advanced=True, integer=True, allowed=Range(1))
         self.addParameter(QgsProcessingParameterFile(self.INITIAL_MODEL, self.tr("Initial checkpoint (.pt, optional)"), extension="pt", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model (ONNX)"), "ONNX models (*.onnx)"))
         self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CHECKPOINT, self.tr("PyTorch checkpoint")))
         self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_LOSS, self.tr("Best validation loss")))
@@ -87,6 +92,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
             weights=weights,
             initial_model=self.parameterAsFile(parameters, self.INITIAL_MODEL, context) or None,
             progress=self.progress(feedback),
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             **training_arguments(self, parameters, context),
         )
         feedback.pushInfo(f"{report.steps} steps in {report.seconds:.0f} s; model {report.onnx_path}, checkpoint {report.checkpoint_path}")

@@ -98,7 +98,8 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
         phase_info = {**phase_info, **before_export(model)}
     record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
                seconds=round(result.seconds, 1), best_validation=result.best_validation, stopped_early=result.stopped_early,
-               seed=fit_args.get("seed"), bf16=result.bf16, epochs_done=len(saved) or None, complete=True)
+               seed=fit_args.get("seed"), bf16=result.bf16, device=result.device, epochs_done=len(saved) or None,
+               complete=True)
     tmp_ckpt, tmp_onnx = partial_path(ckpt), partial_path(onnx_path)
     try:
         _write_checkpoint(tmp_ckpt, ckpt, model, record)
@@ -181,12 +182,14 @@ def train(
     initial_model: str | None = None,
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
+    device: str = "auto",
 ) -> TrainingReport:
     """Phase 1: supervised training on (noisy, label[, mask]) pairs.
 
     Writes `onnx_path` and the checkpoint beside it (same name, .pt) together, once both
     are complete and read back; after each epoch the checkpoint alone is updated, so a
-    cancel keeps the last finished epoch. Defaults: defaults.PHASE1_TRAINING.
+    cancel keeps the last finished epoch. Defaults: defaults.PHASE1_TRAINING. `device`: where
+    torch trains (training.torch_device: auto, cpu or cuda).
 
     Raises:
         InputError, OutputError (both checked before any work), ModelError (initial_model),
@@ -195,6 +198,9 @@ def train(
     from .dependencies import require
 
     require("train", "Training (phase 1)")  # torch, onnx and onnxscript before any work, not at export
+    from .training import torch_device
+
+    torch_device(device)  # "cuda" where torch cannot use it fails before any work
     if not pairs:
         raise InputError("Give at least one noisy image with its reference label.")
     if any(not p.label for p in pairs):
@@ -212,9 +218,20 @@ def train(
         phase_info={"phase": 1, "data": [os.path.basename(p.noisy) for p in pairs], "epochs": epochs, "patch": patch,
                     "stride": stride, "batch": batch_size, "lr": [lr, lr_end, lr_steps]},
         epochs=epochs, batch_size=batch_size, lr=lr, lr_end=lr_end, lr_steps=lr_steps, seed=seed, use_bf16=use_bf16,
+        device=device,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)
+
+
+def training_device(device: str) -> str:
+    """`device` checked for training before any work (torch imported only here: the plugin loads without it)."""
+    from .dependencies import require
+
+    require("finetune", "Fine-tuning (phase 2)")
+    from .training import torch_device
+
+    return torch_device(device).type
 
 
 @translate_errors
@@ -241,6 +258,7 @@ def fine_tune(
     progress: Progress = SILENT,
     use_bf16: bool | None = None,
     zero_is_nodata: bool = ZERO_IS_NODATA,
+    device: str = "auto",
 ) -> TrainingReport:
     """Phase 2: adapt a trained model to `image` without any label (target = the image itself).
 
@@ -252,10 +270,14 @@ def fine_tune(
     base model that already fits the image is not tuned, and tuned weights are kept only
     when they explain the speckle better than the base ones. With `zero_is_nodata`, zeros of
     a band that declares no nodata are nodata (GRD borders; see raster.input_nodata).
+    `device`: where torch tunes (training.torch_device: auto, cpu or cuda).
     """
     from .dependencies import require
 
     require("finetune", "Fine-tuning (phase 2)")  # torch, onnx and onnxscript before any work, not at export
+    from .training import torch_device
+
+    torch_device(device)  # "cuda" where torch cannot use it fails before any work
     base = base_model or bundled_checkpoint_path()
     _check_output(onnx_path, {"image": image, "base_model": base})
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,
@@ -295,7 +317,7 @@ def fine_tune(
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=0 if skip else epochs, batch_size=batch_size, lr=lr, seed=seed,
         evaluations_per_epoch=evaluations_per_epoch, patience=patience if source.validation_blocks else None,
-        use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, before_export=lambda m: finish(m, source),
+        use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, before_export=lambda m: finish(m, source), device=device,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .errors import ModelError, TrainingError
+from .errors import InputError, ModelError, ResourceError, TrainingError
+from .inference import DEVICES
 from .losses import LossWeights, despecknet_loss
 from .model import DeSpeckNet
 
@@ -27,8 +28,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def bf16_supported() -> bool:
+def bf16_supported(device: torch.device | None = None) -> bool:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+TORCH_DEVICES = DEVICES  # the same names as despeckling's ONNX Runtime devices
+
+
+def torch_device(device: str = "auto") -> torch.device:
+    """Where training runs: "auto" takes an NVIDIA GPU when this torch can use one, else the CPU.
+
+    Raises:
+        InputError: an unknown name; ResourceError: "cuda" asked for where torch cannot use
+        it (it fails rather than silently training on the CPU, as despeckling does).
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device not in TORCH_DEVICES:
+        raise InputError(f"Unknown `device` {device!r}: use one of {', '.join(TORCH_DEVICES)}.")
+    if device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if device == "cuda":
+        why = ("was built without CUDA" if torch.version.cuda is None
+               else f"was built for CUDA {torch.version.cuda} but finds no usable NVIDIA GPU or driver")
+        raise ResourceError(
+            f"`device` cuda: this PyTorch ({torch.__version__}) {why}. Use `device` auto or cpu, or install a CUDA "
+            "build of PyTorch (https://pytorch.org/get-started/locally/) on a machine with an NVIDIA GPU.")
+    return torch.device("cpu")
 
 
 def step_learning_rate(progress: float, lr_start: float, lr_end: float, steps: int) -> float:
@@ -55,21 +85,26 @@ class TrainingRecord:
 
 class Trainer:
     def __init__(self, model: DeSpeckNet, weights: LossWeights, lr: float = 1e-3, use_bf16: bool | None = None,
-                 freeze_batchnorm: bool = False):
-        self.model = model.to(memory_format=torch.channels_last)
+                 freeze_batchnorm: bool = False, device: str | torch.device = "cpu"):
+        """`device`: see torch_device; the model moves there (nn.Module.to moves it in place)."""
+        self.device = torch_device(device)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         # Fine-tuning on one image: its few batches would otherwise rewrite the running statistics.
         self.freeze_batchnorm = freeze_batchnorm
         self.weights = weights
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999))
-        self.use_bf16 = bf16_supported() if use_bf16 is None else use_bf16
+        self.use_bf16 = bf16_supported(self.device) if use_bf16 is None else use_bf16
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def _to_device(self, *tensors: torch.Tensor):
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
     def _forward(self, noisy: torch.Tensor):
         noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.use_bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             return self.model(noisy)
 
     def step(self, noisy, target, mask) -> dict[str, float]:
@@ -78,6 +113,7 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
+        noisy, target, mask = self._to_device(noisy, target, mask)
         clean, noise = self._forward(noisy)
         loss, parts = despecknet_loss(clean, noise, noisy, target, mask, self.weights)
         if not math.isfinite(parts["total"]):
@@ -94,7 +130,8 @@ class Trainer:
         self.model.eval()
         sums: dict[str, float] = {}
         total_weight = 0.0
-        for noisy, target, mask in batches:
+        for batch in batches:
+            noisy, target, mask = self._to_device(*batch)
             clean, noise = self._forward(noisy)
             _, parts = despecknet_loss(clean, noise, noisy, target, mask, self.weights)
             w = float(mask.sum())
@@ -183,6 +220,7 @@ class FitResult:
     seconds: float = 0.0
     patches_seen: int = 0
     bf16: bool = False
+    device: str = "cpu"
 
 
 def fit(
@@ -201,6 +239,7 @@ def fit(
     checkpoint=None,
     use_bf16: bool | None = None,
     freeze_batchnorm: bool = False,
+    device: str = "cpu",
 ) -> FitResult:
     """Train `model` on a RasterPatches source; returns the loss history.
 
@@ -210,7 +249,8 @@ def fit(
     optimiser state of the best evaluation are restored (the early stopping of phase 2).
     Between epochs training goes on from the current weights. `checkpoint(model, epoch)`
     is called after each completed epoch, so cancelling keeps the last good one.
-    Cancellation is checked before every step.
+    Cancellation is checked before every step. Training runs on `device` (torch_device); the
+    model is back on the CPU when fit returns, for the ratio-image scoring and the export.
 
     Raises:
         TrainingError: the loss stopped being finite; Cancelled.
@@ -222,8 +262,8 @@ def fit(
     progress = progress or SILENT
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm)
-    result = FitResult(bf16=trainer.use_bf16)
+    trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, device=device)
+    result = FitResult(bf16=trainer.use_bf16, device=trainer.device.type)
     started = time.perf_counter()
     per_epoch = max(1, math.ceil(source.training_patches / batch_size))
     total = epochs * per_epoch
@@ -275,6 +315,7 @@ def fit(
         if result.stopped_early:
             progress.info(f"early stop at step {step}: validation did not improve for {patience} evaluations")
             break
+    model.to("cpu")
     model.eval()
     result.steps = step
     result.seconds = time.perf_counter() - started
