@@ -56,10 +56,10 @@ class ClassicFilterAlgorithm(DespeckNetAlgorithm):
                                                      defaultValue=cf.METHODS.index("lee")))
         self.add_number(self.WINDOW_SIZE, "Window size, pixels (odd)", cf.WINDOW_SIZE, integer=True,
                         allowed=cf.WINDOW_RANGE)
-        self.add_number(self.LOOKS, "Equivalent number of looks (0: estimate from the image)", 0.0,
+        self.add_number(self.LOOKS, "Looks (0: estimate from the image)", 0.0,
                         allowed=RANGES["looks"])
         self.add_number(self.DAMPING, "Frost damping factor K", cf.DAMPING, advanced=True, allowed=cf.DAMPING_RANGE)
-        self.add_number(self.SIGMA, "Lee sigma: probability inside the sigma range", cf.SIGMA, advanced=True,
+        self.add_number(self.SIGMA, "Lee sigma probability", cf.SIGMA, advanced=True,
                         allowed=cf.SIGMA_RANGE)
         self.add_number(self.TILE_SIZE, "Processing window, pixels", TILE_SIZE, advanced=True, integer=True,
                         allowed=TILE_RANGE)

@@ -69,11 +69,11 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.STABILITY, self.tr("Stability rule"), RULE_LABELS,
                                                      defaultValue=RULES.index(DEFAULT_RULE)))
-        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, self.tr("Threshold (ν for the paper's rule, dB for the dB rule; 0: default)"),
+        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, self.tr("Threshold (0: the rule's default)"),
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Number of looks L of one date, for the speckle and omnibus tests (0: estimate)"),
+        self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Looks L of one date (0: estimate)"),
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed (speckle and omnibus tests)"),
+        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed"),
                                              QgsProcessingParameterNumber.Double, 0.01, minValue=1e-6, maxValue=0.5)
         alpha.setFlags(alpha.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(alpha)
