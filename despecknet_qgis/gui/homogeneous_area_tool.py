@@ -2,13 +2,15 @@
 
 Left click adds a vertex, right click (or double click) closes the polygon, Esc starts
 over. The statistics of the chosen band (the toolbar's band box) of every visible GDAL
-raster layer are shown in the message bar
-and the log; each polygon is also kept in a memory layer that despecknet:specklestats
-can use.
+raster layer are shown in the message bar and the log, side by side on the same polygon;
+a layer's variables despecknet_band and despecknet_domain choose its own band and domain,
+and despecknet outputs are read in the domain they record. Each polygon is also kept in a
+memory layer that despecknet:specklestats can use.
 """
 from qgis.core import (
     Qgis,
     QgsCoordinateTransform,
+    QgsExpressionContextUtils,
     QgsFeature,
     QgsGeometry,
     QgsMessageLog,
@@ -28,14 +30,50 @@ from ..core.region_stats import region_statistics
 LAYER_NAME = "deSpeckNet homogeneous areas"
 
 
+BAND_VARIABLE, DOMAIN_VARIABLE = "despecknet_band", "despecknet_domain"
+
+
+def layer_band_and_domain(layer, band: int, domain: str) -> tuple[int, str]:
+    """What to measure on one layer, so that a noisy amplitude and a despeckled dB layer compare.
+
+    The layer's own variables despecknet_band and despecknet_domain (Layer Properties >
+    Variables) come first; then the domain a despecknet output records in its metadata
+    (DESPECKNET_OUTPUT_DOMAIN); then the toolbar's band and domain.
+    """
+    from osgeo import gdal
+
+    from ..core.domain import DOMAINS
+
+    scope = QgsExpressionContextUtils.layerScope(layer)
+    own_band, own_domain = scope.variable(BAND_VARIABLE), scope.variable(DOMAIN_VARIABLE)
+    try:
+        band = int(own_band) if own_band not in (None, "") else band
+    except (TypeError, ValueError):
+        QgsMessageLog.logMessage(f"{layer.name()}: {BAND_VARIABLE} = {own_band!r} is not a band number: band {band} "
+                                 "used.", "deSpeckNet", Qgis.MessageLevel.Warning)
+    if own_domain in DOMAINS:
+        return band, own_domain
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = gdal.Open(layer.source())
+        recorded = ds.GetMetadataItem("DESPECKNET_OUTPUT_DOMAIN") if ds is not None else None
+    finally:
+        gdal.PopErrorHandler()
+    return band, recorded if recorded in DOMAINS else domain
+
+
 def stats_for_visible_rasters(geometry: QgsGeometry, crs, layers, domain: str, project=None, band: int = 1):
-    """(layer name, RegionStats) of `band` for each GDAL raster among `layers`; polygon given in `crs`.
-    A raster with fewer bands is left out, with a message in the log."""
+    """(layer name, RegionStats) for each GDAL raster among `layers`; polygon given in `crs`.
+
+    `band` and `domain` are the toolbar's, unless a layer says otherwise (layer_band_and_domain).
+    A raster without that band is left out, with a message in the log."""
     project = project or QgsProject.instance()
     results = []
+    default_band, default_domain = band, domain
     for layer in layers:
         if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
             continue
+        band, domain = layer_band_and_domain(layer, default_band, default_domain)
         if band > layer.bandCount():
             QgsMessageLog.logMessage(f"{layer.name()} has {layer.bandCount()} band(s), no band {band}: left out.",
                                      "deSpeckNet", Qgis.MessageLevel.Warning)

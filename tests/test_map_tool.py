@@ -1,0 +1,34 @@
+"""The ENL / Cx map tool compares layers of different bands and domains on one polygon (issue 10)."""
+import numpy as np
+import pytest
+from qgis.core import QgsCoordinateReferenceSystem, QgsExpressionContextUtils, QgsGeometry, QgsPointXY, QgsRasterLayer
+
+from conftest import speckled_scene, write_tif
+
+
+def test_each_layer_is_measured_in_its_own_band_and_domain(qgis_app, tmp_path):
+    from despecknet_qgis.core.inference import Despeckler
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+    from despecknet_qgis.gui.homogeneous_area_tool import stats_for_visible_rasters
+
+    rng = np.random.default_rng(8)
+    field = np.full((120, 120), 0.05)
+    intensity = field * rng.gamma(1.0, 1.0, field.shape)
+    kw = dict(epsg=32631, origin=(0.0, 1200.0), pixel=10.0)
+    # a noisy amplitude layer whose band 2 is the one to measure, and a despeckled dB output of its intensity
+    noisy = QgsRasterLayer(write_tif(tmp_path / "amp.tif", [speckled_scene(120)[0], np.sqrt(intensity)], **kw), "noisy")
+    QgsExpressionContextUtils.setLayerVariable(noisy, "despecknet_band", 2)
+    QgsExpressionContextUtils.setLayerVariable(noisy, "despecknet_domain", "amplitude")
+    src = write_tif(tmp_path / "i.tif", intensity, **kw)
+    despeckle_raster(src, str(tmp_path / "db.tif"), Despeckler(None, "cpu"), output_domain="decibel")  # bundled
+    despeckled = QgsRasterLayer(str(tmp_path / "db.tif"), "despeckled")
+    square = QgsGeometry.fromPolygonXY([[QgsPointXY(200, 1000), QgsPointXY(1000, 1000), QgsPointXY(1000, 200),
+                                         QgsPointXY(200, 200)]])
+    # the toolbar says band 1, intensity: neither layer follows it
+    results = dict(stats_for_visible_rasters(square, QgsCoordinateReferenceSystem("EPSG:32631"),
+                                             [noisy, despeckled], "intensity", band=1))
+    assert results["noisy"].mean == pytest.approx(intensity[20:100, 20:100].mean(), rel=1e-6)
+    assert results["noisy"].enl == pytest.approx(1.0, rel=0.15)
+    # read as dB (its recorded domain), the despeckled field is at the same level and much smoother
+    assert results["despeckled"].mean == pytest.approx(0.05, rel=0.1)
+    assert results["despeckled"].enl > 5 * results["noisy"].enl
