@@ -91,9 +91,11 @@ def _data(tmp_path, tiny_model):
                                                          "OUTPUT_FOLDER": str(out / "batch")}),
         ("temporallabel", "despecknet:temporallabel", {"INPUTS": dates, "LOOKS": 4.4, "OUTPUT": str(out / "label.tif"),
                                                        "OUTPUT_MASK": str(out / "mask.tif")}),
+        # small numbers the number boxes must keep (issue 10 item 4): LAMBDA_TV, LEARNING_RATE
         ("train", "despecknet:train", {"INPUT": [dates[0]], "REFERENCE": [label], "EPOCHS": 1, **small,
-                                       "OUTPUT_MODEL": str(out / "trained.onnx")}),
+                                       "LAMBDA_TV": 2e-7, "OUTPUT_MODEL": str(out / "trained.onnx")}),
         ("finetune", "despecknet:finetune", {"INPUT": dates[1], "MODEL": checkpoint, "PRESET": 1, **small,
+                                             "LEARNING_RATE": 3e-8,
                                              "OUTPUT_MODEL": str(out / "tuned.onnx"), "OUTPUT": str(out / "tuned.tif")}),
         ("specklestats", "despecknet:specklestats", {"INPUTS": [scene, str(out / "despeckled.tif")], "POLYGONS": field,
                                                      "OUTPUT": str(out / "stats.csv"),
@@ -188,23 +190,31 @@ def test_desktop_shows_no_error_and_no_unexpected_window(desktop):
 def test_each_dialog_opens_and_runs(desktop, name):
     job = _job(desktop, name)
     assert job["opened"] and os.path.isfile(job["screenshot"]), job
+    assert job["help_button"], f"{name}: no Help button (helpUrl)"
     assert job["ok"], f"{name}: {job.get('error')}\n{job.get('log', '')[-3000:]}"
 
 
-# Issue 10 item 4 ("labels fit"): these dialogs, at the size QGIS first opens them (688 x 523 here), have
+# Issue 10 item 4 ("labels fit"): these dialogs, at the size QGIS first opens them (688 x 523 here), had
 # a label or an option list wider than the parameter panel, which then scrolls sideways. Take a name out
-# once its dialog fits (the strict xfail then fails as a reminder); the test prints what is too wide.
-TOO_WIDE_TODAY = {"classicfilter", "temporallabel", "train", "finetune", "finetune_despeckle_folder"}
+# once its dialog fits (XPASS in `pytest -rX`); the test prints what is too wide. Not strict while the
+# labels are being shortened in parallel.
+TOO_WIDE_TODAY = {"train", "finetune", "finetune_despeckle_folder"}
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 10 item 4: labels too wide for the dialog"))
+    pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 10 item 4: labels too wide for the dialog"))
     if n in TOO_WIDE_TODAY else n for n in ALGORITHMS + MODELS])
 def test_dialog_labels_fit_the_default_size(desktop, name):
     """Every label and option list, advanced parameters included, fits the panel without sideways scrolling."""
     job = _job(desktop, name)
     assert job["too_wide"] == [], f"{name} at {job['size']}: " + "; ".join(job["too_wide"])
     assert os.path.isfile(job["screenshot_parameters"])
+
+
+def test_number_boxes_keep_small_values(desktop):
+    """What Run reads back from the dialog's widgets, not what was given to it."""
+    assert float(_job(desktop, "train")["from_widgets"]["LAMBDA_TV"]) == 2e-7
+    assert float(_job(desktop, "finetune")["from_widgets"]["LEARNING_RATE"]) == 3e-8
 
 
 def _finite_raster(path, shape):
@@ -253,13 +263,13 @@ def test_missing_package_message_opens_the_installer(desktop):
     assert os.path.isfile(installer["screenshot"])
 
 
-@pytest.mark.xfail(strict=True, reason="plugin.py: iface.addToolBar('deSpeckNet') gives the toolbar no objectName, so "
+@pytest.mark.xfail(strict=False, reason="plugin.py: iface.addToolBar('deSpeckNet') gives the toolbar no objectName, so "
                    "QGIS cannot save or restore where the user put it (Qt warns at exit)")
 def test_toolbar_position_is_kept_between_sessions(desktop):
     assert "'objectName' not set for QToolBar" not in desktop["stderr"]
 
 
-@pytest.mark.xfail(strict=True, reason="core/export.py exports _Exportable(model), a wrapper left in training mode: "
+@pytest.mark.xfail(strict=False, reason="core/export.py exports _Exportable(model), a wrapper left in training mode: "
                    "torch warns 'Exporting a model while it is in training mode' into QGIS's Python warnings on every "
                    "train and finetune run (the wrapped model itself is in eval mode, so the numbers are right)")
 def test_runs_leave_no_python_warning_from_the_plugin(desktop):

@@ -178,6 +178,8 @@ def run_dialog(job):
     rec["opened"] = wait_until(dialog.isVisible, 10)
     rec["title"] = dialog.windowTitle()
     rec["size"] = [dialog.width(), dialog.height()]  # QGIS's default size for a first use
+    help_buttons = [b for b in dialog.buttonBox().buttons() if b.text().replace("&", "") == "Help"]
+    rec["help_button"] = any(b.isVisible() and b.isEnabled() for b in help_buttons)  # there when helpUrl() is set
     rec["screenshot"] = shot(dialog, f"{job['name']}-dialog")
     # Then every parameter, advanced ones too: open the groups, measure, and picture the whole panel.
     for group in dialog.mainWidget().findChildren(QGroupBox):
