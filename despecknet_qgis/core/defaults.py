@@ -94,8 +94,8 @@ class Phase2Preset:
 
 
 PHASE2_PRESETS = (
-    Phase2Preset("multilook", "Multi-look input (e.g. Sentinel-1 GRD)", PHASE2_MULTILOOK, 4.4),
-    Phase2Preset("singlelook", "Single-look input (e.g. SLC intensity)", PHASE2_SINGLELOOK, 1.0),
+    Phase2Preset("multilook", "Multi-look (GRD)", PHASE2_MULTILOOK, 4.4),
+    Phase2Preset("singlelook", "Single-look (SLC)", PHASE2_SINGLELOOK, 1.0),
     Phase2Preset("custom", "Custom", None, None),
 )
 
