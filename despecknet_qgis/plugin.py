@@ -69,6 +69,7 @@ class DespeckNetPlugin:
 
         canvas = self.iface.mapCanvas()
         self.toolbar = self.iface.addToolBar("deSpeckNet")
+        self.toolbar.setObjectName("deSpeckNetToolbar")  # QGIS saves and restores where the user put it
         self.action = QAction(QIcon(os.path.join(os.path.dirname(__file__), "icon.svg")),
                               "ENL / Cx of a homogeneous area", self.iface.mainWindow())
         self.action.setCheckable(True)

@@ -63,7 +63,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
             (self.LAMBDA_TV, "Weight lambda of TV(X̂)", PHASE1.lambda_tv),
         ):
             self.add_number(name, label, default, advanced=True)
-        self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate steps (stages from first to final rate)",
+        self.add_number(self.LEARNING_RATE_STEPS, "Learning-rate stages",
                         PHASE1_TRAINING.lr_steps, advanced=True, integer=True, allowed=Range(1))
         self.addParameter(QgsProcessingParameterFile(self.INITIAL_MODEL, self.tr("Initial checkpoint (.pt, optional)"), extension="pt", optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))

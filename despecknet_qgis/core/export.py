@@ -38,7 +38,7 @@ def export_onnx(model: DeSpeckNet, path: str, record: TrainingRecord, version: s
     tmp = partial_path(path) if atomic else path
     try:
         onnx_program = torch.onnx.export(
-            _Exportable(model),
+            _Exportable(model).eval(),  # the wrapper too: torch warns about a module in training mode
             (dummy,),
             input_names=[ModelInfo.INPUT],
             output_names=list(ModelInfo.OUTPUTS),
