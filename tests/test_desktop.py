@@ -230,18 +230,10 @@ def test_each_dialog_opens_and_runs(desktop, name):
     assert job["ok"], f"{name}: {job.get('error')}\n{job.get('log', '')[-3000:]}"
 
 
-# Issue 10 item 4 ("labels fit"): these dialogs, at the size QGIS first opens them (688 x 523 here), had
-# a label or an option list wider than the parameter panel, which then scrolls sideways. Take a name out
-# once its dialog fits (XPASS in `pytest -rX`); the test prints what is too wide. Not strict while the
-# labels are being shortened in parallel.
-TOO_WIDE_TODAY = {"train", "finetune", "finetune_despeckle_folder"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 10 item 4: labels too wide for the dialog"))
-    if n in TOO_WIDE_TODAY else n for n in ALGORITHMS + MODELS])
+@pytest.mark.parametrize("name", ALGORITHMS + MODELS)
 def test_dialog_labels_fit_the_default_size(desktop, name):
-    """Every label and option list, advanced parameters included, fits the panel without sideways scrolling."""
+    """Every label and option list, advanced parameters included, fits the panel without sideways scrolling at
+    the size QGIS first opens the dialog (688 x 523 here; issue 10 item 4, "labels fit")."""
     job = _job(desktop, name)
     assert job["too_wide"] == [], f"{name} at {job['size']}: " + "; ".join(job["too_wide"])
     assert os.path.isfile(job["screenshot_parameters"])
@@ -299,16 +291,13 @@ def test_missing_package_message_opens_the_installer(desktop):
     assert os.path.isfile(installer["screenshot"])
 
 
-@pytest.mark.xfail(strict=False, reason="plugin.py: iface.addToolBar('deSpeckNet') gives the toolbar no objectName, so "
-                   "QGIS cannot save or restore where the user put it (Qt warns at exit)")
 def test_toolbar_position_is_kept_between_sessions(desktop):
+    """The toolbar has an objectName, or QGIS cannot save where the user put it (Qt warns at exit)."""
     assert "'objectName' not set for QToolBar" not in desktop["stderr"]
 
 
-@pytest.mark.xfail(strict=False, reason="core/export.py exports _Exportable(model), a wrapper left in training mode: "
-                   "torch warns 'Exporting a model while it is in training mode' into QGIS's Python warnings on every "
-                   "train and finetune run (the wrapped model itself is in eval mode, so the numbers are right)")
 def test_runs_leave_no_python_warning_from_the_plugin(desktop):
+    """QGIS shows Python warnings to the user (e.g. torch's "exporting a model in training mode")."""
     # QGIS logs a Python warning as "warning:FILE:LINE: Category: text"; torch's own (FutureWarning from
     # copyreg) are not the plugin's.
     sources = [(re.match(r"warning:(.+?):\d+: ", m["message"]), m["message"]) for m in desktop["report"]["log"]
