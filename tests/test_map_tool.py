@@ -32,3 +32,28 @@ def test_each_layer_is_measured_in_its_own_band_and_domain(qgis_app, tmp_path):
     # read as dB (its recorded domain), the despeckled field is at the same level and much smoother
     assert results["despeckled"].mean == pytest.approx(0.05, rel=0.1)
     assert results["despeckled"].enl > 5 * results["noisy"].enl
+
+
+def test_specklestats_reports_every_band_with_the_polygons(provider, tmp_path):
+    import processing
+    from qgis.core import QgsFeature, QgsProcessingFeedback, QgsVectorLayer
+
+    rng = np.random.default_rng(9)
+    vv, vh = rng.gamma(1.0, 1.0, (100, 100)), 0.2 * rng.gamma(4.0, 0.25, (100, 100))
+    raster = write_tif(tmp_path / "s1.tif", [vv, vh], epsg=32631, origin=(600000.0, 5800000.0), pixel=10.0)
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32631&field=site:string", "areas", "memory")
+    feature = QgsFeature(layer.fields())
+    ring = [(600200.0, 5799800.0), (600700.0, 5799800.0), (600700.0, 5799300.0), (600200.0, 5799300.0)]
+    feature.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring]]))
+    feature.setAttributes(["field"])
+    layer.dataProvider().addFeatures([feature])
+    result = processing.run("despecknet:specklestats", {"INPUTS": [raster], "POLYGONS": layer, "BAND": 0,
+                                                        "OUTPUT": "memory:", "OUTPUT_HTML": ""},
+                            feedback=QgsProcessingFeedback())
+    rows = sorted(result["OUTPUT"].getFeatures(), key=lambda f: f["band"])
+    assert [r["band"] for r in rows] == [1, 2] and all(r["site"] == "field" for r in rows)
+    assert rows[0]["enl"] == pytest.approx(1.0, rel=0.15) and rows[1]["enl"] == pytest.approx(4.0, rel=0.15)
+    assert rows[1]["mean"] == pytest.approx(0.2, rel=0.05)
+    # the polygons come with their statistics, to be mapped beside the rasters
+    assert result["OUTPUT"].crs().authid() == "EPSG:32631"
+    assert rows[0].geometry().area() == pytest.approx(500.0 * 500.0)

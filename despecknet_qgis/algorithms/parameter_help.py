@@ -219,8 +219,9 @@ ALGORITHM_PARAMETER_HELP = {
         "INPUTS": "Rasters to measure, e.g. the original, the despeckled image and the estimated speckle.",
         "POLYGONS": ("Polygons over homogeneous areas (a lake, a uniform field), e.g. drawn with the ENL / Cx map "
                      "tool; reprojected to each raster's CRS."),
-        "OUTPUT": ("Table of one row per polygon and raster: pixels, mean, std, ENL, Cx, the fitted Gamma looks, "
-                   "and the polygon's own attributes."),
+        "BAND": "The band measured on each raster; 0 measures every band, a row each (VV and VH side by side).",
+        "OUTPUT": ("One feature per polygon, raster and band, with the polygon's geometry (to map ENL and Cx): "
+                   "pixels, mean, std, ENL, Cx, the fitted Gamma looks, and the polygon's own attributes."),
         "OUTPUT_HTML": "An HTML report: per polygon, the histogram of intensity and the fitted Gamma law.",
     },
     "quality": {

@@ -28,7 +28,7 @@ from ..core.report_html import region_report
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
 
 _INT, _STRING, _DOUBLE = QMetaType.Type.Int, QMetaType.Type.QString, QMetaType.Type.Double
-FIELDS = (("polygon", _INT), ("raster", _STRING), ("pixels", _INT), ("mean", _DOUBLE), ("std", _DOUBLE),
+FIELDS = (("polygon", _INT), ("raster", _STRING), ("band", _INT), ("pixels", _INT), ("mean", _DOUBLE), ("std", _DOUBLE),
           ("enl", _DOUBLE), ("cx", _DOUBLE), ("gamma_looks", _DOUBLE))
 
 
@@ -75,7 +75,8 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, self.tr("Rasters"), QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band (0: every band)"),
+                                                       QgsProcessingParameterNumber.Integer, 1, minValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterFeatureSource(self.POLYGONS, self.tr("Homogeneous areas"), [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Statistics"), QgsProcessing.TypeVector))
@@ -94,7 +95,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
         html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         # Every statistic first: no output exists before all of them are known.
-        attributes = {feature.id(): feature.attributes() for feature in source.getFeatures()}
+        attributes = {feature.id(): (feature.geometry(), feature.attributes()) for feature in source.getFeatures()}
         rows = []
         for k, layer in enumerate(layers):
             self._check_cancel(feedback)
@@ -102,21 +103,30 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
             polygons = [(fid, geom.asWkt()) for fid, geom in geometries_in_crs(source, layer.crs(), context)]
             if not polygons:
                 raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
-            stats = self.run_core(region_statistics, path, [w for _, w in polygons], band, domain, keep_values=bool(html_path))
-            for (fid, _), st in zip(polygons, stats):
-                if st.pixels == 0:
-                    feedback.pushWarning(f"Polygon {fid} does not overlap {layer.name()} (or covers only its nodata): "
-                                         "no statistics. Check that the polygons lie over the raster.")
-                elif st.too_small:
-                    feedback.pushWarning(f"Polygon {fid} covers {st.pixels} valid pixel(s) of {layer.name()}: "
-                                         f"fewer than {MIN_PIXELS}, its ENL and Cx are unreliable.")
-                rows.append((fid, layer.name(), st))
+            for b in (range(1, layer.bandCount() + 1) if band == 0 else [band]):
+                stats = self.run_core(region_statistics, path, [w for _, w in polygons], b, domain,
+                                      keep_values=bool(html_path))
+                rows += self._rows(polygons, stats, layer.name(), b, layer.bandCount(), feedback)
             feedback.setProgress(90.0 * (k + 1) / len(layers))
-        if rows and all(st.pixels == 0 for _, _, st in rows):
+        if rows and all(st.pixels == 0 for _, _, _, st in rows):
             raise QgsProcessingException("No polygon of POLYGONS overlaps a valid pixel of INPUTS: the polygons lie "
                                          "outside the rasters (check both cover the same area).")
         self._check_cancel(feedback)
-        return self._write_outputs(parameters, context, rows, html_path, source.fields(), attributes)
+        return self._write_outputs(parameters, context, rows, html_path, source, attributes)
+
+    @staticmethod
+    def _rows(polygons, stats, name, band, bands, feedback):
+        rows = []
+        label = name if bands == 1 else f"{name} band {band}"
+        for (fid, _), st in zip(polygons, stats):
+            if st.pixels == 0:
+                feedback.pushWarning(f"Polygon {fid} does not overlap {label} (or covers only its nodata): "
+                                     "no statistics. Check that the polygons lie over the raster.")
+            elif st.too_small:
+                feedback.pushWarning(f"Polygon {fid} covers {st.pixels} valid pixel(s) of {label}: "
+                                     f"fewer than {MIN_PIXELS}, its ENL and Cx are unreliable.")
+            rows.append((fid, name, band, st))
+        return rows
 
     @staticmethod
     def _check_cancel(feedback):
@@ -125,7 +135,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         if feedback.isCanceled() or termination_requested():
             raise QgsProcessingException("Cancelled by the user; no output was written.")
 
-    def _write_outputs(self, parameters, context, rows, html_path, polygon_fields, attributes):
+    def _write_outputs(self, parameters, context, rows, html_path, source, attributes):
         """The HTML report into a partial file, the table, then the report into place."""
         tmp = None
         if html_path:
@@ -133,24 +143,31 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
             tmp = partial_path(html_path)
             try:
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    fh.write(region_report([(str(fid), name, st) for fid, name, st in rows]))
+                    fh.write(region_report([(str(fid), name if b == 1 else f"{name} band {b}", st)
+                                            for fid, name, b, st in rows]))
             except OSError as exc:
                 remove_quietly(tmp)
                 raise QgsProcessingException(f"Writing OUTPUT_HTML {html_path} failed ({exc.strerror or exc}); "
                                              "a file already there is unchanged.") from exc
+        polygon_fields = source.fields()
         try:
             fields = statistics_fields(polygon_fields)
-            sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
+            # the polygons themselves, so that ENL and Cx can be mapped beside the rasters
+            sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
+                                              source.sourceCrs())
             if sink is None:
                 raise QgsProcessingException("OUTPUT (the statistics table) cannot be created.")
-            for fid, name, st in rows:
+            for fid, name, b, st in rows:
                 f = QgsFeature(fields)
-                f.setAttributes([int(fid), name, st.pixels]
+                geometry, values = attributes.get(fid, (None, [None] * polygon_fields.count()))
+                if geometry is not None:
+                    f.setGeometry(geometry)
+                f.setAttributes([int(fid), name, int(b), st.pixels]
                                 + [_finite(v) for v in (st.mean, st.std, st.enl, st.cv, st.gamma_looks)]
-                                + list(attributes.get(fid, [None] * polygon_fields.count())))
+                                + list(values))
                 if not sink.addFeature(f, QgsFeatureSink.FastInsert):
                     raise QgsProcessingException(f"Writing OUTPUT (the statistics table) failed: {sink.lastError()}")
-            first = rows[0][2]
+            first = rows[0][3]
             results = {self.OUTPUT: dest, self.ENL: _finite(first.enl), self.CX: _finite(first.cv)}
             if tmp:
                 try:
