@@ -129,12 +129,13 @@ def _data(tmp_path, tiny_model):
 
 
 @pytest.fixture(scope="module")
-def desktop(tmp_path_factory, tiny_model):
+def desktop(request, tmp_path_factory):
     """Run the desktop once for every check of this module; the report, the output folder and the run's text."""
     lacking = _missing_display_tools()
     if lacking:
         pytest.skip(f"no virtual display for the QGIS desktop: {', '.join(lacking)} not installed "
                     "(`make setup` installs Debian's xvfb and xauth)")
+    tiny_model = request.getfixturevalue("tiny_model")  # only once the desktop can run
     from tools.package import build
 
     tmp_path = tmp_path_factory.mktemp("desktop")

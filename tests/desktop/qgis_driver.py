@@ -336,6 +336,7 @@ EXIT_GUARD.timeout.connect(exit_hung)
 
 
 def main():
+    iface.mainWindow().setGeometry(0, 0, 1280, 1024)  # the whole virtual screen (no window manager to maximise)
     try:
         if install_plugin():
             for job in JOB["jobs"]:
