@@ -296,3 +296,41 @@ def test_safe_folder_without_manifest_is_named_before_any_work(provider, tiny_mo
         run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model[0], "DEVICE": 1,
                                      "OUTPUT": str(tmp_path / "out.tif")})
     assert not os.path.exists(tmp_path / "out.tif")
+
+
+def test_calibrated_products_do_not_fill_the_disk(safe, tmp_path):
+    """Each calibrated product is a full copy (about 1.7 GB a polarisation for an IW GRD): the cache keeps a few."""
+    import shutil
+
+    from despecknet_qgis.core.sentinel1 import CACHED_PRODUCTS
+
+    root, _, _ = safe
+    cache = tmp_path / "cal"
+    made = []
+    for k in range(CACHED_PRODUCTS + 2):
+        copy = tmp_path / f"copy{k}" / os.path.basename(root)
+        shutil.copytree(root, copy)
+        made.append(calibrated_raster(str(copy), str(cache)))
+    kept = sorted(str(p) for p in cache.glob("*.tif"))
+    assert len(kept) == CACHED_PRODUCTS and made[-1] in kept and made[0] not in kept
+    assert not list(cache.glob(".*"))  # no partial file left behind
+
+
+def test_a_full_disk_leaves_no_calibrated_product(safe, tmp_path):
+    """GDAL reports a full disk only when blocks are flushed: the copy is read back before it is used."""
+    import subprocess
+
+    from despecknet_qgis.core.errors import OutputError
+
+    root, _, _ = safe
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(tiny)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(OutputError):
+            calibrated_raster(root, str(tiny))
+        assert os.listdir(tiny) == []
+    finally:
+        subprocess.run(["umount", str(tiny)])

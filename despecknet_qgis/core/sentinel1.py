@@ -27,7 +27,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError
+from .raster import RasterOutput, Window
 
 MANIFEST = "manifest.safe"
 CALIB_PREFIX = "SENTINEL1_CALIB:"
@@ -35,6 +36,7 @@ _CO_POLARISATIONS = ("VV", "HH")
 # calibration in a dataset name -> the calibration vector's LUT (UNCALIB: sigma0, see above)
 LUTS = {"SIGMA0": "sigmaNought", "BETA0": "betaNought", "GAMMA": "gamma", "UNCALIB": "sigmaNought"}
 _STRIP_LINES = 256
+CACHED_PRODUCTS = 4  # calibrated products kept in the cache folder (prune_calibrated)
 _XFDU = "{urn:ccsds:schema:xfdu:1}"
 
 
@@ -305,14 +307,28 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     newest = max((st.mtime for st in map(gdal.VSIStatL, files) if st is not None), default=0)
     if os.path.exists(out) and os.path.getmtime(out) >= newest:
         return out  # written before by this or another process, product unchanged since
-    partial = f"{out}.{os.getpid()}.partial.tif"
-    try:
-        _write_sigma0(manifest, found, partial, progress, calibration)
-        os.replace(partial, out)  # whole or absent: parallel workers may calibrate the same product
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
+    prune_calibrated(folder, keep=out)
     return out
+
+
+def prune_calibrated(folder: str, keep: str, products: int = CACHED_PRODUCTS) -> list[str]:
+    """Delete all but the `products` most recently used calibrated products in `folder`.
+
+    A full IW GRD is about 1.7 GB a polarisation calibrated: the cache must not fill the
+    disk of someone who despeckles a season of products. A file another process still reads
+    stays readable until it closes it (POSIX); one that cannot be deleted now stays.
+    """
+    names = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".tif") and not n.startswith(".")]
+    names.sort(key=lambda n: max(os.path.getmtime(n), os.path.getatime(n)), reverse=True)
+    removed = []
+    for name in [n for n in names if os.path.abspath(n) != os.path.abspath(keep)][max(0, products - 1):]:
+        try:
+            os.remove(name)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, calibration="SIGMA0") -> None:
@@ -332,39 +348,29 @@ def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, c
         raise InputError(f"The measurements of {manifest} differ in size; only products whose polarisations "
                          "share one grid (GRD) can be despeckled.")
     luts = [sigma0_lut(m.calibration, width, manifest, LUTS[calibration]) for m in found]
-    driver = gdal.GetDriverByName("GTiff")
-    ds = driver.Create(out, width, height, len(found), gdal.GDT_Float32,
-                       ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=3", "BIGTIFF=IF_SAFER"])
-    if ds is None:
-        raise OutputError(f"Cannot write the calibrated product {out}: check the folder is writable and has room.")
-    gcp_source = product if product is not None and product.GetGCPCount() else sources[0]
-    if gcp_source.GetGCPCount():
-        ds.SetGCPs(gcp_source.GetGCPs(), gcp_source.GetGCPSpatialRef())
-    elif sources[0].GetGeoTransform(can_return_null=True):
-        ds.SetGeoTransform(sources[0].GetGeoTransform())
-        ds.SetSpatialRef(sources[0].GetSpatialRef())
     metadata = dict(product.GetMetadata()) if product is not None else {}
     metadata.update({"CALIBRATION": calibration, "DOMAIN": "intensity", "SOURCE_PRODUCT": manifest})
-    ds.SetMetadata(metadata)
-    for b, (m, src, (lines, table)) in enumerate(zip(found, sources, luts), start=1):
-        band = ds.GetRasterBand(b)
-        band.SetDescription(m.polarisation)
-        band.SetMetadata({"POLARIZATION": m.polarisation, "SWATH": m.swath, "CALIBRATION": calibration})
-        band.SetNoDataValue(0.0)  # DN 0: the product's border, no signal
-        dn_band = src.GetRasterBand(1)
-        for first in range(0, height, _STRIP_LINES):
-            count = min(_STRIP_LINES, height - first)
-            dn = dn_band.ReadAsArray(0, first, width, count)
-            if dn is None:
-                raise InputError(f"GDAL failed reading lines {first}..{first + count} of {m.measurement}: the "
-                                 "product is damaged. Download it again.")
-            if np.iscomplexobj(dn):
-                dn = np.abs(dn)
-            a = lut_rows(lines, table, first, count)
-            sigma0 = (dn.astype(np.float64) / a) ** 2
-            if band.WriteArray(sigma0.astype(np.float32), 0, first) != 0:
-                raise OutputError(f"Writing the calibrated product {out} failed: check the disk has room.")
-            if progress is not None:
-                progress(100.0 * ((b - 1) * height + first + count) / (len(found) * height))
-    ds.FlushCache()
-    ds = None
+    # GDAL's failures (a full disk) recorded, the file read back, and moved into place only when whole
+    with RasterOutput(out, sources[0], len(found), [0.0] * len(found),  # DN 0: the product's border, no signal
+                      argument="the calibrated product", descriptions=[m.polarisation for m in found],
+                      metadata=metadata) as output:
+        gcp_source = product if product is not None and product.GetGCPCount() else sources[0]
+        if gcp_source.GetGCPCount():
+            output.ds.SetGCPs(gcp_source.GetGCPs(), gcp_source.GetGCPSpatialRef())
+        for b, (m, src, (lines, table)) in enumerate(zip(found, sources, luts), start=1):
+            output.band(b).SetMetadata({"POLARIZATION": m.polarisation, "SWATH": m.swath, "CALIBRATION": calibration})
+            dn_band = src.GetRasterBand(1)
+            for first in range(0, height, _STRIP_LINES):
+                count = min(_STRIP_LINES, height - first)
+                dn = dn_band.ReadAsArray(0, first, width, count)
+                if dn is None:
+                    raise InputError(f"GDAL failed reading lines {first}..{first + count} of {m.measurement}: the "
+                                     "product is damaged. Download it again.")
+                if np.iscomplexobj(dn):
+                    dn = np.abs(dn)
+                a = lut_rows(lines, table, first, count)
+                sigma0 = (dn.astype(np.float64) / a) ** 2
+                output.write(b, Window(0, first, width, count), sigma0.astype(np.float32))
+                if progress is not None:
+                    progress(100.0 * ((b - 1) * height + first + count) / (len(found) * height))
+        output.commit()
