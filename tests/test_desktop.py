@@ -90,7 +90,8 @@ def _data(tmp_path, tiny_model):
     for name, seed in (("a", 62), ("b", 63)):
         write_tif(folder / f"{name}.tif", speckled_scene(64, looks=4.4, seed=seed)[0].astype(np.float32))
     # the uniform field, in map coordinates (origin 500000, 4000000, 20 m pixels)
-    field = _polygon(d / "field.geojson", ((500000.0 + 28 * 20, 4000000.0 - 28 * 20), (500000.0 + 68 * 20, 4000000.0 - 68 * 20)))
+    field = _polygon(d / "field.geojson", ((500000.0 + 28 * 20, 4000000.0 - 28 * 20),
+                                           (500000.0 + 68 * 20, 4000000.0 - 68 * 20)))
     onnx, checkpoint = tiny_model[0], tiny_model[0].replace(".onnx", ".pt")
     small = {"PATCH_SIZE": 24, "STRIDE": 24, "BATCH_SIZE": 8}
     jobs = [
@@ -105,8 +106,8 @@ def _data(tmp_path, tiny_model):
         ("train", "despecknet:train", {"INPUT": [dates[0]], "REFERENCE": [label], "EPOCHS": 1, **small,
                                        "LAMBDA_TV": 2e-7, "OUTPUT_MODEL": str(out / "trained.onnx")}),
         ("finetune", "despecknet:finetune", {"INPUT": dates[1], "MODEL": checkpoint, "PRESET": 1, **small,
-                                             "LEARNING_RATE": 3e-8,
-                                             "OUTPUT_MODEL": str(out / "tuned.onnx"), "OUTPUT": str(out / "tuned.tif")}),
+                                             "LEARNING_RATE": 3e-8, "OUTPUT_MODEL": str(out / "tuned.onnx"),
+                                             "OUTPUT": str(out / "tuned.tif")}),
         ("specklestats", "despecknet:specklestats", {"INPUTS": [scene, str(out / "despeckled.tif")], "POLYGONS": field,
                                                      "OUTPUT": str(out / "stats.csv"),
                                                      "OUTPUT_HTML": str(out / "stats.html")}),

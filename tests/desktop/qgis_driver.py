@@ -28,7 +28,8 @@ from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBoxBasic
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEventLoop, QPoint, Qt, QTimer
-from qgis.PyQt.QtWidgets import QApplication, QComboBox, QGroupBox, QLabel, QMessageBox, QPushButton, QScrollArea, QToolBar
+from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QGroupBox, QLabel, QMessageBox, QPushButton, QScrollArea,
+                                 QToolBar)
 from qgis.utils import iface
 
 PLUGIN = "despecknet_qgis"
