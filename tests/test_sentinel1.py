@@ -334,3 +334,26 @@ def test_a_full_disk_leaves_no_calibrated_product(safe, tmp_path):
         assert os.listdir(tiny) == []
     finally:
         subprocess.run(["umount", str(tiny)])
+
+
+def test_parameter_checks_do_not_calibrate_the_product(provider, safe, tmp_path):
+    """QGIS's dialog runs the checks in its GUI thread: calibrating a full GRD there would freeze QGIS for
+    tens of seconds. The checks read the product's XML; the run calibrates, in its background task."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingUtils
+
+    root, _, zpath = safe
+    cache = os.path.join(QgsProcessingUtils.tempFolder(), "sentinel1")
+    before = set(os.listdir(cache)) if os.path.isdir(cache) else set()
+    alg = QgsApplication.processingRegistry().createAlgorithmById("despecknet:despeckle")
+    for product in (root, zpath, os.path.join(root, "manifest.safe")):
+        ok, message = alg.checkParameterValues({"INPUT": product, "OUTPUT": str(tmp_path / "o.tif")},
+                                               QgsProcessingContext())
+        assert ok, message
+    after = set(os.listdir(cache)) if os.path.isdir(cache) else set()
+    assert after == before
+    broken = tmp_path / "broken" / os.path.basename(root)
+    shutil.copytree(root, broken)
+    os.remove(broken / "manifest.safe")
+    ok, message = alg.checkParameterValues({"INPUT": str(broken), "OUTPUT": str(tmp_path / "o.tif")},
+                                           QgsProcessingContext())
+    assert not ok and "manifest.safe" in message

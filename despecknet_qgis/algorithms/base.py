@@ -235,7 +235,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                     indexed[definition.name()] = index
             if isinstance(definition, QgsProcessingParameterRasterLayer) and definition.name() in indexed:
                 # QGIS 3.22 loads layers only from plain files: give it the layer of a GDAL dataset name
-                layer = self.raster_layer(indexed, definition.name(), context)
+                layer = self.raster_layer(indexed, definition.name(), context, calibrate=False)
                 if layer is not None and layer.isValid():
                     indexed[definition.name()] = layer
         return super().checkParameterValues(indexed, context)
@@ -354,9 +354,9 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
     def _layer_paths(self, d, parameters, context) -> list:
         """The files behind a layer parameter's layers (for the output checks)."""
         if isinstance(d, QgsProcessingParameterMultipleLayers):
-            layers = self.parameterAsLayerList(parameters, d.name(), context)
+            layers = self.parameterAsLayerList(parameters, d.name(), context, calibrate=False)
         elif isinstance(d, QgsProcessingParameterRasterLayer):
-            layers = [self.raster_layer(parameters, d.name(), context)]
+            layers = [self.raster_layer(parameters, d.name(), context, calibrate=False)]
         else:
             layers = [self.parameterAsVectorLayer(parameters, d.name(), context)]
         paths = []
@@ -449,26 +449,30 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         except (FloatingPointError, ValueError, MemoryError) as exc:
             raise QgsProcessingException(self.message(translate(exc))) from exc
 
-    def raster_layer(self, parameters, name, context):
+    def raster_layer(self, parameters, name, context, calibrate=True):
         """parameterAsRasterLayer, also for GDAL dataset names QGIS 3.22 does not load from a string
-        (/vsizip/, /vsicurl/, sub-datasets)."""
+        (/vsizip/, /vsicurl/, sub-datasets). A Sentinel-1 product gives its calibrated sigma0, or
+        with `calibrate` False (the checks before a run) its own layer, checked but not calibrated."""
         value = parameters.get(name)
         if is_sentinel1_input(value):  # a SAFE product: its calibrated sigma0
-            return gdal_layer(value, name, context)
+            return gdal_layer(value, name, context, calibrate)
         layer = self.parameterAsRasterLayer(parameters, name, context)
-        return calibrated_if_sentinel1(layer, name, context) if layer is not None else gdal_layer(value, name, context)
+        if layer is None:
+            return gdal_layer(value, name, context, calibrate)
+        return calibrated_if_sentinel1(layer, name, context, calibrate)
 
-    def parameterAsLayerList(self, parameters, name, context):  # noqa: N802 - QGIS API
-        """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given)."""
+    def parameterAsLayerList(self, parameters, name, context, calibrate=True):  # noqa: N802 - QGIS API
+        """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given;
+        `calibrate` as in raster_layer)."""
         values = parameters.get(name)
         if not isinstance(values, (list, tuple)) or not any(_needs_gdal(v) for v in values):
             layers = super().parameterAsLayerList(parameters, name, context)
-            return [calibrated_if_sentinel1(layer, name, context) for layer in layers]
+            return [calibrated_if_sentinel1(layer, name, context, calibrate) for layer in layers]
         layers = []
         for v in values:
-            layer = gdal_layer(v, name, context) if _needs_gdal(v) else None
+            layer = gdal_layer(v, name, context, calibrate) if _needs_gdal(v) else None
             layers.extend([layer] if layer is not None else super().parameterAsLayerList({name: [v]}, name, context))
-        return [calibrated_if_sentinel1(layer, name, context) for layer in layers]
+        return [calibrated_if_sentinel1(layer, name, context, calibrate) for layer in layers]
 
     def gdal_source(self, layer, what="INPUT"):
         """The file behind a raster layer; deSpeckNet reads rasters through GDAL."""

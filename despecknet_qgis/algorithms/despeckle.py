@@ -93,8 +93,8 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         )
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
 
-    def input_layer(self, parameters, context):
-        layer = self.raster_layer(parameters, self.INPUT, context)
+    def input_layer(self, parameters, context, calibrate=True):
+        layer = self.raster_layer(parameters, self.INPUT, context, calibrate)
         self.gdal_source(layer, f"INPUT {parameters.get(self.INPUT)!r}")
         return layer
 
@@ -104,7 +104,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             return message
         # QGIS's own message for an unloadable INPUT does not say what to do.
         try:
-            self.input_layer(parameters, context)
+            self.input_layer(parameters, context, calibrate=False)
         except QgsProcessingException as exc:
             return str(exc)
         return None

@@ -13,7 +13,7 @@ from qgis.core import QgsProcessingException, QgsProcessingUtils, QgsRasterLayer
 
 from ..core.errors import DespeckNetError
 from ..core.raster import gdal_can_open
-from ..core.sentinel1 import calibrated_raster, grd_measurements, is_sentinel1_input, parse_calib_name
+from ..core.sentinel1 import calibrated_raster, grd_measurements, is_sentinel1_input, manifest_path, parse_calib_name
 
 
 def sentinel1_problem(value, name):
@@ -29,21 +29,38 @@ def sentinel1_problem(value, name):
     return None
 
 
-def gdal_layer(value, name="INPUT", context=None):
+def gdal_layer(value, name="INPUT", context=None, calibrate=True):
     """The raster layer of a Sentinel-1 product or of a GDAL dataset name; None for anything else.
-    With a context, the context owns the layer, as it owns the layers QGIS loads."""
-    layer = _layer(value, name)
+    With a context, the context owns the layer, as it owns the layers QGIS loads.
+
+    `calibrate` False (the parameter checks, which QGIS's dialog runs in its GUI thread): a
+    product's own layer of digital numbers, checked but not calibrated; calibrating a full
+    GRD takes tens of seconds and belongs to the run, in its background task."""
+    layer = _layer(value, name) if calibrate or not is_sentinel1_input(value) else _uncalibrated_layer(value, name)
     if layer is not None and context is not None:
         context.temporaryLayerStore().addMapLayer(layer)
     return layer
 
 
-def calibrated_if_sentinel1(layer, name="INPUT", context=None):
+def calibrated_if_sentinel1(layer, name="INPUT", context=None, calibrate=True):
     """A layer QGIS opened on a Sentinel-1 product (its manifest.safe, or an UNCALIB sub-dataset
     chosen when the product was added to the project) gives way to the layer of its calibrated sigma0."""
     if layer is None or layer.providerType() != "gdal" or not is_sentinel1_input(layer.source()):
         return layer
-    return gdal_layer(layer.source(), name, context)
+    return gdal_layer(layer.source(), name, context, calibrate)
+
+
+def _uncalibrated_layer(value, name):
+    """The product's digital numbers as QGIS opens them, for the checks; its problems as a message."""
+    problem = sentinel1_problem(value, name)
+    if problem:
+        raise QgsProcessingException(problem)
+    product = parse_calib_name(value)[0] if value.upper().startswith("SENTINEL1_CALIB:") else value
+    try:
+        source = manifest_path(product)
+    except DespeckNetError as exc:
+        raise QgsProcessingException(f"{name}: {exc}") from exc
+    return QgsRasterLayer(source, os.path.basename(product.rstrip("/\\")) or product, "gdal")
 
 
 def _layer(value, name):
