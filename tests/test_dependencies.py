@@ -43,7 +43,7 @@ def scene(tmp_path_factory):
     return write_tif(tmp_path_factory.mktemp("scene") / "scene.tif", y, nodata=0.0)
 
 
-@pytest.mark.parametrize("hidden", [["onnx"], ["scipy"], ["torch"], ["onnxscript"], ["onnx", "scipy", "torch", "onnxscript"]])
+@pytest.mark.parametrize("hidden", [["onnx"], ["scipy"], ["torch"], ["onnx", "scipy", "torch"]])
 def test_despeckle_needs_only_onnxruntime_and_numpy(profile, scene, tmp_path, hidden):
     out = tmp_path / "out.tif"
     proc = run_without(hidden, "run", "despecknet:despeckle", "--", f"INPUT={scene}", "INPUT_DOMAIN=0",
@@ -76,7 +76,7 @@ def test_without_onnxruntime_despeckle_names_it_and_the_pip_command_and_writes_n
     assert probe.stdout.split() == [*map(str, sys.version_info[:2]), os.path.realpath(sys.base_exec_prefix)]
 
 
-@pytest.mark.parametrize("hidden", ["torch", "onnxscript", "onnx"])
+@pytest.mark.parametrize("hidden", ["torch", "onnx"])
 def test_train_checks_its_packages_before_the_first_step(profile, tmp_path, hidden):
     y, scene = speckled_scene(96, seed=5)
     img = write_tif(tmp_path / "img.tif", y)
@@ -95,11 +95,11 @@ def test_train_checks_its_packages_before_the_first_step(profile, tmp_path, hidd
 
 def test_finetune_checks_its_packages_before_the_first_step(profile, scene, tmp_path):
     model = tmp_path / "tuned.onnx"
-    proc = run_without(["onnxscript"], "run", "despecknet:finetune", "--", f"INPUT={scene}",
+    proc = run_without(["onnx"], "run", "despecknet:finetune", "--", f"INPUT={scene}",
                        f"OUTPUT_MODEL={model}", f"OUTPUT={tmp_path / 'despeckled.tif'}", profile=profile)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text
-    assert "Fine-tuning (phase 2) needs Python packages missing" in text and "onnxscript" in text
+    assert "Fine-tuning (phase 2) needs Python packages missing" in text and "onnx " in text
     assert "training patches" not in text
     assert not model.exists()
 
@@ -118,8 +118,7 @@ def test_missing_lists_exactly_the_hidden_packages():
     env = {**os.environ, "PYTHONPATH": HIDER, "DESPECKNET_HIDE_PACKAGES": "onnx,torch"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    # imported for real, onnxscript fails too: it needs onnx (looking for it alone finds it)
-    assert proc.stdout.strip() == "['onnx', 'torch'] [] ['onnx', 'onnxscript', 'torch']"
+    assert proc.stdout.strip() == "['onnx', 'torch'] [] ['onnx', 'torch']"
 
 
 def test_nothing_is_missing_here_and_require_passes():
@@ -216,13 +215,13 @@ def test_desktop_load_offers_to_install_what_is_missing(qgis_iface, qgis_process
     plugin.initGui()
     try:
         assert plugin.missing == []  # everything is installed here: no message
-        plugin.missing = [deps.REQUIREMENTS["onnxscript"]]  # as on a desktop without it
+        plugin.missing = [deps.REQUIREMENTS["torch"]]  # as on a desktop without it
         plugin.offer_install()
         buttons = plugin.message.findChildren(QPushButton)
         assert any(b.text().startswith("Install") for b in buttons)
-        assert "onnxscript" in plugin.message.text()
+        assert "torch" in plugin.message.text()
         installer = plugin.open_installer()
-        assert installer.requirements == plugin.missing and "onnxscript" in installer.log.toPlainText()
+        assert installer.requirements == plugin.missing and "torch" in installer.log.toPlainText()
     finally:
         plugin.unload()
 

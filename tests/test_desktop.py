@@ -289,7 +289,7 @@ def test_missing_package_message_opens_the_installer(desktop):
     installer = desktop["report"]["installer"]
     assert installer["message_button"] and installer["opened"], installer
     assert "missing" in installer["title"]
-    assert "pip" in " ".join(installer["command"]) and "onnxscript" in installer["command"], installer
+    assert "pip" in " ".join(installer["command"]) and "torch" in installer["command"], installer
     assert os.path.isfile(installer["screenshot"])
 
 

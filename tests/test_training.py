@@ -42,6 +42,20 @@ def test_masked_pixels_contribute_nothing():
     assert despecknet_loss(*sub, torch.ones(2, 1, 4, 8), weights)[0].item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_energy_weight_leaves_a_patch_out_of_the_energy_term_only():
+    """Real patches whose label is a debiased temporal mean (tools/make_model.py) skip the local energy term."""
+    g = torch.Generator().manual_seed(1)
+    clean, noise, noisy, target = (torch.randn(2, 1, 12, 12, generator=g) for _ in range(4))
+    mask = torch.ones(2, 1, 12, 12)
+    weights = LossWeights(1.0, 0.01, 0.0, energy=0.5)
+    _, both = despecknet_loss(clean, noise, noisy, target, mask, weights)
+    _, first = despecknet_loss(clean[:1], noise[:1], noisy[:1], target[:1], mask[:1], weights)
+    _, weighted = despecknet_loss(clean, noise, noisy, target, mask, weights, torch.tensor([1.0, 0.0]).view(2, 1, 1, 1))
+    assert weighted["energy"] == pytest.approx(first["energy"], rel=1e-6)
+    assert abs(first["energy"] - both["energy"]) > 1e-3 * both["energy"]
+    assert weighted["fidelity"] == pytest.approx(both["fidelity"]) and weighted["reconstruction"] == pytest.approx(both["reconstruction"])
+
+
 def test_learning_rate_steps_like_the_paper():
     lrs = [step_learning_rate(e / 30, 1e-3, 1e-4, 3) for e in range(30)]
     assert lrs[0] == 1e-3 and lrs[-1] == pytest.approx(1e-4) and len(set(lrs)) == 3

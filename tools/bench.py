@@ -78,15 +78,21 @@ def child_despeckle(src, tile):
                       "peak_rss_mb": peak_rss_mb()}))
 
 
+# A checkpoint that does not fit single-look data (trained on 5-look white speckle): the bundled
+# model fits it, so phase 2 would keep it without tuning and time nothing but the scoring.
+MISMATCHED_BASE = os.path.join(ROOT, "tests", "data", "source_5looks_uncorrelated.pt")
+
+
 def child_fine_tune(src, stride):
-    """Run in a subprocess: one tuning epoch of the bundled checkpoint on src."""
+    """Run in a subprocess: one tuning epoch (acceptance rule on, as in despecknet:finetune) on src."""
     from despecknet_qgis.core.losses import PHASE2_SINGLELOOK
     from despecknet_qgis.core.phases import fine_tune
     from despecknet_qgis.core.training import bf16_supported
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        rep = fine_tune(src, os.path.join(tmp, "tuned.onnx"), weights=PHASE2_SINGLELOOK, looks=1.0, stride=stride,
+        rep = fine_tune(src, os.path.join(tmp, "tuned.onnx"), base_model=MISMATCHED_BASE, weights=PHASE2_SINGLELOOK,
+                        looks=1.0, stride=stride,
                         patience=None)
         seconds = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "train_seconds": rep.seconds, "steps": rep.steps, "patches": rep.patches_seen,
@@ -165,9 +171,12 @@ def main():
         src = os.path.join(tmp, "tune.tif")
         make_raster(src, tune_size)
         mpix = tune_size * tune_size / 1e6
-        print(f"\nfine-tune, one epoch on {tune_size}x{tune_size} ({mpix:.2f} Mpixel), single-look preset, 40x40 patches, batch 128")
+        print(f"\nfine-tune, one epoch on {tune_size}x{tune_size} ({mpix:.2f} Mpixel), single-look preset, 40x40 patches, batch 128, "
+              f"a 5-look model that does not fit (so it is tuned), default learning rate {PHASE2_TRAINING.lr:g}")
         print(f"{'stride':>6} {'patches':>8} {'steps':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'peak RSS MB':>11}")
-        for stride in (10, 20):
+        from despecknet_qgis.core.defaults import PHASE2_TRAINING
+
+        for stride in (PHASE2_TRAINING.stride, 10):
             proc = subprocess.run([sys.executable, __file__, "--child-tune", src, str(stride)], capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(proc.stderr)

@@ -21,6 +21,9 @@ Scenes
   so the reference's dB values are raised by that much (reference x exp(-(psi(K) - ln K))).
   Its own residual speckle (ENL about 4) adds the same error to every method, so absolute
   PSNR is low and differences are compressed, but the ranking holds.
+  Every method despeckles the whole 256x256 date, but only rows 128-255 are scored: the
+  model may be trained on rows 0-127 of these dates (tools/real_data.py, make_model.py
+  --real-fraction), never on the scored rows.
 
 Methods
 - deSpeckNet, bundled model (models/despecknet.onnx) through the plugin's core
@@ -70,9 +73,10 @@ from despecknet_qgis.core.quality import quality_metrics  # noqa: E402
 from despecknet_qgis.core.quicklook import db_range, db_to_byte, write_png  # noqa: E402
 from despecknet_qgis.core.raster import read_band, write_raster  # noqa: E402
 from despecknet_qgis.core.simulate import observe, simulate_reflectivity  # noqa: E402
+from tools.real_data import available as real_data_available  # noqa: E402
+from tools.real_data import REAL_DATES, REAL_DIR, REAL_SITES, TRAIN_ROWS, leave_one_out, log_bias_of_mean, site_stack  # noqa: E402
 
 OUT = os.path.join(ROOT, "build", "bench-quality")
-REAL_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "s1_single_look")
 PEERS_PYTHON = os.path.join(ROOT, "build", "peers-venv", "bin", "python")
 METRIC_NODATA = -9999.0
 SIZE, QUICK_SIZE = 384, 256
@@ -95,8 +99,6 @@ REGIMES = [
      70004, "amplitude", False),
 ]
 DN2_SCALE = 1e4
-REAL_SITES = ("lely", "limagne")
-REAL_DATES = 5
 
 
 @dataclass
@@ -208,18 +210,20 @@ def bright_points(reference, valid, count=30, min_cnn=6.0):
 
 
 def real_cases(real_dir, quick):
+    """Each date against the mean of the others, scored on the rows training never sees (tools/real_data.py)."""
     k = REAL_DATES - 1
-    bias = float(special.digamma(k) - math.log(k))  # E[ln mean of K 1-look intensities] - ln X
+    bias = log_bias_of_mean(k)  # E[ln mean of K 1-look intensities] - ln X
     cases = []
     for site in REAL_SITES:
-        stack = [np.load(os.path.join(real_dir, f"{site}_{d}.npy")).astype(np.float64) ** 2
-                 for d in range(1, REAL_DATES + 1)]
+        stack = site_stack(site, real_dir)
         for d in range(1, REAL_DATES + 1):
             if quick and d > 1:
                 break
             y = stack[d - 1]
-            ref = np.mean([s for i, s in enumerate(stack) if i != d - 1], axis=0)
+            ref = leave_one_out(stack, d - 1)
             valid = np.isfinite(y) & (y > 0) & np.isfinite(ref) & (ref > 0)
+            # The methods see the whole date; only the held-out rows are scored.
+            valid[:TRAIN_ROWS] = False
             wins = mt.most_homogeneous_windows(ref, valid, 16, 8)
             areas = []
             for win in wins:
@@ -227,10 +231,10 @@ def real_cases(real_dir, quick):
                 m[win] = True
                 areas.append(m)
             h, w = y.shape
-            c0 = (h - CROP) // 2, (w - CROP) // 2
-            case = Case(f"real_{site}_{d}", f"Real S1 single-look {site} date {d} vs mean of the other {k} dates",
-                        f"real {site}", y, valid, ref, math.exp(-bias), "amplitude", None, 1.0, areas,
-                        bright_points(ref, valid), (slice(c0[0], c0[0] + CROP), slice(c0[1], c0[1] + CROP)), real=True)
+            c0 = TRAIN_ROWS, (w - CROP) // 2
+            case = Case(f"real_{site}_{d}", f"Real S1 single-look {site} date {d} vs mean of the other {k} dates, "
+                        f"rows {TRAIN_ROWS}-{h - 1}", f"real {site}", y, valid, ref, math.exp(-bias), "amplitude", None,
+                        1.0, areas, bright_points(ref, valid), (slice(c0[0], h), slice(c0[1], c0[1] + CROP)), real=True)
             cases.append(case)
     return cases, bias
 
@@ -581,8 +585,7 @@ def main():
     cases = simulated_cases(args.quick)
     real_note = ""
     log_bias = None
-    if os.path.isdir(args.real_dir) and all(os.path.exists(os.path.join(args.real_dir, f"{s}_{d}.npy"))
-                                            for s in REAL_SITES for d in range(1, REAL_DATES + 1)):
+    if real_data_available(args.real_dir):
         real, log_bias = real_cases(args.real_dir, args.quick)
         cases += real
     else:

@@ -35,6 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from despecknet_qgis.core import domain as dm  # noqa: E402
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
 from despecknet_qgis.core.losses import PHASE1_BUNDLED  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
@@ -42,6 +43,7 @@ from despecknet_qgis.core.simulate import SimulatedPatches  # noqa: E402
 from despecknet_qgis.core.training import (  # noqa: E402
     Trainer, TrainingRecord, load_checkpoint, save_checkpoint, seed_everything,
 )
+from tools import real_data  # noqa: E402
 
 VERSION = "0.3.0-sim"
 DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
@@ -64,6 +66,84 @@ REGIMES = {
     "simulator": None,
     "balanced": [(looks, corr) for looks in (1.0, 2.0, 3.0, 4.4, 5.0, 6.0, 10.0) for corr in (0.0, 0.5, 0.7, 0.7, 0.9)],
 }
+
+
+class TemporalPairs:
+    """Real single-look dates, each against the mean of its site's other dates, on stable pixels.
+
+    The paper's temporal label, leave-one-out: the mean of the other K dates has speckle
+    independent of the input date, so a squared error in the log domain against it, debiased
+    per pixel by E[ln mean] - ln X = digamma(K) - ln K, has the same minimiser as against the
+    true reflectivity (its residual speckle only adds a constant). Pixels that the plugin's
+    own temporal-label rule (omnibus test) finds changed over the dates are masked out of the
+    loss. Only rows [0, real_data.TRAIN_ROWS) are used: make bench-quality scores the rest.
+    Real speckle correlation, real texture and real point scatterers are what the simulator
+    only approximates; on those dates the simulation-only model painted fields flat.
+    """
+
+    def __init__(self, patch: int, rng: np.random.Generator, real_dir: str = real_data.REAL_DIR):
+        import tempfile
+
+        from osgeo import gdal
+
+        from despecknet_qgis.core.temporal_label import temporal_label
+
+        self.patch, self.rng, self.dm = patch, rng, dm
+        k = real_data.REAL_DATES - 1
+        self.label_gain = math.exp(-real_data.log_bias_of_mean(k))
+        self.dates = []  # (intensity, leave-one-out label, stable mask, whole-date offset)
+        rows = real_data.TRAIN_ROWS
+        for site in real_data.REAL_SITES:
+            stack = real_data.site_stack(site, real_dir)
+            with tempfile.TemporaryDirectory() as tmp:
+                src = os.path.join(tmp, "stack.tif")
+                ds = gdal.GetDriverByName("GTiff").Create(src, stack.shape[2], stack.shape[1], stack.shape[0],
+                                                          gdal.GDT_Float32)
+                ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
+                for d in range(stack.shape[0]):
+                    ds.GetRasterBand(d + 1).WriteArray(stack[d].astype(np.float32))
+                ds = None
+                temporal_label([src], os.path.join(tmp, "label.tif"), os.path.join(tmp, "mask.tif"))
+                stable = gdal.Open(os.path.join(tmp, "mask.tif")).ReadAsArray() == 1
+            for d in range(stack.shape[0]):
+                y = stack[d]
+                offset = float(np.log(y[y > 0]).mean())  # as despeckle computes it on a whole image
+                self.dates.append((y[:rows], real_data.leave_one_out(stack, d)[:rows] * self.label_gain,
+                                   stable[:rows], offset))
+        self.stable_fraction = float(np.mean([s.mean() for _, _, s, _ in self.dates]))
+
+    def batch(self, size: int):
+        p, rng = self.patch, self.rng
+        noisy = np.empty((size, 1, p, p), np.float32)
+        clean = np.empty_like(noisy)
+        mask = np.empty_like(noisy)
+        for i in range(size):
+            y, label, stable, offset = self.dates[int(rng.integers(len(self.dates)))]
+            r, c = rng.integers(0, y.shape[0] - p + 1), rng.integers(0, y.shape[1] - p + 1)
+            turn, flip = int(rng.integers(4)), rng.uniform() < 0.5
+
+            def cut(a):
+                a = np.rot90(a[r : r + p, c : c + p], turn)
+                return a[:, ::-1] if flip else a
+
+            offset = offset + rng.normal(0.0, 0.3)
+            noisy[i, 0] = self.dm.normalise(cut(y), offset)
+            clean[i, 0] = self.dm.normalise(cut(label), offset)
+            mask[i, 0] = cut(stable)
+        return noisy, clean, mask
+
+
+def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, real_fraction: float):
+    """Simulated and real patches in one batch; the local energy term is left out for the real ones.
+
+    Their label is debiased per pixel in the log domain, which would bias its local mean intensity.
+    """
+    n_real = int(round(size * real_fraction)) if real is not None else 0
+    parts = [sim.batch(size - n_real)] + ([real.batch(n_real)] if n_real else [])
+    noisy, clean, mask = (np.concatenate(a) for a in zip(*parts))
+    energy_weight = np.ones((size, 1, 1, 1), np.float32)
+    energy_weight[size - n_real :] = 0.0
+    return noisy, clean, mask, energy_weight
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50) -> float:
@@ -116,6 +196,9 @@ def main() -> None:
                     help="fine grain on field and water parcels (simulate_reflectivity): the real dates of "
                          "../shared/data are more textured than the simulator's default scenes, and the model "
                          "trained on those painted them")
+    ap.add_argument("--real-fraction", type=float, default=0.0,
+                    help="share of each batch cut from the real dates of ../shared/data (TemporalPairs; rows "
+                         "0-127 only, the benchmark scores the rest)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
     args = ap.parse_args()
 
@@ -129,6 +212,12 @@ def main() -> None:
     seed_everything(args.seed)
     train = SimulatedPatches(n_scenes=128, patch=args.patch, seed=args.seed, realistic=True, regimes=REGIMES[args.regimes],
                              texture_floor_db=args.texture_floor_db)
+    real = None
+    if args.real_fraction > 0:
+        if not real_data.available():
+            sys.exit(f"--real-fraction needs the real dates in {real_data.REAL_DIR}")
+        real = TemporalPairs(args.patch, train.rng)
+        print(f"real dates: {len(real.dates)}, stable fraction {real.stable_fraction:.3f}", flush=True)
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
 
@@ -158,7 +247,8 @@ def main() -> None:
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
-    log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "bf16": trainer.use_bf16, "torch": torch.__version__,
+    log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db,
+                        "real_fraction": args.real_fraction, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if step == 0:
@@ -174,7 +264,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
 
     def stage_entry(seconds):
-        return {"phase": 1, "data": "realistic simulated SAR scenes (tools/make_model.py)",
+        data = "realistic simulated SAR scenes (tools/make_model.py)"
+        if real is not None:
+            data += (f"; {args.real_fraction:.0%} of each batch: real Sentinel-1 single-look dates against the mean "
+                     f"of their site's other dates, stable pixels, rows 0-{real_data.TRAIN_ROWS - 1}")
+        return {"phase": 1, "data": data,
                 "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "steps": step,
                 "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,
                 "weights": asdict(PHASE1_BUNDLED), "bf16": trainer.use_bf16, "seconds": round(seconds)}
@@ -189,7 +283,8 @@ def main() -> None:
     running: list[dict] = []
     while step < args.steps and not stop["now"]:
         trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end))
-        running.append(trainer.step(*(torch.from_numpy(a) for a in train.batch(args.batch))))
+        running.append(trainer.step(*(torch.from_numpy(a) for a in mixed_batch(train, real, args.batch,
+                                                                                 args.real_fraction))))
         step += 1
         log["runs"][-1]["seconds"] = round(time.time() - run_started, 1)
         if step % 50 == 0 or step == args.steps:

@@ -44,7 +44,6 @@ REQUIREMENTS = {
                                           "fine-tuning, classic filters)"),
     "torch": Requirement("torch", "torch", "training and fine-tuning (PyTorch)"),
     "onnx": Requirement("onnx", "onnx", "writing trained models as ONNX files"),
-    "onnxscript": Requirement("onnxscript", "onnxscript", "the ONNX exporter of PyTorch 2.5 and later"),
 }
 
 # What each part of the plugin needs (the algorithm names of the provider, and "plugin" for loading).
@@ -52,8 +51,8 @@ FEATURES = {
     "plugin": ("numpy",),
     "despeckle": ("numpy", "onnxruntime"),
     "despecklebatch": ("numpy", "onnxruntime"),
-    "train": ("numpy", "torch", "onnx", "onnxscript"),
-    "finetune": ("numpy", "onnxruntime", "scipy", "torch", "onnx", "onnxscript"),
+    "train": ("numpy", "torch", "onnx"),
+    "finetune": ("numpy", "onnxruntime", "scipy", "torch", "onnx"),
     "temporallabel": ("numpy", "scipy"),
     "specklestats": ("numpy", "scipy"),
     "quality": ("numpy", "scipy"),

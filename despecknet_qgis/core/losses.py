@@ -41,8 +41,14 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def local_energy_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of log local mean intensity (normalised log units), windows mostly valid."""
+def local_energy_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                       sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference of log local mean intensity (normalised log units), windows mostly valid.
+
+    sample_weight (batch, 1, 1, 1): 0 leaves a patch out of this term only, e.g. a patch whose
+    target is a noisy temporal mean, debiased per pixel in the log domain: its local mean
+    intensity carries that per-pixel correction as a bias.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -58,6 +64,8 @@ def local_energy_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
     coverage = F.avg_pool2d(mask, k, stride=1)
     weight = (coverage > 0.99).float()
+    if sample_weight is not None:
+        weight = weight * sample_weight
     return _masked_mean((local_log_mean(clean) - local_log_mean(target)) ** 2, weight)
 
 
@@ -68,14 +76,16 @@ def despecknet_loss(
     target: torch.Tensor,
     mask: torch.Tensor,
     weights: LossWeights,
+    energy_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """energy_weight: per-patch weight of the local energy term (see local_energy_error)."""
     clean, noise = clean.float(), noise.float()
     fidelity = _masked_mean((clean - target) ** 2, mask)
     reconstruction = _masked_mean((clean + noise - noisy) ** 2, mask)
     total = weights.mu * fidelity + weights.xi * reconstruction
     parts = {"fidelity": fidelity.item(), "reconstruction": reconstruction.item()}
     if weights.energy:
-        energy = local_energy_error(clean, target.float(), mask)
+        energy = local_energy_error(clean, target.float(), mask, energy_weight)
         total = total + weights.energy * energy
         parts["energy"] = energy.item()
     if weights.lambda_tv:

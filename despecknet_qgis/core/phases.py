@@ -197,7 +197,7 @@ def train(
     """
     from .dependencies import require
 
-    require("train", "Training (phase 1)")  # torch, onnx and onnxscript before any work, not at export
+    require("train", "Training (phase 1)")  # torch and onnx before any work, not at export
     from .training import torch_device
 
     torch_device(device)  # "cuda" where torch cannot use it fails before any work
@@ -251,7 +251,7 @@ def fine_tune(
     looks: float | None = None,
     calibrate: bool = True,
     freeze_batchnorm: bool = True,
-    evaluations_per_epoch: int = 8,
+    evaluations_per_epoch: int | None = None,
     patience: int | None = None,
     acceptance: bool = True,
     seed: int = P2.seed,
@@ -274,7 +274,7 @@ def fine_tune(
     """
     from .dependencies import require
 
-    require("finetune", "Fine-tuning (phase 2)")  # torch, onnx and onnxscript before any work, not at export
+    require("finetune", "Fine-tuning (phase 2)")  # torch and onnx before any work, not at export
     from .training import torch_device
 
     torch_device(device)  # "cuda" where torch cannot use it fails before any work
@@ -316,7 +316,7 @@ def fine_tune(
         phase_info={"phase": 2, "data": os.path.basename(image), "base": os.path.basename(base), "epochs": epochs,
                     "patch": patch, "stride": stride, "batch": batch_size, "lr": lr, "looks": looks},
         epochs=0 if skip else epochs, batch_size=batch_size, lr=lr, seed=seed,
-        evaluations_per_epoch=evaluations_per_epoch, patience=patience if source.validation_blocks else None,
+        evaluations_per_epoch=evaluations_per_epoch or (8 if patience else 1), patience=patience if source.validation_blocks else None,
         use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, before_export=lambda m: finish(m, source), device=device,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,

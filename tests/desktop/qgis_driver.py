@@ -284,7 +284,7 @@ def check_dependency_installer():
     REPORT["installer"] = rec
     plugin = qgis.utils.plugins.get(PLUGIN)
     deps = sys.modules[f"{PLUGIN}.core.dependencies"]
-    plugin.missing = [deps.REQUIREMENTS["onnxscript"]]  # as if it were missing: what initGui would show
+    plugin.missing = [deps.REQUIREMENTS["torch"]]  # as if it were missing: what initGui would show
     plugin.offer_install()
     QApplication.processEvents()
     rec["screenshot_message"] = shot(iface.mainWindow(), "dependency-message")
