@@ -166,3 +166,19 @@ def test_train_and_finetune_algorithms_refuse_cuda_where_torch_cannot(provider, 
         processing.run("despecknet:finetune", {"INPUT": data.noisy, "MODEL": tiny_model[0][:-5] + ".pt", "DEVICE": "cuda",
                                                "OUTPUT_MODEL": str(tmp_path / "f.onnx")}, feedback=QgsProcessingFeedback())
     assert not any(tmp_path.glob("*.onnx"))
+
+
+def test_patch_cutter_cuts_the_same_patch_from_image_and_label():
+    """Noisy patch and label must stay aligned whatever rotation and flip are drawn."""
+    from despecknet_qgis.core.simulate import patch_cutter
+
+    rng = np.random.default_rng(3)
+    image = np.arange(30 * 20, dtype=float).reshape(30, 20)
+    seen = set()
+    for _ in range(40):
+        cut = patch_cutter(rng, image.shape, 8)
+        a, b = cut(image), cut(image * 2.0)
+        assert a.shape == (8, 8) and np.array_equal(b, a * 2.0)
+        assert np.isin(a, image).all()
+        seen.add((a[0, 1] - a[0, 0], a[1, 0] - a[0, 0]))  # which way rows and columns run
+    assert len(seen) == 8  # all four turns, flipped and not

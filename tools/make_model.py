@@ -39,7 +39,7 @@ from despecknet_qgis.core import domain as dm  # noqa: E402
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
 from despecknet_qgis.core.losses import PHASE1_BUNDLED  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
-from despecknet_qgis.core.simulate import SimulatedPatches  # noqa: E402
+from despecknet_qgis.core.simulate import SimulatedPatches, patch_cutter  # noqa: E402
 from despecknet_qgis.core.training import (  # noqa: E402
     Trainer, TrainingRecord, load_checkpoint, save_checkpoint, seed_everything,
 )
@@ -119,13 +119,7 @@ class TemporalPairs:
         mask = np.empty_like(noisy)
         for i in range(size):
             y, label, stable, offset = self.dates[int(rng.integers(len(self.dates)))]
-            r, c = rng.integers(0, y.shape[0] - p + 1), rng.integers(0, y.shape[1] - p + 1)
-            turn, flip = int(rng.integers(4)), rng.uniform() < 0.5
-
-            def cut(a):
-                a = np.rot90(a[r : r + p, c : c + p], turn)
-                return a[:, ::-1] if flip else a
-
+            cut = patch_cutter(rng, y.shape, p)
             offset = offset + rng.normal(0.0, 0.3)
             noisy[i, 0] = self.dm.normalise(cut(y), offset)
             clean[i, 0] = self.dm.normalise(cut(label), offset)

@@ -224,6 +224,18 @@ def sample_regime(rng) -> tuple[float, float]:
     return looks, correlation
 
 
+def patch_cutter(rng: np.random.Generator, shape: tuple, p: int):
+    """A function that cuts the same random p x p patch, rotated and flipped at random, from arrays of `shape`."""
+    y0, x0 = rng.integers(0, shape[0] - p + 1), rng.integers(0, shape[1] - p + 1)
+    turn, flip = int(rng.integers(4)), rng.uniform() < 0.5
+
+    def cut(a):
+        a = np.rot90(a[y0 : y0 + p, x0 : x0 + p], turn)
+        return a[:, ::-1] if flip else a
+
+    return cut
+
+
 class SimulatedPatches:
     """Endless supervised batches (noisy, clean, mask) in the network's normalised log domain.
 
@@ -257,13 +269,7 @@ class SimulatedPatches:
             k = int(rng.integers(len(self.scenes)))
             scene = self.scenes[k]
             x = scene.reflectivity
-            y0, x0 = rng.integers(0, x.shape[0] - p + 1), rng.integers(0, x.shape[1] - p + 1)
-            turn, flip = int(rng.integers(4)), rng.uniform() < 0.5
-
-            def cut(a):
-                a = np.rot90(a[y0 : y0 + p, x0 : x0 + p], turn)
-                return a[:, ::-1] if flip else a
-
+            cut = patch_cutter(rng, x.shape, p)
             looks, corr = self.regimes[int(rng.integers(len(self.regimes)))] if self.regimes else sample_regime(rng)
             if scene.targets is None:
                 xp = cut(x)
