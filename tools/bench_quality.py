@@ -743,8 +743,9 @@ def main():
         secs = {m: float(np.mean([c.seconds[m] for c in site_cases])) for m in ran
                 if all(m in c.seconds for c in site_cases)}
         text += [f"## Real Sentinel-1 single-look, {site}: mean over {len(site_cases)} dates", "",
-                 f"Each date ({site_cases[0].noisy.shape[0]}×{site_cases[0].noisy.shape[1]}) against the mean of "
-                 f"the other dates; ENL on the reference's {len(site_cases[0].areas)} most homogeneous 16×16 windows; "
+                 f"Each date ({site_cases[0].noisy.shape[0]}×{site_cases[0].noisy.shape[1]}, despeckled whole) "
+                 f"against the mean of the other dates, scored on rows {TRAIN_ROWS} to {site_cases[0].noisy.shape[0] - 1}"
+                 f" only (a model may be trained on rows 0 to {TRAIN_ROWS - 1}); ENL on the reference's {len(site_cases[0].areas)} most homogeneous 16×16 windows; "
                  "C_NN at the reference's brightest isolated maxima.", "", method_table(avg, unavailable, secs), ""]
         lines = ["| method | " + " | ".join(f"date {c.name.rsplit('_', 1)[1]}" for c in site_cases) + " |",
                  "|" + "---|" * (len(site_cases) + 1)]
@@ -757,7 +758,9 @@ def main():
             png = os.path.join(out, f"{c.name}.png")
             order = quicklook(c, ran, png)
             text += [f"- {c.name}: " + "; ".join(c.notes) + f"; quick-look `{os.path.relpath(png, ROOT)}`"]
-        text += [f"- quick-look panels (crop {CROP}×{CROP} at the centre): {', '.join(order)}", ""]
+        crop = site_cases[0].crop
+        text += [f"- quick-look panels (rows {crop[0].start}-{crop[0].stop - 1}, columns {crop[1].start}-"
+                 f"{crop[1].stop - 1}): {', '.join(order)}", ""]
 
     report = "\n".join(text)
     with open(os.path.join(out, "report.md"), "w") as f:
