@@ -33,6 +33,11 @@ def grd_with_zero_border():
     return y
 
 
+def log_distortion(image, reference):
+    """Mean |ln(image / reference)|: 0.23 is 1 dB off per pixel."""
+    return float(np.abs(np.log(image / reference)).mean())
+
+
 def _despeckle(despeckler, src, dst, **kw):
     despeckle_raster(str(src), str(dst), despeckler, **kw)
     arrays, ds = read_tif(dst)
@@ -49,9 +54,10 @@ def test_zero_border_makes_no_halo(bundled, grd_with_zero_border, tmp_path):
     # the zeros stay zeros and are declared nodata, so a GIS shows them as no data
     assert ds.GetRasterBand(1).GetNoDataValue() == 0.0
     assert (out[:, :BORDER] == 0).all() and (out[:, BORDER:] > 0).all()
-    # what ZERO_IS_NODATA protects against: read as signal, ln 0 makes a bright halo
+    # what ZERO_IS_NODATA protects against: read as signal, ln 0 makes a halo (1.4x to 4.7x the mean
+    # next to the border, depending on the model; about 2 dB off per pixel with the 0.4.0 model)
     (halo,), _ = _despeckle(bundled, undeclared, tmp_path / "halo.tif", zero_is_nodata=False)
-    assert halo[:, near].mean() / ref[:, near].mean() > 1.5
+    assert log_distortion(halo[:, near], ref[:, near]) > 0.3 > 10 * log_distortion(out[:, near], ref[:, near])
 
 
 def test_uint16_image_and_its_float32_copy_agree(bundled, grd_with_zero_border, tmp_path):
@@ -243,7 +249,7 @@ def test_despeckle_parameters_zero_output_domain_type_and_extent(provider, grd_w
     _run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(halo), "ZERO_IS_NODATA": False})
     (h,), hds = read_tif(halo)
     assert hds.GetRasterBand(1).GetNoDataValue() is None
-    assert h[:, BORDER:BORDER + 2].mean() > 1.5 * ref[:, BORDER:BORDER + 2].mean()
+    assert log_distortion(h[:, BORDER:BORDER + 2], ref[:, BORDER:BORDER + 2]) > 0.3
 
 
 def test_extent_outside_the_raster_is_a_clear_error(provider, grd_with_zero_border, tmp_path):

@@ -45,9 +45,10 @@ from despecknet_qgis.core.training import (  # noqa: E402
 )
 from tools import real_data  # noqa: E402
 
-VERSION = "0.3.0-sim"
+VERSION = "0.4.0"
 DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
-               "scatterers; 1 to 10 looks, with and without spatial correlation)")
+               "scatterers; 1 to 10 looks, with and without spatial correlation) and, for a quarter of each batch "
+               "of its last stage, real Sentinel-1 single-look dates against their temporal labels")
 STATE_FORMAT = "despecknet-training-state/1"
 DEFAULT_STATE = os.environ.get("DESPECKNET_TRAINING_STATE",
                                os.path.join(os.path.expanduser("~"), ".cache", "despecknet_qgis", "training_state.pt"))
@@ -197,9 +198,12 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.publish:
-        for name in ("despecknet.onnx", "despecknet.pt", "training_log.json"):
+        for name in ("despecknet.pt", "training_log.json"):
             shutil.copyfile(os.path.join(CANDIDATE_DIR, name), os.path.join(BUNDLED_DIR, name))
-        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR}")
+        # Exported again, so that the ONNX file carries this script's VERSION and DESCRIPTION.
+        model, record = load_checkpoint(os.path.join(BUNDLED_DIR, "despecknet.pt"))
+        export_onnx(model, os.path.join(BUNDLED_DIR, "despecknet.onnx"), record, VERSION, DESCRIPTION)
+        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR} as version {VERSION}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
