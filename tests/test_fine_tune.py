@@ -197,6 +197,29 @@ def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path)
     assert 0.8 < phase["ratio"]["base"]["spread"] < 1.25
 
 
+def test_base_kept_after_rejected_tuning_keeps_its_quality_without_a_small_gain(tmp_path):
+    """Issue 8: 2-look data tuned with the multi-look preset (4.4 looks): the base does not fit the assumed
+    looks, tuning is tried and rejected, and the base's mean ratio (about 0.96) is within GAIN_TOLERANCE.
+    The gain used to be applied anyway, and cost 0.11 dB on 2-look amplitude data in make bench-quality."""
+    from despecknet_qgis.core.losses import PHASE2_MULTILOOK
+    from despecknet_qgis.core.metrics import psnr_db
+    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    rng = np.random.default_rng(107)
+    scene = simulate_reflectivity((256, 256), rng, parcel_size=48.0, realistic=True)
+    y, reference = observe(scene.reflectivity, scene.targets, 2.0, 0.0, rng)
+    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
+    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
+    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), weights=PHASE2_MULTILOOK, looks=4.4)
+    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
+    base, tuned = read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0]
+    phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
+    assert rep.steps > 0 and phase["kept"] == "base" and "tuned" in phase["ratio"]  # tuning was tried
+    assert phase["radiometric_gain"] == 1.0 and np.allclose(base, tuned, rtol=1e-4)
+    assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
+
+
 def test_ratio_score_tells_speckle_from_a_filter_that_keeps_it_or_removes_signal():
     """The rule's measure: var(ln R)/trigamma(L) is 1 for pure speckle, below when X_hat keeps speckle."""
     from despecknet_qgis.core.adaptation import ratio_score
