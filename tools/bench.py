@@ -4,7 +4,7 @@ Prints the machine's fp32 matrix-multiply rate, then for a 2048x2048 raster the
 seconds per megapixel, the achieved GFLOP/s (FLOP efficiency) and the peak resident
 memory of the despeckle process, for several tile sizes, and the same at the default
 tile for a much larger raster (LARGE x LARGE): peak memory must not grow with the image.
-Each run is a fresh process, so peak memory is its own. `--no-tune` skips fine-tuning.
+Each run is a fresh process, so peak memory is its own. `--no-tune` skips fine-tuning; `--tune-only` runs only it.
 """
 import json
 import os
@@ -125,6 +125,29 @@ def despeckle_row(src, tile, rate, mpix):
     return r
 
 
+def tune_rows(tmp):
+    """One phase 2 epoch on a 1024x1024 single-look raster, at the default stride and at stride 10."""
+    from despecknet_qgis.core.defaults import PHASE2_TRAINING
+
+    tune_size = 1024
+    src = os.path.join(tmp, "tune.tif")
+    make_raster(src, tune_size)
+    mpix = tune_size * tune_size / 1e6
+    print(f"\nfine-tune, one epoch on {tune_size}x{tune_size} ({mpix:.2f} Mpixel), single-look preset, 40x40 patches, batch 128, "
+          f"a 5-look model that does not fit (so it is tuned), default learning rate {PHASE2_TRAINING.lr:g}")
+    print(f"{'stride':>6} {'patches':>8} {'steps':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'peak RSS MB':>11}")
+    for stride in (PHASE2_TRAINING.stride, 10):
+        proc = subprocess.run([sys.executable, __file__, "--child-tune", src, str(stride)], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(proc.stderr)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        # forward + backward of both branches: about 3x the forward FLOP of two branches
+        gflops = 3 * 2 * FLOP_PER_PIXEL_BRANCH * r["patches"] * 40 * 40 / r["train_seconds"] / 1e9
+        print(f"{stride:>6} {r['patches']:>8} {r['steps']:>6} {r['seconds'] / mpix:>9.1f} {r['seconds']:>8.1f} "
+              f"{gflops:>8.0f} {r['peak_rss_mb']:>11.0f}")
+    print(f"(bf16 autocast: {r['bf16']}; the time includes validation passes and the ONNX export)")
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child_despeckle(sys.argv[2], int(sys.argv[3]))
@@ -134,13 +157,15 @@ def main():
         return
     import torch
 
-    from despecknet_qgis.core.defaults import GDAL_CACHE_BYTES, TILE_SIZE
+    from despecknet_qgis.core.defaults import GDAL_CACHE_BYTES, PHASE2_TRAINING, TILE_SIZE
 
     threads = torch.get_num_threads()
     rate = matmul_gflops()
     print(f"machine: {os.cpu_count()} logical CPUs, torch threads {threads}")
     print(f"fp32 matrix multiply (torch.mm 2048^3, best of 5): {rate:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
+        if "--tune-only" in sys.argv:
+            return tune_rows(tmp)
         src = os.path.join(tmp, "bench.tif")
         make_raster(src)
         mpix = SIZE * SIZE / 1e6
@@ -167,26 +192,7 @@ def main():
         if "--no-tune" in sys.argv:
             return
 
-        tune_size = 1024
-        src = os.path.join(tmp, "tune.tif")
-        make_raster(src, tune_size)
-        mpix = tune_size * tune_size / 1e6
-        print(f"\nfine-tune, one epoch on {tune_size}x{tune_size} ({mpix:.2f} Mpixel), single-look preset, 40x40 patches, batch 128, "
-              f"a 5-look model that does not fit (so it is tuned), default learning rate {PHASE2_TRAINING.lr:g}")
-        print(f"{'stride':>6} {'patches':>8} {'steps':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'peak RSS MB':>11}")
-        from despecknet_qgis.core.defaults import PHASE2_TRAINING
-
-        for stride in (PHASE2_TRAINING.stride, 10):
-            proc = subprocess.run([sys.executable, __file__, "--child-tune", src, str(stride)], capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(proc.stderr)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            # forward + backward of both branches: about 3x the forward FLOP of two branches
-            gflops = 3 * 2 * FLOP_PER_PIXEL_BRANCH * r["patches"] * 40 * 40 / r["train_seconds"] / 1e9
-            print(f"{stride:>6} {r['patches']:>8} {r['steps']:>6} {r['seconds'] / mpix:>9.1f} {r['seconds']:>8.1f} "
-                  f"{gflops:>8.0f} {r['peak_rss_mb']:>11.0f}")
-        print(f"(bf16 autocast: {r['bf16']}; the time includes validation passes and the ONNX export)")
-
+        tune_rows(tmp)
 
 if __name__ == "__main__":
     main()
