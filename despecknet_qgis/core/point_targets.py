@@ -24,6 +24,7 @@ Everything here needs numpy only.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 
@@ -68,6 +69,7 @@ def looks_from_log_variance(variance: float) -> float:
     return math.sqrt(lo * hi)
 
 
+@functools.lru_cache(maxsize=64)  # about 5 ms each, and every tile of a band asks for the same one
 def speckle_quantile(looks: float, pfa: float = DEFAULT_PFA) -> float:
     """t with P(N > t) = pfa for L-look Gamma speckle of mean 1 (exact -ln(pfa) for L = 1)."""
     if not 0 < pfa < 1:
