@@ -171,6 +171,22 @@ def test_batchnorm_statistics_stay_frozen_and_the_gain_is_recorded(tiny_model, t
     assert "radiometric_gain" in load_checkpoint(rep.checkpoint_path)[1].phases[-1]
 
 
+def bundled_before_and_after_phase2(tmp_path, seed, looks, correlation, weights, preset_looks):
+    """A realistic 256x256 scene observed with `looks` and `correlation`, despeckled by the bundled model
+    before and after fine_tune with `weights` and `preset_looks`: (base, tuned, reference, report)."""
+    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    rng = np.random.default_rng(seed)
+    scene = simulate_reflectivity((256, 256), rng, parcel_size=48.0, realistic=True)
+    y, reference = observe(scene.reflectivity, scene.targets, looks, correlation, rng)
+    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
+    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
+    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), weights=weights, looks=preset_looks)
+    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
+    return read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0], reference, rep
+
+
 def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path):
     """Issue 8: with the defaults, phase 2 must not cost more than 0.1 dB where the model fits.
 
@@ -179,17 +195,8 @@ def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path)
     the model stays exactly as it was, without the radiometric gain.
     """
     from despecknet_qgis.core.metrics import psnr_db
-    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
-    from despecknet_qgis.core.tiled_predict import despeckle_raster
 
-    rng = np.random.default_rng(106)
-    scene = simulate_reflectivity((256, 256), rng, parcel_size=48.0, realistic=True)
-    y, reference = observe(scene.reflectivity, scene.targets, 1.0, 0.8, rng)
-    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
-    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
-    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), weights=PHASE2_SINGLELOOK, looks=1.0)
-    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
-    base, tuned = read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0]
+    base, tuned, reference, rep = bundled_before_and_after_phase2(tmp_path, 106, 1.0, 0.8, PHASE2_SINGLELOOK, 1.0)
     assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
     phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
     assert phase["kept"] == "base" and rep.steps == 0  # not tuned at all
@@ -203,17 +210,8 @@ def test_base_kept_after_rejected_tuning_keeps_its_quality_without_a_small_gain(
     The gain used to be applied anyway, and cost 0.11 dB on 2-look amplitude data in make bench-quality."""
     from despecknet_qgis.core.losses import PHASE2_MULTILOOK
     from despecknet_qgis.core.metrics import psnr_db
-    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
-    from despecknet_qgis.core.tiled_predict import despeckle_raster
 
-    rng = np.random.default_rng(107)
-    scene = simulate_reflectivity((256, 256), rng, parcel_size=48.0, realistic=True)
-    y, reference = observe(scene.reflectivity, scene.targets, 2.0, 0.0, rng)
-    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
-    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
-    rep = fine_tune(src, str(tmp_path / "tuned.onnx"), weights=PHASE2_MULTILOOK, looks=4.4)
-    despeckle_raster(src, str(tmp_path / "tuned.tif"), Despeckler(rep.onnx_path, "cpu"))
-    base, tuned = read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "tuned.tif")[0][0]
+    base, tuned, reference, rep = bundled_before_and_after_phase2(tmp_path, 107, 2.0, 0.0, PHASE2_MULTILOOK, 4.4)
     phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
     assert rep.steps > 0 and phase["kept"] == "base" and "tuned" in phase["ratio"]  # tuning was tried
     assert phase["radiometric_gain"] == 1.0 and np.allclose(base, tuned, rtol=1e-4)

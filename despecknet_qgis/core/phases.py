@@ -271,6 +271,8 @@ def fine_tune(
     when they explain the speckle better than the base ones. With `zero_is_nodata`, zeros of
     a band that declares no nodata are nodata (GRD borders; see raster.input_nodata).
     `device`: where torch tunes (training.torch_device: auto, cpu or cuda).
+    `evaluations_per_epoch`: validation passes an epoch; None: 8 with `patience` (early
+    stopping needs them), else 1 (the history only; each pass costs about a second per Mpixel).
     """
     from .dependencies import require
 
