@@ -498,7 +498,8 @@ from despecknet_qgis.core.inference import Despeckler
 from despecknet_qgis.core.tiled_predict import despeckle_raster
 info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
 ort.create_and_register_allocator(info, ort.OrtArenaCfg(32 * 1024 * 1024, -1, -1, -1))
-d = Despeckler({tiny_model[0]!r}, "cpu", with_noise=False, session_config={{"session.use_env_allocators": "1"}})
+d = Despeckler({tiny_model[0]!r}, "cpu", with_noise=False, session_config={{"session.use_env_allocators": "1"}},
+               precision="fp32")
 try:
     despeckle_raster({src!r}, {str(tmp_path / "x.tif")!r}, d, tile_size=512)
 except ResourceError as exc:

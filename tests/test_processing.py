@@ -21,7 +21,7 @@ def test_provider_lists_despeckle_with_documented_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById("despecknet:despeckle")
     assert alg is not None
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS",
+    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "PRECISION", "SELF_ENSEMBLE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS",
                      "ZERO_IS_NODATA", "OUTPUT_DOMAIN", "OUTPUT_TYPE", "EXTENT", "OUTPUT", "OUTPUT_NOISE"]
     assert "PROVIDER" in [o.name() for o in alg.outputDefinitions()]
     assert alg.shortHelpString()
@@ -155,3 +155,32 @@ def test_point_targets_keep_their_measured_value_unless_switched_off(provider, t
     changed = kept != plain
     assert 0 < changed.sum() < 0.01 * y.size
     assert np.allclose(kept[changed], y[changed], rtol=1e-6) and np.all(kept[changed] > plain[changed])
+
+
+def test_despeckle_precision_is_chosen_by_name_and_reported(provider, tiny_model, tmp_path):
+    from despecknet_qgis.core.bf16 import unavailable_reason
+
+    y, _ = speckled_scene(80, seed=14)
+    src = write_tif(tmp_path / "y.tif", y)
+    forced = despeckle({"INPUT": src, "MODEL": tiny_model[0], "PRECISION": "fp32", "OUTPUT": str(tmp_path / "a.tif")})
+    assert forced["PRECISION"] == "fp32"
+    auto = despeckle({"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "b.tif")})
+    reason = unavailable_reason()
+    assert auto["PRECISION"] == ("fp32" if reason else "bf16")
+    assert read_tif(auto["OUTPUT"])[1].GetMetadataItem("DESPECKNET_PRECISION") == auto["PRECISION"]
+    if reason:
+        with pytest.raises(QgsProcessingException, match="PRECISION.*bf16 was asked for"):
+            despeckle({"INPUT": src, "MODEL": tiny_model[0], "PRECISION": "bf16", "OUTPUT": str(tmp_path / "c.tif")})
+        assert not os.path.exists(tmp_path / "c.tif")
+
+
+def test_despeckle_self_ensemble_is_recorded_in_the_output(provider, tiny_model, tmp_path):
+    y, _ = speckled_scene(80, seed=15)
+    src = write_tif(tmp_path / "y.tif", y)
+    plain = despeckle({"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "a.tif")})
+    mean = despeckle({"INPUT": src, "MODEL": tiny_model[0], "SELF_ENSEMBLE": True, "OUTPUT": str(tmp_path / "b.tif")})
+    (a,), ds_a = read_tif(plain["OUTPUT"])
+    (b,), ds_b = read_tif(mean["OUTPUT"])
+    assert ds_a.GetMetadataItem("DESPECKNET_SELF_ENSEMBLE") == "off"
+    assert ds_b.GetMetadataItem("DESPECKNET_SELF_ENSEMBLE") == "4 mirrored passes"
+    assert np.isfinite(b).all() and not np.allclose(a, b)

@@ -2,8 +2,11 @@
 
 Prints the machine's fp32 matrix-multiply rate, then for a 2048x2048 raster the
 seconds per megapixel, the achieved GFLOP/s (FLOP efficiency) and the peak resident
-memory of the despeckle process, for several tile sizes, and the same at the default
-tile for a much larger raster (LARGE x LARGE): peak memory must not grow with the image.
+memory of the despeckle process, for several tile sizes and both precisions (fp32 ONNX
+Runtime, and bf16 where this CPU has AMX), beside a Lee filter on the same raster (OTB's
+otbcli_Despeckle as a whole process when installed, and the plugin's own classic filter),
+and the same at the default tile for a much larger raster (LARGE x LARGE): peak memory must
+not grow with the image.
 Each run is a fresh process, so peak memory is its own. `--no-tune` skips fine-tuning; `--tune-only` runs only it.
 """
 import json
@@ -53,14 +56,14 @@ def matmul_gflops(n=2048, repeats=5):
     return 2 * n**3 / best / 1e9
 
 
-def child_despeckle(src, tile):
+def child_despeckle(src, tile, precision):
     """Run in a subprocess: despeckle src, print timing and peak RSS as JSON."""
     from osgeo import gdal
 
     from despecknet_qgis.core.inference import Despeckler
     from despecknet_qgis.core.tiled_predict import despeckle_raster
 
-    d = Despeckler(None, "cpu", with_noise=False)
+    d = Despeckler(None, "cpu", with_noise=False, precision=precision)
     size = gdal.Open(src).RasterXSize
     with tempfile.TemporaryDirectory(dir=os.path.dirname(src)) as tmp:
         t = time.perf_counter()
@@ -74,6 +77,7 @@ def child_despeckle(src, tile):
             h = min(size, y + tile + overlap) - max(0, y - overlap)
             tiles_px += w * h
     print(json.dumps({"seconds": seconds, "computed_pixels": tiles_px, "provider": report.provider,
+                      "precision": report.precision,
                       "overlap": report_overlap, "network_seconds": report.network_seconds,
                       "peak_rss_mb": peak_rss_mb()}))
 
@@ -113,16 +117,46 @@ def make_raster(path, size=SIZE):
     write_raster(path, y, options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
 
 
-def despeckle_row(src, tile, rate, mpix):
-    proc = subprocess.run([sys.executable, __file__, "--child", src, str(tile)], capture_output=True, text=True)
+HEADER = (f"{'precision':>9} {'tile':>5} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} "
+          f"{'peak RSS MB':>11} {'outside network':>15}")
+
+
+def despeckle_row(src, tile, rate, mpix, precision="fp32"):
+    proc = subprocess.run([sys.executable, __file__, "--child", src, str(tile), precision], capture_output=True,
+                          text=True)
     if proc.returncode:
-        sys.exit(proc.stderr)
+        print(f"{precision:>9} {tile:>5} failed: {proc.stderr.strip().splitlines()[-1][:200]}")
+        return None
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     gflops = FLOP_PER_PIXEL_BRANCH * r["computed_pixels"] / r["seconds"] / 1e9
     outside = 1.0 - r["network_seconds"] / r["seconds"]
-    print(f"{tile:>6} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} {gflops / rate:>8.0%} "
-          f"{r['peak_rss_mb']:>11.0f} {outside:>14.1%}")
+    print(f"{r['precision']:>9} {tile:>5} {r['seconds'] / mpix:>9.2f} {r['seconds']:>8.1f} {gflops:>8.0f} "
+          f"{gflops / rate:>8.0%} {r['peak_rss_mb']:>11.0f} {outside:>15.1%}")
     return r
+
+
+def lee_rows(src, mpix):
+    """A Lee filter on the same raster: OTB's as a whole process (when installed) and the plugin's own."""
+    import shutil
+
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(src)) as tmp:
+        otb = shutil.which("otbcli_Despeckle")
+        if otb:
+            t = time.perf_counter()
+            proc = subprocess.run([otb, "-in", src, "-out", os.path.join(tmp, "otb_lee.tif"), "float", "-filter", "lee",
+                                   "-filter.lee.rad", "2", "-filter.lee.nblooks", "1"], capture_output=True, text=True)
+            seconds = time.perf_counter() - t
+            state = f"{seconds / mpix:.2f} s/Mpixel ({seconds:.1f} s, whole process)" if proc.returncode == 0 else \
+                f"failed ({proc.stderr.strip()[-200:]})"
+            print(f"OTB Lee 5x5 (otbcli_Despeckle): {state}")
+        else:
+            print("OTB Lee: otbcli_Despeckle not installed (Debian otb-bin)")
+        t = time.perf_counter()
+        classic_filter_raster(src, os.path.join(tmp, "lee.tif"), "lee", looks=1.0)
+        seconds = time.perf_counter() - t
+        print(f"plugin Lee 5x5 (despecknet:classicfilter): {seconds / mpix:.2f} s/Mpixel ({seconds:.1f} s)")
 
 
 def tune_rows(tmp):
@@ -149,8 +183,8 @@ def tune_rows(tmp):
 
 
 def main():
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child_despeckle(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child_despeckle(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--child-tune":
         child_fine_tune(sys.argv[2], int(sys.argv[3]))
@@ -169,25 +203,35 @@ def main():
         src = os.path.join(tmp, "bench.tif")
         make_raster(src)
         mpix = SIZE * SIZE / 1e6
+        from despecknet_qgis.core.bf16 import unavailable_reason
+
         print(f"\ndespeckle {SIZE}x{SIZE} ({mpix:.1f} Mpixel), bundled model, CPU, FCN_clean only")
-        header = (f"{'tile':>6} {'s/Mpixel':>9} {'total s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS MB':>11} "
-                  f"{'outside network':>14}")
-        print(header)
+        print(HEADER)
         small = {tile: despeckle_row(src, tile, rate, mpix) for tile in (256, 512, 1024)}
-        print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included; "
+        bf16_reason = unavailable_reason()
+        fast = {} if bf16_reason else {tile: despeckle_row(src, tile, rate, mpix, "bf16") for tile in (256, 512, 1024)}
+        print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included, "
+              "'of matmul' against the fp32 rate above; "
               f"GDAL block cache capped at {GDAL_CACHE_BYTES // 2**20} MB during a run; 'outside network': the share "
               "of the run spent reading (the next window is read during the network pass), in statistics, point "
               "targets and writing)")
+        if bf16_reason:
+            print(f"bf16 not measured: {bf16_reason}")
+        lee_rows(src, mpix)
 
         os.remove(src)
         big = os.path.join(tmp, "bench_large.tif")
         make_raster(big, LARGE)
         big_mpix = LARGE * LARGE / 1e6
         print(f"\ndespeckle {LARGE}x{LARGE} ({big_mpix:.1f} Mpixel), same model, default tile")
-        print(header)
-        r = despeckle_row(big, TILE_SIZE, rate, big_mpix)
-        print(f"peak RSS at tile {TILE_SIZE}: {small[TILE_SIZE]['peak_rss_mb']:.0f} MB for {SIZE}x{SIZE}, "
-              f"{r['peak_rss_mb']:.0f} MB for {LARGE}x{LARGE} ({big_mpix / mpix:.1f}x the pixels)")
+        print(HEADER)
+        for precision, rows in (("fp32", small), ("bf16", fast)):
+            if not rows or not rows.get(TILE_SIZE):
+                continue
+            r = despeckle_row(big, TILE_SIZE, rate, big_mpix, precision)
+            if r:
+                print(f"peak RSS at tile {TILE_SIZE}, {precision}: {rows[TILE_SIZE]['peak_rss_mb']:.0f} MB for "
+                      f"{SIZE}x{SIZE}, {r['peak_rss_mb']:.0f} MB for {LARGE}x{LARGE} ({big_mpix / mpix:.1f}x the pixels)")
         os.remove(big)
         if "--no-tune" in sys.argv:
             return

@@ -86,6 +86,8 @@ OTB_FILTERS = [("lee", "OTB Lee"), ("frost", "OTB Frost"), ("gammamap", "OTB Gam
 PY_PEERS = [("bm3d_white", "BM3D homomorphic, white"), ("bm3d_psd", "BM3D homomorphic, measured spectrum"),
             ("sar2sar", "SAR2SAR (deepdespeckling)")]
 NOISY, REFERENCE, BUNDLED, PHASE2 = "noisy input", "reference", "deSpeckNet bundled", "deSpeckNet bundled + phase 2"
+BF16 = "deSpeckNet bundled, bf16"  # the same model on the CPU's fast path (core/bf16.py); the other rows are fp32
+ENSEMBLE = "deSpeckNet bundled, self-ensemble"  # despeckle's SELF_ENSEMBLE: four mirrored passes averaged
 PEERS = [label for _, label in OTB_FILTERS] + [label for _, label in PY_PEERS]
 PEER_VERSIONS = {}
 
@@ -256,13 +258,13 @@ def read_plugin_output(case, path):
     return np.where(case.valid, x, np.nan)
 
 
-def run_plugin(case, model, label, workdir):
+def run_plugin(case, model, label, workdir, precision="fp32", self_ensemble=False):
     from despecknet_qgis.core.inference import Despeckler
     from despecknet_qgis.core.tiled_predict import despeckle_raster
 
-    out = os.path.join(workdir, f"{label.replace(' ', '_').replace(':', '')}.tif")
+    out = os.path.join(workdir, f"{label.replace(' ', '_').replace(':', '').replace(',', '')}.tif")
     started = time.perf_counter()
-    d = Despeckler(model, "cpu", with_noise=False)
+    d = Despeckler(model, "cpu", with_noise=False, precision=precision, self_ensemble=self_ensemble)
     despeckle_raster(case.files["input"], out, d, domain=case.domain)
     return read_plugin_output(case, out), time.perf_counter() - started
 
@@ -308,7 +310,8 @@ def phase2_job(source, domain, single_look, workdir):
     out = os.path.join(workdir, "phase2.tif")
     started = time.perf_counter()
     report = fine_tune(source, onnx, domain=domain, weights=weights, looks=looks)
-    despeckle_raster(source, out, Despeckler(onnx, "cpu", threads=1, with_noise=False), domain=domain)
+    despeckle_raster(source, out, Despeckler(onnx, "cpu", threads=1, with_noise=False, precision="fp32"),
+                     domain=domain)
     note = (f"phase 2: preset {label} (mu {weights.mu:g}, xi {weights.xi:g}, lambda {weights.lambda_tv:g}, "
             f"looks {looks:g}), {report.steps} steps")
     return out, time.perf_counter() - started, note
@@ -544,7 +547,7 @@ def summary_table(groups, methods, key, higher_better=True):
                 s = f"**{s}**"
             cells.append(s)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for m in [BUNDLED, PHASE2] + [x for x in methods if x.startswith("candidate")]:
+    for m in [BUNDLED, BF16, ENSEMBLE, PHASE2] + [x for x in methods if x.startswith("candidate")]:
         if any(means.get((g, m)) is not None for g in cols):
             cells = []
             for g in cols:
@@ -552,6 +555,21 @@ def summary_table(groups, methods, key, higher_better=True):
                 cells.append(fmt(key, v - best_peer[g][0], "{:+.2f}" if key == "psnr" else "{:+.3f}")
                              if v is not None and g in best_peer else "—")
             lines.append(f"| *{m} − best peer* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def precision_table(groups):
+    """Per regime: what the bf16 path changes against fp32 (issue 12 allows 0.05 dB and 0.005 of mean X̂/X)."""
+    cols = list(groups)
+    lines = ["| change | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for key, label, spec in (("psnr", "PSNR dB", "{:+.3f}"), ("ssim", "SSIM", "{:+.4f}"),
+                             ("bias", "mean X̂/X", "{:+.4f}")):
+        cells = []
+        for g, cases in groups.items():
+            diffs = [c.metrics[BF16][key] - c.metrics[BUNDLED][key] for c in cases
+                     if BF16 in c.metrics and BUNDLED in c.metrics]
+            cells.append(spec.format(float(np.mean(diffs))) if diffs else "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -635,17 +653,27 @@ def main():
                     unavailable[label] = reason
                 else:
                     case.notes.append(f"{label} failed: {reason}")
+    from despecknet_qgis.core.bf16 import unavailable_reason
+
+    bf16_reason = unavailable_reason()
+    bf16_ok = bf16_reason is None
+    if not bf16_ok:
+        unavailable[BF16] = bf16_reason
     for case in cases:
         d = os.path.join(work, case.name)
         log(f"plugin: {case.name}")
         case.results[BUNDLED], case.seconds[BUNDLED] = run_plugin(case, None, "bundled", d)
+        if bf16_ok:
+            case.results[BF16], case.seconds[BF16] = run_plugin(case, None, "bundled bf16", d, "bf16")
+        case.results[ENSEMBLE], case.seconds[ENSEMBLE] = run_plugin(case, None, "bundled ensemble", d,
+                                                                    self_ensemble=True)
         for label, path in candidates:
             case.results[label], case.seconds[label] = run_plugin(case, path, label, d)
     if not args.no_peers:
         log("peers: waiting for BM3D and SAR2SAR")
         unavailable.update(finish_python_peers(peers, cases, work, args.peers_python))
 
-    ran = [BUNDLED] + [label for label, _ in candidates] + ([] if args.no_finetune else [PHASE2]) + PEERS
+    ran = [BUNDLED] + ([BF16] if bf16_ok else []) + [ENSEMBLE] + [label for label, _ in candidates] + ([] if args.no_finetune else [PHASE2]) + PEERS
     for case in cases:
         log(f"metrics: {case.name}")
         d = os.path.join(work, case.name)
@@ -717,6 +745,9 @@ def main():
     text += ["## Summary: PSNR on dB values (mean over each regime's scenes)", "",
              summary_table(groups, summary_methods, "psnr"), "",
              "## Summary: SSIM on dB values", "", summary_table(groups, summary_methods, "ssim"), ""]
+    if bf16_ok:
+        text += ["## The fast CPU path: bf16 minus fp32 (same model, same scenes)", "",
+                 precision_table(groups), ""]
 
     for case in [c for c in cases if not c.real]:
         rows = [(m, case.metrics.get(m)) for m in [NOISY, REFERENCE] + ran]

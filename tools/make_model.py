@@ -66,6 +66,8 @@ BUNDLED_DIR = os.path.join(ROOT, "models")
 REGIMES = {
     "simulator": None,
     "balanced": [(looks, corr) for looks in (1.0, 2.0, 3.0, 4.4, 5.0, 6.0, 10.0) for corr in (0.0, 0.5, 0.7, 0.7, 0.9)],
+    # Diagnostic: a model that knows its regime (GRD-like only) bounds what regime conditioning could gain.
+    "grd_only": [(looks, corr) for looks in (4.4, 5.0, 5.5) for corr in (0.6, 0.7, 0.8)],
 }
 
 

@@ -45,7 +45,7 @@ from ..core.defaults import RANGES, Range, TrainingDefaults
 from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError, rename_arguments, translate
 from ..core.files import check_outputs, same_file
-from ..core.inference import DEVICES
+from ..core.inference import DEVICES, PRECISIONS
 from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
 from ..core.sentinel1 import is_sentinel1_input
@@ -64,7 +64,7 @@ assert len(DOMAIN_LABELS) == len(DOMAINS)
 # Core argument names -> Processing parameter names, for the messages of core errors.
 # An algorithm adds or overrides entries in its own ARGUMENTS.
 COMMON_ARGUMENTS = {
-    "domain": "INPUT_DOMAIN", "device": "DEVICE", "band": "BAND", "bands": "BAND",
+    "domain": "INPUT_DOMAIN", "device": "DEVICE", "precision": "PRECISION", "band": "BAND", "bands": "BAND",
     "model_path": "MODEL", "tile_size": "TILE_SIZE", "overlap": "OVERLAP",
     "input_path": "INPUT", "output_path": "OUTPUT", "output": "OUTPUT",
     "epochs": "EPOCHS", "patch": "PATCH_SIZE", "stride": "STRIDE", "batch_size": "BATCH_SIZE",
@@ -191,7 +191,8 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         from ..core.temporal_label import RULES
         from .output_options import ENUM_NAMES
 
-        return {"INPUT_DOMAIN": list(DOMAINS), "DEVICE": list(DEVICES), "PRESET": [p.key for p in PHASE2_PRESETS],
+        return {"INPUT_DOMAIN": list(DOMAINS), "DEVICE": list(DEVICES), "PRECISION": list(PRECISIONS),
+                "PRESET": [p.key for p in PHASE2_PRESETS],
                 "STABILITY": list(RULES), **ENUM_NAMES}
 
     def _enum_index(self, name, value):

@@ -13,7 +13,7 @@ from qgis.core import (
 
 from ..core.defaults import TILE_RANGE, TILE_SIZE, Range
 from ..core.domain import DOMAINS
-from ..core.inference import DEVICES, Despeckler
+from ..core.inference import DEVICES, PRECISIONS, Despeckler
 from ..core.model_info import RECEPTIVE_RADIUS
 from ..core.tiled_predict import despeckle_raster
 from . import output_options
@@ -26,6 +26,8 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
     INPUT_DOMAIN = "INPUT_DOMAIN"
     MODEL = "MODEL"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
+    SELF_ENSEMBLE = "SELF_ENSEMBLE"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     POINT_TARGETS = "POINT_TARGETS"
@@ -78,6 +80,13 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             )
         )
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+        precision = QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), defaultValue=0)
+        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(precision)
+        ensemble = QgsProcessingParameterBoolean(self.SELF_ENSEMBLE, self.tr("Self-ensemble (4 mirrored passes)"),
+                                                 defaultValue=False)
+        ensemble.setFlags(ensemble.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(ensemble)
         self.add_number(self.TILE_SIZE, "Tile size, pixels", TILE_SIZE, advanced=True, integer=True, allowed=TILE_RANGE)
         self.add_number(self.OVERLAP, "Tile overlap, pixels", RECEPTIVE_RADIUS + 3, advanced=True, integer=True,
                         allowed=Range(RECEPTIVE_RADIUS, TILE_RANGE.maximum))
@@ -92,6 +101,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             )
         )
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
+        self.addOutput(QgsProcessingOutputString(self.PRECISION, self.tr("Precision used (fp32 or bf16)")))
 
     def input_layer(self, parameters, context, calibrate=True):
         layer = self.raster_layer(parameters, self.INPUT, context, calibrate)
@@ -116,11 +126,14 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        precision = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         noise = self.parameterAsOutputLayer(parameters, self.OUTPUT_NOISE, context) or None
 
-        despeckler = self.run_core(Despeckler, model, device, with_noise=noise is not None)
-        feedback.pushInfo(f"Model {despeckler.path} (version {despeckler.info.version}) on {despeckler.provider}")
+        despeckler = self.run_core(Despeckler, model, device, with_noise=noise is not None, precision=precision,
+                                   self_ensemble=self.parameterAsBool(parameters, self.SELF_ENSEMBLE, context))
+        feedback.pushInfo(f"Model {despeckler.path} (version {despeckler.info.version}) on {despeckler.provider}, "
+                          f"precision {despeckler.precision}: {despeckler.precision_note}")
         report = self.run_core(
             despeckle_raster,
             source,
@@ -139,8 +152,9 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             looks = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"
             feedback.pushInfo(f"band {b.band}: equivalent number of looks {looks}")
         mpix = sum(b.valid_pixels for b in report.bands) / 1e6
-        feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider}")
-        results = {self.OUTPUT: output, self.PROVIDER: report.provider}
+        feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider} "
+                          f"({report.precision})")
+        results = {self.OUTPUT: output, self.PROVIDER: report.provider, self.PRECISION: report.precision}
         if noise:
             results[self.OUTPUT_NOISE] = noise
         return results

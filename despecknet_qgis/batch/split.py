@@ -145,7 +145,8 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         os.replace(tmp, job["output"])
         tmp = None
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
-                  "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version}
+                  "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version,
+                  "precision": despeckler.precision}
         _mark_done(job, result)
         return result
     except Exception as exc:  # noqa: BLE001 - a result, not a crash
@@ -185,7 +186,8 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
         s = _option_values(job.get("options", {}))
         layout = output_layout(ds, bands, s["domain"], s["output_domain"] or s["domain"], s["zero_is_nodata"],
                                job["input"], job["model"], windows_done[0].get("model_version", "?"),
-                               job.get("model_sha256"), point_targets=s["point_targets"])
+                               job.get("model_sha256"), point_targets=s["point_targets"],
+                               precision=windows_done[0].get("precision", "fp32"))
         noise = job.get("noise_output")
         step = job["tile_size"]
 

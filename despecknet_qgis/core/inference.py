@@ -11,6 +11,10 @@ from .errors import InputError, ModelError, ResourceError
 from .model_info import ModelInfo, bundled_model_path  # noqa: F401 - bundled_model_path: this module's interface since 0.1
 
 DEVICES = ("auto", "cpu", "cuda")
+# auto: bf16 on a CPU with AMX-BF16 (core/bf16.py), else float32 ONNX Runtime.
+PRECISIONS = ("auto", "fp32", "bf16")
+# Self-ensemble: the input as it is and mirrored left-right, up-down and both.
+FLIPS = ((), (1,), (0,), (0, 1))
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # ONNX Runtime reports allocation failures as its own exception types (Fail,
@@ -49,7 +53,7 @@ class Despeckler:
 
     def __init__(
         self, model_path: str | None = None, device: str = "auto", threads: int | None = None, with_noise: bool = True,
-        session_config: dict[str, str] | None = None,
+        session_config: dict[str, str] | None = None, precision: str = "auto", self_ensemble: bool = False,
     ):
         """Load a deSpeckNet ONNX model.
 
@@ -60,11 +64,18 @@ class Despeckler:
             threads: ONNX Runtime intra-op threads (None: its default).
             with_noise: keep the speckle branch; False runs FCN_clean alone (half the cost).
             session_config: extra ONNX Runtime session configuration entries.
+            precision: "auto" (bf16 where the CPU path runs on a CPU with AMX-BF16 and PyTorch is
+                installed, else fp32), "fp32" (ONNX Runtime) or "bf16" (core/bf16.py; CPU only,
+                fails rather than falling back). `precision` and `precision_note` say what was chosen.
+            self_ensemble: average the network's outputs over the input and its three mirrored
+                copies (four passes; measured +0.15 to +0.3 dB on simulated scenes, models/MODEL_CARD.md).
 
         Raises:
-            InputError: unknown device, missing file or a folder; ModelError: not a loadable
-            deSpeckNet model; ResourceError: CUDA asked for but not usable; MissingPackageError:
-            onnxruntime (or numpy) is not installed.
+            InputError: unknown device or precision, bf16 asked for with device cuda, missing file
+            or a folder; ModelError: not a loadable deSpeckNet model, or bf16 asked for a model
+            that is not a plain chain of convolutions; ResourceError: CUDA or bf16 asked for but
+            not usable here; MissingPackageError: onnxruntime (or numpy; torch for bf16) is not
+            installed.
         """
         from .dependencies import require
 
@@ -72,6 +83,10 @@ class Despeckler:
         import onnxruntime as ort
 
         path = model_path or bundled_model_path()
+        if precision not in PRECISIONS:
+            raise InputError(f"Unknown `precision` {precision!r}: use one of {', '.join(PRECISIONS)}.")
+        if precision == "bf16" and device == "cuda":
+            raise InputError("`precision`=bf16 is the CPU's fast path: with `device`=cuda use precision auto or fp32.")
         check_device(device)
         if os.path.isdir(path):
             raise InputError(f"`model_path` {path} is a folder: choose the .onnx model file in it.")
@@ -83,7 +98,8 @@ class Despeckler:
                 f"or fine-tuning ({os.path.splitext(path)[0]}.onnx)."
             )
         available = ort.get_available_providers()
-        want_cuda = device == "cuda" or (device == "auto" and CUDA in available and _nvidia_driver_present())
+        want_cuda = device == "cuda" or (device == "auto" and precision != "bf16" and CUDA in available
+                                         and _nvidia_driver_present())
         providers = [CUDA, CPU] if want_cuda else [CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -120,6 +136,34 @@ class Despeckler:
             raise ModelError(f"{path} uses a normalisation this plugin version does not know.")
         self.path = path
         self.with_noise = with_noise
+        self.self_ensemble = bool(self_ensemble)
+        self._bf16: dict = {}
+        self.precision, self.precision_note = self._choose_precision(precision, threads)
+
+    def _choose_precision(self, precision: str, threads: int | None) -> tuple[str, str]:
+        """(precision in use, why), loading the bf16 branches when they are chosen."""
+        from . import bf16
+
+        if precision == "fp32":
+            return "fp32", "fp32 asked for"
+        if self.provider != CPU:
+            return "fp32", f"the network runs on {self.provider}"
+        reason = bf16.unavailable_reason()
+        if reason:
+            if precision == "bf16":
+                raise ResourceError(f"`precision`=bf16 was asked for, but {reason}. Use precision auto or fp32.")
+            return "fp32", f"bf16 not used: {reason}"
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        try:
+            for name in ModelInfo.OUTPUTS if self.with_noise else ModelInfo.OUTPUTS[:1]:
+                self._bf16[name] = bf16.load_branch(data, name, self.radius, threads)
+        except ModelError as exc:
+            self._bf16 = {}
+            if precision == "bf16":
+                raise
+            return "fp32", f"bf16 not used: {exc}"
+        return "bf16", "bf16 on this CPU's AMX units" + (" (asked for)" if precision == "bf16" else " (auto)")
 
     @property
     def radius(self) -> int:
@@ -137,8 +181,28 @@ class Despeckler:
             raise ValueError("this session was loaded without the noise branch")
         names = list(ModelInfo.OUTPUTS) if with_noise else [ModelInfo.OUTPUTS[0]]
         started = time.perf_counter()
+        if self.self_ensemble:
+            # Mirrored copies keep the speckle's correlation along rows and columns (a transpose would
+            # swap range and azimuth); the network's own errors partly differ between them.
+            outs = None
+            for axes in FLIPS:
+                flipped = [np.flip(v, tuple(a + 2 for a in axes)) for v in self._run(np.flip(z, axes), names)]
+                outs = flipped if outs is None else [a + b for a, b in zip(outs, flipped)]
+            out = [np.ascontiguousarray(v / len(FLIPS), np.float32) for v in outs]
+        else:
+            out = self._run(z, names)
+        self.network_seconds += time.perf_counter() - started
+        return out[0][0, 0], (out[1][0, 0] if with_noise else None)
+
+    def _run(self, z: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """One network pass: the outputs `names`, each (1, 1, H, W), checked."""
         try:
-            out = self.session.run(names, {ModelInfo.INPUT: np.ascontiguousarray(z, np.float32)[None, None]})
+            if self._bf16:
+                out = [self._bf16[name].predict(z)[None, None] for name in names]
+            else:
+                out = self.session.run(names, {ModelInfo.INPUT: np.ascontiguousarray(z, np.float32)[None, None]})
+        except (ResourceError, ModelError):
+            raise
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own exception types (Fail, RuntimeException, ...)
             text = str(exc)
             if isinstance(exc, MemoryError) or any(w in text.lower() for w in _OUT_OF_MEMORY_WORDS):
@@ -146,7 +210,8 @@ class Despeckler:
                     f"ONNX Runtime ran out of memory on a {z.shape[1]}x{z.shape[0]} tile (margins included) with "
                     f"{self.path}: lower `tile_size` and try again."
                 ) from exc
-            raise ModelError(f"ONNX Runtime failed to run the model {self.path}: {text.splitlines()[0][:300]}") from exc
+            runtime = "PyTorch (bf16 path)" if self._bf16 else "ONNX Runtime"
+            raise ModelError(f"{runtime} failed to run the model {self.path}: {text.splitlines()[0][:300]}") from exc
         for name, value in zip(names, out):
             if value.shape != (1, 1) + z.shape:
                 raise ModelError(
@@ -160,8 +225,7 @@ class Despeckler:
                     f"{z.shape[1]}x{z.shape[0]} tile: its weights are corrupt or it was not trained for this data. "
                     "Export the model again or use the bundled one."
                 )
-        self.network_seconds += time.perf_counter() - started
-        return out[0][0, 0], (out[1][0, 0] if with_noise else None)
+        return out
 
 
 def _clean_branch_only(path: str) -> bytes | str:

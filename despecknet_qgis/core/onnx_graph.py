@@ -140,3 +140,108 @@ def keep_output(model: bytes, output: str) -> bytes | None:
     for record in records:
         out += _record(MODEL_GRAPH, pruned) if record is graphs[0] else record[2]
     return bytes(out)
+
+
+# Fields read by conv_chain (onnx.proto): NodeProto 4 op_type, 5 attribute; AttributeProto
+# 1 name, 3 i, 8 ints; TensorProto 1 dims, 2 data_type, 4 float_data, 9 raw_data,
+# 14 data_location; GraphProto 11 input.
+NODE_OP_TYPE, NODE_ATTRIBUTE = 4, 5
+ATTRIBUTE_NAME, ATTRIBUTE_INT, ATTRIBUTE_INTS = 1, 3, 8
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA, TENSOR_DATA_LOCATION = 1, 2, 4, 9, 14
+GRAPH_INPUT = 11
+_FLOAT = 1
+
+
+def _integers(message: bytes, number: int) -> list[int]:
+    """The values of a repeated (packed or not) or single integer field."""
+    values = []
+    for n, wire, raw, payload in fields(message):
+        if n != number:
+            continue
+        if wire == _VARINT:
+            _, pos = _varint(raw, 0)  # skip the key
+            values.append(_varint(raw, pos)[0])
+        elif wire == _BYTES:
+            pos = 0
+            while pos < len(payload):
+                value, pos = _varint(payload, pos)
+                values.append(value)
+    return values
+
+
+def _float_tensor(message: bytes):
+    """A float TensorProto as a numpy array; None for any other type or external data."""
+    import numpy as np
+
+    if _integers(message, TENSOR_DATA_TYPE) != [_FLOAT] or _integers(message, TENSOR_DATA_LOCATION) not in ([], [0]):
+        return None
+    dims = _integers(message, TENSOR_DIMS)
+    records = fields(message)
+    raw = [p for n, w, _, p in records if n == TENSOR_RAW_DATA and w == _BYTES]
+    packed = [p for n, w, _, p in records if n == TENSOR_FLOAT_DATA and w == _BYTES]
+    data = raw[-1] if raw else b"".join(packed)
+    values = np.frombuffer(data, dtype="<f4")
+    if values.size != int(np.prod(dims)):
+        return None
+    return values.reshape(dims).astype(np.float32)
+
+
+def conv_chain(model: bytes, output: str):
+    """The layers computing `output` when they are a plain chain from the graph's input of
+    same-size convolutions (odd square kernels, padding k // 2, stride, dilation and group 1),
+    each optionally followed by Relu: [(weight, bias, relu), ...] from the input on, as float32
+    arrays. None for any other graph: a caller then keeps the general ONNX Runtime path.
+
+    Raises:
+        WireFormatError: `model` is not a protobuf message.
+    """
+    import numpy as np
+
+    graphs = [p for n, w, _, p in fields(model) if n == MODEL_GRAPH and w == _BYTES]
+    if len(graphs) != 1:
+        return None
+    records = fields(graphs[0])
+    inputs = [_name(p, VALUE_INFO_NAME) for n, _, _, p in records if n == GRAPH_INPUT]
+    tensors = {_name(p, TENSOR_NAME): p for n, _, _, p in records if n == GRAPH_INITIALIZER}
+    graph_inputs = [name for name in inputs if name not in tensors]
+    producers = {}
+    for n, _, _, payload in records:
+        if n == GRAPH_NODE:
+            for name in _strings(payload, NODE_OUTPUT):
+                producers[name] = payload
+    if len(graph_inputs) != 1:
+        return None
+    layers, name, relu = [], output, False
+    while name != graph_inputs[0]:
+        node = producers.get(name)
+        if node is None:
+            return None
+        op, node_inputs = _name(node, NODE_OP_TYPE), _strings(node, NODE_INPUT)
+        if op == "Relu" and not relu and len(node_inputs) == 1:
+            relu, name = True, node_inputs[0]
+            continue
+        if op != "Conv" or len(node_inputs) not in (2, 3):
+            return None
+        weight = _float_tensor(tensors.get(node_inputs[1], b""))
+        if weight is None or weight.ndim != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
+            return None
+        if len(node_inputs) == 3 and node_inputs[2]:
+            bias = _float_tensor(tensors.get(node_inputs[2], b""))
+            if bias is None or bias.shape != (weight.shape[0],):
+                return None
+        else:
+            bias = np.zeros(weight.shape[0], np.float32)
+        half = weight.shape[2] // 2
+        expected = {"kernel_shape": [weight.shape[2]] * 2, "pads": [half] * 4, "strides": [1, 1], "dilations": [1, 1],
+                    "group": [1]}
+        for attribute in [p for n, _, _, p in fields(node) if n == NODE_ATTRIBUTE]:
+            key = _name(attribute, ATTRIBUTE_NAME)
+            values = _integers(attribute, ATTRIBUTE_INTS) or _integers(attribute, ATTRIBUTE_INT)
+            if key not in expected or values != expected[key]:
+                return None  # auto_pad, asymmetric pads, strides...: not a same-size convolution
+        layers.append((weight, bias, relu))
+        relu, name = False, node_inputs[0]
+    if relu or not layers:
+        return None
+    layers.reverse()
+    return layers

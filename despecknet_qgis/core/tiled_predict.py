@@ -34,6 +34,7 @@ class DespeckleReport:
     noise_output: str | None
     provider: str
     bands: list[BandStats] = field(default_factory=list)
+    precision: str = "fp32"  # "bf16": the CPU's fast path (core/bf16.py)
     seconds: float = 0.0
     tiles: int = 0
     network_seconds: float = 0.0  # inside ONNX Runtime; the rest is reading, statistics, point targets, writing
@@ -137,7 +138,9 @@ def despeckle_raster(
         stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share, zero_is_nodata=zero_is_nodata)
                  for i, b in enumerate(bands)]
         layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path, despeckler.path,
-                               despeckler.info.version, point_targets=point_targets, algorithm=algorithm)
+                               despeckler.info.version, point_targets=point_targets, algorithm=algorithm,
+                               precision=getattr(despeckler, "precision", "fp32"),
+                               self_ensemble=getattr(despeckler, "self_ensemble", False))
         nodata = layout["nodata"]
 
         tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
@@ -175,6 +178,7 @@ def despeckle_raster(
         output=output_path,
         noise_output=noise_path,
         provider=despeckler.provider,
+        precision=getattr(despeckler, "precision", "fp32"),
         bands=stats,
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
@@ -184,11 +188,12 @@ def despeckle_raster(
 
 def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
                   model_path: str, model_version: str, model_sha256: str | None = None, point_targets: bool = True,
-                  algorithm: str = "despecknet:despeckle") -> dict:
+                  algorithm: str = "despecknet:despeckle", precision: str = "fp32",
+                  self_ensemble: bool = False) -> dict:
     """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
 
     The input's dataset metadata is copied, and DESPECKNET_* items record the model (name,
-    version, SHA-256), the algorithm, the domains and the plugin version, where `gdalinfo`
+    version, SHA-256), its precision and self-ensemble, the algorithm, the domains and the plugin version, where `gdalinfo`
     shows them. No timestamp, so that reruns give identical files.
     """
     from .files import file_sha256
@@ -210,6 +215,8 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
         "DESPECKNET_MODEL": os.path.basename(model_path or ""),
         "DESPECKNET_MODEL_VERSION": model_version,
         "DESPECKNET_MODEL_SHA256": model_sha256,
+        "DESPECKNET_PRECISION": precision,
+        "DESPECKNET_SELF_ENSEMBLE": "4 mirrored passes" if self_ensemble else "off",
         "DESPECKNET_INPUT": os.path.basename(source.rstrip("/")) or source,
         "DESPECKNET_INPUT_DOMAIN": ("complex, read as |z|^2" if complex_bands else domain),
         "DESPECKNET_OUTPUT_DOMAIN": output_domain,

@@ -1,0 +1,127 @@
+"""The fast CPU path (core/bf16.py): the ONNX weights read back, its accuracy against fp32, and its faults."""
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from despecknet_qgis.core import bf16
+from despecknet_qgis.core.errors import InputError, ModelError, ResourceError
+from despecknet_qgis.core.inference import Despeckler
+from despecknet_qgis.core.onnx_graph import conv_chain
+from despecknet_qgis.core.tiled_predict import despeckle_raster
+from conftest import speckled_scene, write_tif
+
+REASON = bf16.unavailable_reason()
+needs_amx = pytest.mark.skipif(REASON is not None, reason=f"bf16 path unavailable here: {REASON}")
+
+
+def _corrupt_copy(path, out):
+    """`path` with one weight of the clean branch's third convolution set to NaN."""
+    import onnx
+
+    model = onnx.load(path)
+    weight = next(t for t in model.graph.initializer if t.name == "clean.2.weight")
+    raw = bytearray(weight.raw_data)
+    raw[400:404] = np.array([np.nan], "<f4").tobytes()
+    weight.raw_data = bytes(raw)
+    onnx.save(model, out)
+    return out
+
+
+def test_conv_chain_reads_back_the_exported_folded_weights(tiny_model):
+    from despecknet_qgis.core.export import _folded_layers
+
+    path, model = tiny_model
+    with open(path, "rb") as fh:
+        data = fh.read()
+    for branch in ("clean", "noise"):
+        layers = conv_chain(data, branch)
+        expected = _folded_layers(getattr(model, branch))
+        assert len(layers) == len(expected) == 17
+        for (w, b, relu), (we, be, relue) in zip(layers, expected):
+            assert relu == relue
+            np.testing.assert_array_equal(w, we)
+            np.testing.assert_array_equal(b, be)
+    assert conv_chain(data, "no such output") is None
+
+
+def test_conv_chain_refuses_graphs_that_are_not_a_plain_convolution_chain(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    x = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])
+    out = helper.make_tensor_value_info("clean", TensorProto.FLOAT, [1, 1, "h", "w"])
+    strided = helper.make_node("Conv", ["y", "w"], ["clean"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    mul = helper.make_node("Mul", ["y", "y"], ["clean"])
+    for node in (strided, mul):
+        model = helper.make_model(helper.make_graph([node], "g", [x], [out], [w]))
+        assert conv_chain(model.SerializeToString(), "clean") is None
+    same = helper.make_node("Conv", ["y", "w"], ["clean"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    layers = conv_chain(helper.make_model(helper.make_graph([same], "g", [x], [out], [w])).SerializeToString(), "clean")
+    assert len(layers) == 1 and not layers[0][2] and layers[0][1].shape == (1,)
+    onnx.checker.check_model(helper.make_model(helper.make_graph([same], "g", [x], [out], [w])))
+
+
+def test_bf16_with_the_cuda_device_is_refused_before_any_work():
+    with pytest.raises(InputError, match="bf16 is the CPU's fast path"):
+        Despeckler(None, "cuda", precision="bf16")
+    with pytest.raises(InputError, match="Unknown `precision` 'int4'"):
+        Despeckler(None, "cpu", precision="int4")
+
+
+def test_explicit_bf16_fails_with_a_reason_rather_than_falling_back(tiny_model, tmp_path):
+    corrupt = _corrupt_copy(tiny_model[0], str(tmp_path / "corrupt.onnx"))
+    if REASON is not None:
+        with pytest.raises(ResourceError, match="bf16 was asked for"):
+            Despeckler(tiny_model[0], "cpu", precision="bf16")
+        assert Despeckler(tiny_model[0], "cpu").precision == "fp32"
+        return
+    with pytest.raises(ModelError, match="NaN or infinite weights"):
+        Despeckler(corrupt, "cpu", precision="bf16")
+
+
+@needs_amx
+def test_auto_keeps_corrupt_weights_on_the_fp32_path_where_their_nan_shows(tiny_model, tmp_path):
+    """oneDNN's fused ReLU maps NaN to 0: on the bf16 path corrupt weights would give a finite, wrong image."""
+    corrupt = _corrupt_copy(tiny_model[0], str(tmp_path / "corrupt.onnx"))
+    d = Despeckler(corrupt, "cpu", with_noise=False)
+    assert d.precision == "fp32" and "NaN" in d.precision_note
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        d.predict(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    assert Despeckler(tiny_model[0], "cpu").precision == "bf16"
+
+
+@needs_amx
+def test_bf16_sub_tiles_give_what_one_pass_over_the_window_gives(tiny_model):
+    with open(tiny_model[0], "rb") as fh:
+        net = bf16.load_branch(fh.read(), "clean", radius=17)
+    z = np.random.default_rng(3).standard_normal((2 * bf16.SUB_TILE + 37, bf16.SUB_TILE + 90)).astype(np.float32)
+    tiled = net.predict(z)
+    import torch
+
+    with torch.inference_mode():
+        whole = net._run(z)
+    # Same inputs in every receptive field: only oneDNN's blocking may round differently.
+    assert np.abs(tiled - whole).max() < 1e-2 * max(1.0, float(np.abs(whole).max()))
+    assert np.abs(tiled - whole).mean() < 1e-4
+
+
+@needs_amx
+def test_bf16_despeckles_the_bundled_model_within_hundredths_of_a_db_of_fp32(tmp_path):
+    y, scene = speckled_scene(300, seed=21)
+    x = scene.reflectivity
+    src = write_tif(tmp_path / "y.tif", y)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        out = str(tmp_path / f"{precision}.tif")
+        report = despeckle_raster(src, out, Despeckler(None, "cpu", with_noise=False, precision=precision))
+        assert report.precision == precision
+        ds = gdal.Open(out)
+        assert ds.GetMetadataItem("DESPECKNET_PRECISION") == precision
+        outputs[precision] = ds.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    db = {k: 10 * np.log10(v) for k, v in outputs.items()}
+    truth = 10 * np.log10(x)
+    psnr = {k: 10 * np.log10(np.ptp(truth) ** 2 / np.mean((v - truth) ** 2)) for k, v in db.items()}
+    assert abs(psnr["bf16"] - psnr["fp32"]) < 0.05, psnr
+    assert np.abs(db["bf16"] - db["fp32"]).mean() < 0.05
+    assert abs(outputs["bf16"].mean() / outputs["fp32"].mean() - 1) < 0.005
