@@ -121,3 +121,14 @@ def test_point_targets_do_not_make_tiles_show(despeckler, tmp_path):
     despeckle_raster(str(src), str(tmp_path / "tiled.tif"), despeckler, tile_size=40)
     whole, tiled = read_tif(tmp_path / "whole.tif")[0][0], read_tif(tmp_path / "tiled.tif")[0][0]
     assert np.max(np.abs(tiled - whole) / whole) < 1e-4
+
+
+def test_window_minimum_equals_scipys_minimum_filter_with_reflected_edges():
+    from scipy import ndimage
+
+    from despecknet_qgis.core.point_targets import window_minimum
+
+    values = np.random.default_rng(4).gamma(1.0, 1.0, (61, 47))
+    values[0, 0], values[30, 20] = np.inf, 0.0
+    for size in (3, 5, 7):
+        np.testing.assert_array_equal(window_minimum(values, size), ndimage.minimum_filter(values, size, mode="reflect"))
