@@ -124,8 +124,6 @@ def test_point_targets_do_not_make_tiles_show(despeckler, tmp_path):
 
 
 def test_window_minimum_equals_scipys_minimum_filter_with_reflected_edges():
-    from scipy import ndimage
-
     from despecknet_qgis.core.point_targets import window_minimum
 
     values = np.random.default_rng(4).gamma(1.0, 1.0, (61, 47))
