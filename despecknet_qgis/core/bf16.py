@@ -3,8 +3,8 @@
 ONNX Runtime's CPU provider computes the convolutions in float32 and already runs at the
 CPU's float32 matrix-multiply rate, and it has no bfloat16 convolution. On CPUs with AMX-BF16
 (Intel Xeon from the 4th generation on), oneDNN, which PyTorch uses, multiplies bfloat16 with
-float32 accumulation several times faster: `make bench` measured 1.5 s per Mpixel against
-5.5 in float32 on the benchmark machine's two cores, and `make bench-quality` PSNR within
+float32 accumulation several times faster: `make bench` measured 1.24 s per Mpixel against
+5.48 in float32 on the benchmark machine's two cores, and `make bench-quality` PSNR within
 0.01 dB of float32 in every regime (models/MODEL_CARD.md). Without AMX (oneDNN limited to
 AVX512-BF16) it was 1.6 times slower than float32, so `auto` uses it only where AMX is present.
 
