@@ -400,3 +400,17 @@ def test_the_plugin_imports_no_dask_and_loads_where_it_is_missing():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "loaded ['dask', 'distributed']" in proc.stdout  # only the two blocked entries: nothing imported
+
+
+def test_a_forced_precision_is_recorded_and_redoes_scenes_made_otherwise(client, tiny_model, tmp_path):
+    y, _ = speckled_scene(96, seed=17)
+    src = write_tif(tmp_path / "y.tif", y)
+    out = str(tmp_path / "out")
+    first = run_batch([src], out, model=tiny_model[0], client=client)
+    assert len(first.done) == 1
+    forced = run_batch([src], out, model=tiny_model[0], client=client, precision="fp32")
+    assert len(forced.done) == 1 and forced.skipped == []  # "auto" may have been bf16: not the same result
+    assert read_tif(forced.done[0])[1].GetMetadataItem("DESPECKNET_PRECISION") == "fp32"
+    assert run_batch([src], out, model=tiny_model[0], client=client, precision="fp32").skipped == forced.done
+    with pytest.raises(InputError, match="Unknown `precision`"):
+        run_batch([src], str(tmp_path / "other"), model=tiny_model[0], client=client, precision="fp8")

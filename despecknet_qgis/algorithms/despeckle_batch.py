@@ -23,7 +23,7 @@ from qgis.core import (
 from ..core.defaults import TILE_RANGE, TILE_SIZE
 from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError
-from ..core.inference import DEVICES
+from ..core.inference import DEVICES, PRECISIONS
 from . import output_options
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm
 
@@ -35,6 +35,7 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
     INPUT_DOMAIN = "INPUT_DOMAIN"
     MODEL = "MODEL"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
     TILE_SIZE = "TILE_SIZE"
     POINT_TARGETS = "POINT_TARGETS"
     WRITE_NOISE = "WRITE_NOISE"
@@ -88,6 +89,9 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Model (ONNX; empty: bundled)"),
                                                      extension="onnx", optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+        precision = QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), defaultValue=0)
+        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(precision)
         self.addParameter(QgsProcessingParameterString(self.SCHEDULER, self.tr("Dask scheduler (empty: this machine)"),
                                                        optional=True))
         self.add_number(self.WORKERS, "Threads on this machine (0: one per core)", 0, advanced=True, integer=True)
@@ -167,6 +171,7 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             run_batch, inputs, output_dir,
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
             options=options, bands=bands,
             noise=self.parameterAsBool(parameters, self.WRITE_NOISE, context),
             scheduler=scheduler,

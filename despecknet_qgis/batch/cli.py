@@ -41,6 +41,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--model", default=None, help="ONNX deSpeckNet model (default: the bundled one); every worker must "
                                                  "read it at this path")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="ONNX Runtime device (default cpu)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 on workers whose CPU has AMX-BF16 and PyTorch, else fp32 (default auto)")
     p.add_argument("--bands", "--band", dest="bands", default=None, metavar="B[,B...]",
                    type=lambda t: [int(v) for v in t.replace(" ", ",").split(",") if v],
                    help="1-based bands of every scene (default: all), each a task of its own")
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGINT)
     try:
         with terminate_as_cancel():
-            report = run_batch(inputs, args.output_dir, model=args.model, device=args.device, options=options,
+            report = run_batch(inputs, args.output_dir, model=args.model, device=args.device, precision=args.precision,
+                               options=options,
                                bands=args.bands, noise=args.noise, suffix=args.suffix, scheduler=args.scheduler,
                                workers=args.workers, threads_per_worker=args.threads_per_worker,
                                ort_threads=args.ort_threads, checksum=args.checksum, force=args.force,

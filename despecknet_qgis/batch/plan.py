@@ -133,16 +133,23 @@ def raster_shape(name: str) -> tuple[int, int, int] | None:
         gdal.PopErrorHandler()
 
 
-def scene_key(scene: Scene, model_sha256: str, options: dict, device: str) -> str:
-    """What must be unchanged for an earlier output to stand: input, model, options, bands, outputs."""
+def scene_key(scene: Scene, model_sha256: str, options: dict, device: str, precision: str = "auto") -> str:
+    """What must be unchanged for an earlier output to stand: input, model, options, bands, outputs.
+
+    A forced precision (fp32, bf16) is part of it; "auto" is left out, so that manifests
+    written before the precision option keep their keys.
+    """
     payload = {"fingerprint": scene.fingerprint, "model_sha256": model_sha256, "options": options,
                "bands": scene.bands, "noise": scene.noise_output is not None, "device": device,
                "output": os.path.abspath(scene.output)}
+    if precision != "auto":
+        payload["precision"] = precision
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noise: bool, suffix: str,
-                model_sha256: str, options: dict, device: str, checksum: bool = False) -> list[Scene]:
+                model_sha256: str, options: dict, device: str, checksum: bool = False,
+                precision: str = "auto") -> list[Scene]:
     """One Scene per input, with output names checked: distinct, never an input."""
     scenes = []
     by_output: dict[str, str] = {}
@@ -166,7 +173,7 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
             chosen = list(range(1, count + 1))
         scene = Scene(name, output, noise_output, chosen, fingerprint(name, checksum),
                       extra={"size": shape[1:] if shape else None})
-        scene.key = scene_key(scene, model_sha256, options, device)
+        scene.key = scene_key(scene, model_sha256, options, device, precision)
         scenes.append(scene)
     all_inputs = [f for s in scenes for f in ([e["path"] for e in s.fingerprint["files"] or []] or [s.input])]
     for path in by_output:

@@ -96,7 +96,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
               threads_per_worker: int = 1, ort_threads: int | None = None, processes: bool = True,
               checksum: bool = False, force: bool = False, split_rows: int = 4,
               split_min_pixels: int = 50_000_000, progress: Progress = SILENT,
-              log=None, bar=None, client=None, in_process: bool = False) -> BatchReport:
+              log=None, bar=None, client=None, in_process: bool = False, precision: str = "auto") -> BatchReport:
     """Despeckle `inputs` into `output_dir` on Dask; returns what was done, skipped and failed.
 
     Without a scheduler or client, and with `in_process` or where dask is not installed, the
@@ -106,6 +106,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
         inputs: raster files, SAFE products or GDAL dataset names (see plan.expand_inputs for lists).
         output_dir: created if missing; holds the outputs, the manifest and a work folder.
         model: an ONNX deSpeckNet model (None: the bundled one); device: "auto", "cpu" or "cuda".
+        precision: "auto", "fp32" or "bf16" (core.inference.Despeckler), on every worker.
         options: keyword arguments of the core's despeckle_raster (checked against its signature).
         bands: 1-based bands of every scene (None: all); noise: also write the speckle estimate.
         scheduler: an existing scheduler's address; else a LocalCluster of `workers` x
@@ -126,6 +127,10 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
     started = time.perf_counter()
     log = log or progress.info
     options = check_options(dict(options or {}))
+    from ..core.inference import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"Unknown `precision` {precision!r}: use one of {', '.join(PRECISIONS)}.")
     from ..core.model_info import bundled_model_path
     from ..core.files import check_output_path
 
@@ -143,7 +148,8 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
     report = BatchReport(manifest=os.path.join(output_dir, MANIFEST))
 
     with Manifest(output_dir) as manifest:
-        scenes = plan_scenes(inputs, output_dir, bands, noise, suffix, model_sha, options, device, checksum)
+        scenes = plan_scenes(inputs, output_dir, bands, noise, suffix, model_sha, options, device, checksum,
+                             precision)
         latest = manifest.latest()
         todo = []
         for s in scenes:
@@ -161,7 +167,8 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
         if client is None and scheduler is None and (in_process or not dask_available()):
             log("Scenes one after the other in this process" + ("" if in_process else
                 " (Python packages dask and distributed are missing; " + INSTALL_DASK + " to use several cores)"))
-            _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started)
+            _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started,
+                      precision)
             report.seconds = time.perf_counter() - started
             return report
         own = client is None
@@ -185,7 +192,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
                 log(f"Large bands run as one task each: {why}.")
                 split = (0, split_min_pixels)
             finals = _submit(client, todo, output_dir, model, model_sha, device, ort_threads, options, cancel_name,
-                             force, split)
+                             force, split, precision)
             _collect(distributed, client, finals, manifest, report, model, model_sha, options, progress, bar,
                      started, cancel_name)
         finally:
@@ -208,11 +215,12 @@ def dask_available() -> bool:
     return True
 
 
-def _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started) -> None:
+def _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started,
+              precision="auto") -> None:
     """The scenes one after the other in this process, through the tasks the workers run."""
     total, failed = len(todo), 0
     common = {"model": model, "model_sha256": model_sha, "device": device, "threads": ort_threads,
-              "options": options, "cancel": None}
+              "options": options, "cancel": None, "precision": precision}
     for k, s in enumerate(todo):
         job = {**common, "input": s.input, "output": s.output, "noise_output": s.noise_output, "bands": s.bands,
                "key": s.key}
@@ -248,11 +256,11 @@ def _has_bokeh() -> bool:
 
 
 def _submit(client, scenes, output_dir, model, model_sha, device, ort_threads, options, cancel_name, force,
-            split=(0, 0)):
+            split=(0, 0), precision="auto"):
     """Futures of each scene's final task -> scene."""
     finals = {}
     common = {"model": model, "model_sha256": model_sha, "device": device, "threads": ort_threads,
-              "options": options, "cancel": cancel_name}
+              "options": options, "cancel": cancel_name, "precision": precision}
     split_rows, split_min_pixels = split
     for s in scenes:
         if force:

@@ -79,7 +79,7 @@ def band_stats(job: dict) -> dict:
     started = time.perf_counter()
     try:
         despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
-                                     bool(job.get("noise")))
+                                     bool(job.get("noise")), job.get("precision", "auto"))
         s = _settings(job.get("options", {}), despeckler)
         dm.check_domain(s["domain"])
         ds = open_raster(job["input"])
@@ -113,7 +113,8 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     tmp = None
     try:
         noise = bool(job.get("noise"))  # the speckle estimate goes to band 2 of the window file
-        despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"), noise)
+        despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"), noise,
+                                     job.get("precision", "auto"))
         s = _settings(job.get("options", {}), despeckler)
         st = stats["stats"]
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))

@@ -34,11 +34,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def load_despeckler(model: str, model_sha256: str, device: str, threads: int | None, with_noise: bool):
+def load_despeckler(model: str, model_sha256: str, device: str, threads: int | None, with_noise: bool,
+                    precision: str = "auto"):
     """One loaded model per worker process and settings; the file must be the one the client checked."""
     from ..core.inference import Despeckler
 
-    key = (model, model_sha256, device, threads, with_noise)
+    key = (model, model_sha256, device, threads, with_noise, precision)
     with _LOCK:
         if key in _DESPECKLERS:
             return _DESPECKLERS[key]
@@ -50,7 +51,7 @@ def load_despeckler(model: str, model_sha256: str, device: str, threads: int | N
             raise ModelError(f"The model {model} on worker {worker_name()} is not the one the batch was started with "
                              f"(SHA-256 {digest[:12]}... instead of {model_sha256[:12]}...): give every worker the same "
                              "model file.")
-        despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise)
+        despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise, precision=precision)
         _DESPECKLERS[key] = despeckler
         return despeckler
 
@@ -130,7 +131,7 @@ def despeckle_band(job: dict, progress: Progress | None = None) -> dict:
         return reused
     try:
         despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
-                                     job.get("noise_output") is not None)
+                                     job.get("noise_output") is not None, job.get("precision", "auto"))
         progress = progress or Progress(is_cancelled=_cancel_check(job.get("cancel")))
         report = core_function()(job["input"], job["output"], despeckler, bands=job.get("bands"),
                                  noise_path=job.get("noise_output"), progress=progress, **job.get("options", {}))
