@@ -107,6 +107,19 @@ def test_bf16_sub_tiles_give_what_one_pass_over_the_window_gives(tiny_model):
 
 
 @needs_amx
+def test_bf16_public_operators_give_what_the_fused_path_gives(tiny_model):
+    """The path for a PyTorch without oneDNN's fused convolution entry points."""
+    with open(tiny_model[0], "rb") as fh:
+        layers = conv_chain(fh.read(), "clean")
+    z = np.random.default_rng(6).standard_normal((150, 170)).astype(np.float32)
+    fused = bf16.BF16Network(layers, radius=17).predict(z)
+    public = bf16.BF16Network(layers, radius=17, fused=False)
+    assert not public._fused
+    plain = public.predict(z)
+    assert np.abs(plain - fused).mean() < 1e-3 * max(1.0, float(np.abs(fused).mean()))
+
+
+@needs_amx
 def test_bf16_despeckles_the_bundled_model_within_hundredths_of_a_db_of_fp32(tmp_path):
     y, scene = speckled_scene(300, seed=21)
     x = scene.reflectivity

@@ -76,7 +76,10 @@ class BF16Network:
     ONNX model computes, whichever way the model was trained or tuned.
     """
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, bool]], radius: int, threads: int | None = None):
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, bool]], radius: int, threads: int | None = None,
+                 fused: bool = True):
+        """fused: use oneDNN's fused convolution on prepacked weights where this PyTorch has it;
+        False (or a PyTorch without it): the public conv2d and relu operators, slower."""
         import torch
 
         if threads:
@@ -85,7 +88,7 @@ class BF16Network:
         self._torch = torch
         pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
         reorder = getattr(getattr(torch.ops, "mkldnn", None), "_reorder_convolution_weight", None)
-        self._fused = pointwise is not None and reorder is not None
+        self._fused = fused and pointwise is not None and reorder is not None
         self._body = []
         for weight, bias, relu in layers[:-1]:
             w = torch.from_numpy(np.ascontiguousarray(weight)).to(torch.bfloat16)
@@ -127,9 +130,9 @@ class BF16Network:
         """z: (H, W) float -> the branch's output, float32 of the same shape.
 
         Cut into sub-tiles of at most SUB_TILE with `radius` of margin, of equal sizes (a 552-pixel
-        tile, 512 plus its margins, becomes three of about 210, not 256 + 256 + 108): each output
-        pixel depends only on the receptive field around it, so the result equals a whole-window
-        pass.
+        window, a 512 tile with its margins, becomes 2 x 2 sub-tiles of about 293, not 320 + 266):
+        each output pixel depends only on the receptive field around it, so the result equals a
+        whole-window pass.
 
         Raises:
             ResourceError: PyTorch ran out of memory.
