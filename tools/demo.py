@@ -48,7 +48,8 @@ def main():
     if proc.returncode != 0:
         sys.exit(f"qgis_process failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
-    print(f"despecknet:despeckle ran on {result['results']['PROVIDER']}; output {out}")
+    print(f"despecknet:despeckle ran on {result['results']['PROVIDER']} ({result['results'].get('PRECISION', 'fp32')}); "
+          f"output {out}")
 
     y, ds = read(scene)
     xhat, _ = read(out)
