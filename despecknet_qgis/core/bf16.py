@@ -106,6 +106,9 @@ class BF16Network:
             self._body = [(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).contiguous(
                 memory_format=torch.channels_last), torch.from_numpy(np.ascontiguousarray(b)).to(torch.bfloat16), r,
                 w.shape[2] // 2) for w, b, r in layers[:-1]]
+        # The last convolution stays in float32: in bfloat16 it was 34 % faster per window, but
+        # moved mean X̂/X on a real date with bright scatterers by 0.0051 (0.0007 in float32):
+        # the output's rounding grows with the log intensity, and the mean follows the brightest.
         weight, bias, _ = layers[-1]
         self._last = (torch.from_numpy(np.ascontiguousarray(weight)), torch.from_numpy(np.ascontiguousarray(bias)),
                       weight.shape[2] // 2)
