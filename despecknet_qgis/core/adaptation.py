@@ -25,9 +25,9 @@ The rule uses the spread, which needs the number of looks L:
   because where X_hat keeps a little correlated speckle, Y/X_hat is lowest where the
   speckle is highest, so mean(Y/X_hat) falls below 1 (0.95 on SLC-like data) although
   X_hat is not too bright, and the gain cost 0.12 dB there while it brought at most
-  0.02 dB elsewhere (make bench-quality, session 2). Tuning a model that fits cost 1.0 to 2.1 dB of PSNR on simulations (0.7 dB when only the BatchNorm
-  scales and shifts and the last layers were tuned, which then no longer helped a
-  model that did not fit);
+  0.02 dB elsewhere (make bench-quality, session 2). Tuning a model that fits cost 1.0
+  to 2.1 dB of PSNR on simulations (0.7 dB when only the BatchNorm scales and shifts and
+  the last layers were tuned, which then no longer helped a model that did not fit);
 - otherwise the tuned weights are kept when their spread is closer to 1 than the base's;
   if they are not, the base is kept, with its radiometric gain only when its mean ratio is
   off by more than GAIN_TOLERANCE.
@@ -198,5 +198,5 @@ def choose_weights(model, base: Candidate, source, looks, calibrate, progress) -
     else:
         candidates["base"] = as_it_was(base)
         how = f"as they were (mean ratio {base.score.mean_ratio:.3f}, within {GAIN_TOLERANCE:g}x of 1: no gain)"
-    return record_choice(model, "base", f"tuning did not bring the ratio image closer to speckle: base weights kept {how}",
-                         candidates, progress)
+    return record_choice(model, "base", "tuning did not bring the ratio image closer to speckle: base weights kept "
+                         f"{how}", candidates, progress)
