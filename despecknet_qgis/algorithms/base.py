@@ -502,7 +502,13 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if maximum is not None:
             param.setMaximum(maximum)
         if advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.add_advanced(param)
+        else:
+            self.addParameter(param)
+
+    def add_advanced(self, param):
+        """Add `param` under the dialog's Advanced parameters."""
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
 
 

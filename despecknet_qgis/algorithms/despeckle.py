@@ -4,7 +4,6 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterDestination,
@@ -80,19 +79,15 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             )
         )
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
-        precision = QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), defaultValue=0)
-        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(precision)
-        ensemble = QgsProcessingParameterBoolean(self.SELF_ENSEMBLE, self.tr("Self-ensemble (4 mirrored passes)"),
-                                                 defaultValue=False)
-        ensemble.setFlags(ensemble.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(ensemble)
+        self.add_advanced(QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS),
+                                                     defaultValue=0))
+        self.add_advanced(QgsProcessingParameterBoolean(
+            self.SELF_ENSEMBLE, self.tr("Self-ensemble (4 mirrored passes)"), defaultValue=False))
         self.add_number(self.TILE_SIZE, "Tile size, pixels", TILE_SIZE, advanced=True, integer=True, allowed=TILE_RANGE)
         self.add_number(self.OVERLAP, "Tile overlap, pixels", RECEPTIVE_RADIUS + 3, advanced=True, integer=True,
                         allowed=Range(RECEPTIVE_RADIUS, TILE_RANGE.maximum))
-        points = QgsProcessingParameterBoolean(self.POINT_TARGETS, self.tr("Keep point targets"), defaultValue=True)
-        points.setFlags(points.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(points)
+        self.add_advanced(QgsProcessingParameterBoolean(self.POINT_TARGETS, self.tr("Keep point targets"),
+                                                        defaultValue=True))
         output_options.add_output_parameters(self, extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled")))
         self.addParameter(

@@ -12,7 +12,6 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -89,9 +88,8 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Model (ONNX; empty: bundled)"),
                                                      extension="onnx", optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
-        precision = QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), defaultValue=0)
-        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(precision)
+        self.add_advanced(QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS),
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterString(self.SCHEDULER, self.tr("Dask scheduler (empty: this machine)"),
                                                        optional=True))
         self.add_number(self.WORKERS, "Threads on this machine (0: one per core)", 0, advanced=True, integer=True)
@@ -99,13 +97,9 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
         for name, label, default in ((self.POINT_TARGETS, "Keep point targets", True),
                                      (self.WRITE_NOISE, "Also write the estimated speckle", False),
                                      (self.FORCE, "Despeckle again what is up to date", False)):
-            param = QgsProcessingParameterBoolean(name, self.tr(label), defaultValue=default)
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
-        options = QgsProcessingParameterString(self.OPTIONS, self.tr("More core options (NAME=VALUE; ...)"),
-                                               optional=True)
-        options.setFlags(options.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(options)
+            self.add_advanced(QgsProcessingParameterBoolean(name, self.tr(label), defaultValue=default))
+        self.add_advanced(QgsProcessingParameterString(self.OPTIONS, self.tr("More core options (NAME=VALUE; ...)"),
+                                                       optional=True))
         output_options.add_output_parameters(self, extent=False)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputFile(self.MANIFEST, self.tr("Manifest (JSON lines)")))

@@ -6,7 +6,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
 )
@@ -52,15 +51,12 @@ EXTENT_HELP = (
 
 def add_output_parameters(alg, extent: bool = True) -> None:
     """ZERO_IS_NODATA, OUTPUT_DOMAIN and OUTPUT_TYPE (advanced where the default suits most), and EXTENT."""
-    zero = QgsProcessingParameterBoolean(ZERO_IS_NODATA, alg.tr("Zeros are nodata (where no nodata is declared)"),
-                                         defaultValue=True)
-    zero.setFlags(zero.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    alg.addParameter(zero)
+    alg.add_advanced(QgsProcessingParameterBoolean(
+        ZERO_IS_NODATA, alg.tr("Zeros are nodata (where no nodata is declared)"), defaultValue=True))
     alg.addParameter(QgsProcessingParameterEnum(OUTPUT_DOMAIN, alg.tr("Output domain"), OUTPUT_DOMAIN_LABELS,
                                                 defaultValue=0))
-    data_type = QgsProcessingParameterEnum(OUTPUT_TYPE, alg.tr("Output data type"), list(OUTPUT_TYPES), defaultValue=0)
-    data_type.setFlags(data_type.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    alg.addParameter(data_type)
+    alg.add_advanced(QgsProcessingParameterEnum(OUTPUT_TYPE, alg.tr("Output data type"), list(OUTPUT_TYPES),
+                                                defaultValue=0))
     if extent:
         alg.addParameter(QgsProcessingParameterExtent(EXTENT, alg.tr("Processing extent (empty: the whole raster)"),
                                                       optional=True))

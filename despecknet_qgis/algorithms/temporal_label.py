@@ -2,7 +2,6 @@
 from qgis.core import (
     QgsProcessing,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -73,14 +72,12 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.LOOKS, self.tr("Looks L of one date (0: estimate)"),
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        alpha = QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed"),
-                                             QgsProcessingParameterNumber.Double, 0.01, minValue=1e-6, maxValue=0.5)
-        alpha.setFlags(alpha.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(alpha)
-        test_window = QgsProcessingParameterNumber(self.TEST_WINDOW, self.tr("Window of the omnibus test (odd; 1 = per pixel)"),
-                                                   QgsProcessingParameterNumber.Integer, 3, minValue=1, maxValue=15)
-        test_window.setFlags(test_window.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(test_window)
+        self.add_advanced(QgsProcessingParameterNumber(self.ALPHA, self.tr("Risk of calling a stable pixel changed"),
+                                                       QgsProcessingParameterNumber.Double, 0.01, minValue=1e-6,
+                                                       maxValue=0.5))
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.TEST_WINDOW, self.tr("Window of the omnibus test (odd; 1 = per pixel)"),
+            QgsProcessingParameterNumber.Integer, 3, minValue=1, maxValue=15))
         self.addParameter(QgsProcessingParameterNumber(self.MULTILOOK, self.tr("Multilook window of the label (1 = none)"),
                                                        QgsProcessingParameterNumber.Integer, 1, minValue=1, maxValue=31))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Temporal label")))

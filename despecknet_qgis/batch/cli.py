@@ -12,6 +12,7 @@ import signal
 import sys
 
 from ..core.errors import Cancelled, DespeckNetError
+from ..core.inference import PRECISIONS
 from ..core.progress import Progress, terminate_as_cancel
 from .options import add_core_flags, options_from_args
 from .plan import expand_inputs
@@ -41,7 +42,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--model", default=None, help="ONNX deSpeckNet model (default: the bundled one); every worker must "
                                                  "read it at this path")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="ONNX Runtime device (default cpu)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on workers whose CPU has AMX-BF16 and PyTorch, else fp32 (default auto)")
     p.add_argument("--bands", "--band", dest="bands", default=None, metavar="B[,B...]",
                    type=lambda t: [int(v) for v in t.replace(" ", ",").split(",") if v],

@@ -20,8 +20,8 @@ from ..core.errors import InputError
 # Arguments of despeckle_raster the batch sets itself, per scene and band.
 HANDLED = ("input_path", "output_path", "despeckler", "noise_path", "progress", "bands", "algorithm")
 # Options of the batch's own that a generated flag must not shadow (reachable through --set).
-RESERVED = {"model", "device", "precision", "output_dir", "scheduler", "workers", "threads_per_worker", "ort_threads", "noise",
-            "suffix", "checksum", "force", "input_list", "set", "split_rows", "split_min_mpixels", "band", "help",
+RESERVED = {"model", "device", "precision", "output_dir", "scheduler", "workers", "threads_per_worker", "ort_threads",
+            "noise", "suffix", "checksum", "force", "input_list", "set", "split_rows", "split_min_mpixels", "band", "help",
             "no_progress"}
 
 

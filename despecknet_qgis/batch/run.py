@@ -127,10 +127,9 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
     started = time.perf_counter()
     log = log or progress.info
     options = check_options(dict(options or {}))
-    from ..core.inference import PRECISIONS
+    from ..core.inference import check_precision
 
-    if precision not in PRECISIONS:
-        raise InputError(f"Unknown `precision` {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    check_precision(precision)
     from ..core.model_info import bundled_model_path
     from ..core.files import check_output_path
 

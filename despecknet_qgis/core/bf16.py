@@ -86,26 +86,24 @@ class BF16Network:
             torch.set_num_threads(threads)
         self.radius = radius
         self._torch = torch
-        pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
-        reorder = getattr(getattr(torch.ops, "mkldnn", None), "_reorder_convolution_weight", None)
+        mkldnn = getattr(torch.ops, "mkldnn", None)
+        pointwise = getattr(mkldnn, "_convolution_pointwise", None)
+        reorder = getattr(mkldnn, "_reorder_convolution_weight", None)
+        self._body = [(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16),
+                       torch.from_numpy(np.ascontiguousarray(b)).to(torch.bfloat16), relu, w.shape[2] // 2)
+                      for w, b, relu in layers[:-1]]
         self._fused = fused and pointwise is not None and reorder is not None
-        self._body = []
-        for weight, bias, relu in layers[:-1]:
-            w = torch.from_numpy(np.ascontiguousarray(weight)).to(torch.bfloat16)
-            b = torch.from_numpy(np.ascontiguousarray(bias)).to(torch.bfloat16)
-            pad = weight.shape[2] // 2
-            if self._fused:
-                try:
-                    # oneDNN's own weight layout, computed once: with it and the fused ReLU a
-                    # 256x256 sub-tile took 1.17 s per Mpixel on one core, against 1.56 without.
-                    w = reorder(w, [pad, pad], [1, 1], [1, 1], 1, [1, weight.shape[1], SUB_TILE, SUB_TILE])
-                except RuntimeError:
-                    self._fused = False
-            self._body.append((w, b, relu, pad))
+        if self._fused:
+            try:
+                # oneDNN's own weight layout, computed once: with it and the fused ReLU a 256x256
+                # sub-tile took 1.17 s per Mpixel on one core, against 1.56 without.
+                self._body = [(reorder(w, [pad, pad], [1, 1], [1, 1], 1, [1, w.shape[1], SUB_TILE, SUB_TILE]), b, relu,
+                               pad) for w, b, relu, pad in self._body]
+            except RuntimeError:
+                self._fused = False
         if not self._fused:  # PyTorch without these oneDNN entry points: the public operators
-            self._body = [(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).contiguous(
-                memory_format=torch.channels_last), torch.from_numpy(np.ascontiguousarray(b)).to(torch.bfloat16), r,
-                w.shape[2] // 2) for w, b, r in layers[:-1]]
+            self._body = [(w.contiguous(memory_format=torch.channels_last), b, relu, pad)
+                          for w, b, relu, pad in self._body]
         # The last convolution stays in float32: in bfloat16 it was 34 % faster per window, but
         # moved mean X̂/X on a real date with bright scatterers by 0.0051 (0.0007 in float32):
         # the output's rounding grows with the log intensity, and the mean follows the brightest.
@@ -142,11 +140,11 @@ class BF16Network:
         """
         torch = self._torch
         height, width = z.shape
-        out = np.empty((height, width), np.float32)
         try:
             with torch.inference_mode():
                 if height <= SUB_TILE and width <= SUB_TILE:
                     return self._run(z)
+                out = np.empty((height, width), np.float32)
                 for y0, y1 in self._cores(height):
                     for x0, x1 in self._cores(width):
                         ya, xa = max(0, y0 - self.radius), max(0, x0 - self.radius)
@@ -186,8 +184,8 @@ def load_branch(model: bytes, output: str, radius: int, threads: int | None = No
     except WireFormatError:
         layers = None
     if not layers:
-        raise ModelError(f"The model's '{output}' output is not a plain chain of convolutions and ReLUs, which the bf16 "
-                         "path needs: use `precision` fp32 for this model.")
+        raise ModelError(f"The model's '{output}' output is not a plain chain of convolutions and ReLUs, which the "
+                         "bf16 path needs: use `precision` fp32 for this model.")
     # oneDNN's fused ReLU turns NaN into 0: corrupt weights would give a finite, wrong image
     # here where ONNX Runtime's output shows the NaN and despeckling stops.
     if not all(np.isfinite(w).all() and np.isfinite(b).all() for w, b, _ in layers):

@@ -42,6 +42,17 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_precision(precision: str) -> str:
+    """`precision` is one of PRECISIONS (whether bf16 can run here is decided when a model loads).
+
+    Raises:
+        InputError: unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"Unknown `precision` {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    return precision
+
+
 def _nvidia_driver_present() -> bool:
     # onnxruntime-gpu lists CUDA as available even with no GPU, then prints a load error
     # and falls back; "auto" only tries CUDA where a driver is loaded.
@@ -83,9 +94,7 @@ class Despeckler:
         import onnxruntime as ort
 
         path = model_path or bundled_model_path()
-        if precision not in PRECISIONS:
-            raise InputError(f"Unknown `precision` {precision!r}: use one of {', '.join(PRECISIONS)}.")
-        if precision == "bf16" and device == "cuda":
+        if check_precision(precision) == "bf16" and device == "cuda":
             raise InputError("`precision`=bf16 is the CPU's fast path: with `device`=cuda use precision auto or fp32.")
         check_device(device)
         if os.path.isdir(path):

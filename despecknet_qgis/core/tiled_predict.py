@@ -139,8 +139,7 @@ def despeckle_raster(
                  for i, b in enumerate(bands)]
         layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path, despeckler.path,
                                despeckler.info.version, point_targets=point_targets, algorithm=algorithm,
-                               precision=getattr(despeckler, "precision", "fp32"),
-                               self_ensemble=getattr(despeckler, "self_ensemble", False))
+                               precision=despeckler.precision, self_ensemble=despeckler.self_ensemble)
         nodata = layout["nodata"]
 
         tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
@@ -178,7 +177,7 @@ def despeckle_raster(
         output=output_path,
         noise_output=noise_path,
         provider=despeckler.provider,
-        precision=getattr(despeckler, "precision", "fp32"),
+        precision=despeckler.precision,
         bands=stats,
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
@@ -193,8 +192,8 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
 
     The input's dataset metadata is copied, and DESPECKNET_* items record the model (name,
-    version, SHA-256), its precision and self-ensemble, the algorithm, the domains and the plugin version, where `gdalinfo`
-    shows them. No timestamp, so that reruns give identical files.
+    version, SHA-256), its precision and self-ensemble, the algorithm, the domains and the
+    plugin version, where `gdalinfo` shows them. No timestamp, so that reruns give identical files.
     """
     from .files import file_sha256
     from .model_info import plugin_version
