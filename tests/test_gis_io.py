@@ -335,3 +335,27 @@ def test_temporal_label_leaves_zero_borders_out(tmp_path):
     assert np.isnan(label[:, :18]).all()
     covered = label[:, 18:]
     assert np.isfinite(covered).mean() > 0.5 and (covered[np.isfinite(covered)] > 0).all()
+
+
+def test_read_back_refuses_an_output_cut_short_in_a_block(tmp_path):
+    """The read-back decodes every block (on all cores, in strips): a file cut short, as on a full
+    disk, fails the output even where the threads that decode it report no error of their own."""
+    from despecknet_qgis.core.errors import OutputError
+    from despecknet_qgis.core.raster import RasterOutput, Window
+
+    src = str(tmp_path / "in.tif")
+    values = np.random.default_rng(4).gamma(1.0, 1.0, (600, 700)).astype(np.float32)
+    write_tif(src, values)
+    like = gdal.Open(src)
+    out = RasterOutput(str(tmp_path / "out.tif"), like, 1, [None])
+    out.write(1, Window(0, 0, 700, 600), values)
+    out.finish()  # whole: reads back
+    ds = gdal.Open(out.tmp)
+    offset = int(ds.GetRasterBand(1).GetMetadataItem("BLOCK_OFFSET_1_1", "TIFF"))
+    size = int(ds.GetRasterBand(1).GetMetadataItem("BLOCK_SIZE_1_1", "TIFF"))
+    ds = None
+    with open(out.tmp, "r+b") as fh:  # the file ends in the middle of block (1, 1)
+        fh.truncate(offset + size // 2)
+    with pytest.raises(OutputError, match="Writing .* failed"):
+        out._read_back()
+    out.discard()

@@ -155,3 +155,49 @@ def test_failing_second_output_leaves_no_temporary_file(despeckler, tmp_path):
     with pytest.raises(DespeckNetError, match="does not exist"):
         run(despeckler, src, tmp_path / "x.tif", noise_path=str(tmp_path / "missing_dir" / "n.tif"))
     assert sorted(os.listdir(tmp_path)) == ["y.tif"]
+
+
+def test_statistics_pass_in_two_threads_gives_what_one_thread_gives(tmp_path, monkeypatch):
+    """The statistics pass reads every other window on a second handle: same offset, pixels and looks."""
+    import despecknet_qgis.core.raster as raster
+
+    y, _ = speckled_scene(300, looks=3.0, seed=4)
+    ds = gdal.Open(write_tif(tmp_path / "y.tif", y))
+    results = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(raster, "STATISTICS_THREADS", threads)
+        results[threads] = raster.band_statistics(ds, 1, "intensity", "y.tif", 64, Progress())
+    one, two = results[1], results[2]
+    assert two.valid_pixels == one.valid_pixels == 300 * 300
+    assert two.offset == pytest.approx(one.offset, abs=1e-12)
+    assert two.looks == one.looks and 2.0 < one.looks < 4.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_statistics_pass_names_the_first_bad_value_whichever_thread_meets_it(tmp_path, monkeypatch, threads):
+    """A NaN in the band's second window and a negative value in its fifth: the NaN is reported
+    (the second window is the second thread's first one), and no output exists."""
+    import despecknet_qgis.core.raster as raster
+    from despecknet_qgis.core.errors import InputError
+
+    y, _ = speckled_scene(320, seed=5)
+    y[10, 70] = np.nan  # window 2 of the 64-pixel grid's first row
+    y[10, 270] = -1.0  # window 5
+    ds = gdal.Open(write_tif(tmp_path / "y.tif", y))
+    monkeypatch.setattr(raster, "STATISTICS_THREADS", threads)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        raster.band_statistics(ds, 1, "intensity", "y.tif", 64, Progress())
+
+
+def test_statistics_pass_cancelled_stops_both_threads(tmp_path):
+    import threading
+
+    import despecknet_qgis.core.raster as raster
+
+    y, _ = speckled_scene(512, seed=6)
+    ds = gdal.Open(write_tif(tmp_path / "y.tif", y))
+    calls = []
+    progress = Progress(is_cancelled=lambda: calls.append(1) or len(calls) > 2)
+    with pytest.raises(Cancelled):
+        raster.band_statistics(ds, 1, "intensity", "y.tif", 64, progress)
+    assert not [t for t in threading.enumerate() if t.name == "despecknet-statistics"]

@@ -69,7 +69,9 @@ def child_despeckle(src, tile, precision):
         t = time.perf_counter()
         report = despeckle_raster(src, os.path.join(tmp, "out.tif"), d, tile_size=tile)
         seconds = time.perf_counter() - t
-    overlap = report_overlap = d.radius
+    from despecknet_qgis.core.point_targets import MARGIN
+
+    overlap = report_overlap = d.radius + MARGIN  # despeckle_raster's default: the point-target test's window too
     tiles_px = 0
     for y in range(0, size, tile):
         for x in range(0, size, tile):

@@ -13,24 +13,32 @@ output is the despeckled log intensity itself, runs in float32 on the float32 co
 input; the activations between layers are bfloat16 (the error of each is far below the
 speckle the network removes).
 
-What keeps the speed: the activations of a sub-tile of at most SUB_TILE pixels a side
-(64 channels) stay near the core's cache (a whole 512x512 tile ran at a third of the speed),
-so a tile is cut into such sub-tiles with a margin of the network's receptive radius, which
-gives the values a whole-tile pass gives (up to oneDNN's rounding order); each convolution
-and its ReLU are one oneDNN call on weights reordered once for it.
+What keeps the speed: a tile streams through the layers by bands of rows (BAND_PIXELS),
+whose 64-channel activations stay near the cores' caches (a whole 512x512 tile in one call
+ran at a third of the speed), and each layer computes each pixel once: a band carries the
+rows its neighbour needs instead of recomputing margins. Each convolution and its ReLU are
+one oneDNN call on weights reordered once for it, writing straight into the next layer's
+buffer. The result is the values a whole-tile pass gives (up to oneDNN's rounding order).
 """
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
 from .errors import MissingPackageError, ModelError, ResourceError
 
-# Side of the largest sub-tiles the network runs on (tiles are cut into equal sub-tiles no larger).
-# Measured with the fused convolutions on two cores: 0.73 to 0.79 s per Mpixel of sub-tile from 192
-# to 320, 0.86 at 384; the larger, the less of the margins is computed twice.
-SUB_TILE = 320
+# Rows of one band are chosen so that a band holds about BAND_PIXELS pixels. Measured on the
+# benchmark machine's two cores (s per Mpixel of 550x550 / 1062x1062 windows): 0.98 / 1.03 at
+# 9000 pixels (per-call costs), 0.77 / 0.67 at 36864, 0.61 / 0.56 at 98304, 0.78 / 0.64 at
+# 150000 (a band's activations no longer stay near the cores' caches).
+BAND_PIXELS = 96 * 1024
+MIN_BAND_ROWS = 8
+# oneDNN's bf16 convolution runs at about 35 ns per pixel on widths that are multiples of 16 and
+# up to 5 times slower on some others (176 ns at 539 columns, 105 at 1043, 57 at 531).
+WIDTH_STEP = 16
+
 
 
 def amx_bf16_reason() -> str | None:
@@ -92,12 +100,14 @@ class BF16Network:
         self._body = [(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16),
                        torch.from_numpy(np.ascontiguousarray(b)).to(torch.bfloat16), relu, w.shape[2] // 2)
                       for w, b, relu in layers[:-1]]
+        self._channels = [w.shape[0] for w, _, _ in layers[:-1]]  # output channels of each body layer
+        self._local = threading.local()  # the band buffers, one pair per thread (batch workers share a network)
         self._fused = fused and pointwise is not None and reorder is not None
         if self._fused:
             try:
                 # oneDNN's own weight layout, computed once: with it and the fused ReLU a 256x256
-                # sub-tile took 1.17 s per Mpixel on one core, against 1.56 without.
-                self._body = [(reorder(w, [pad, pad], [1, 1], [1, 1], 1, [1, w.shape[1], SUB_TILE, SUB_TILE]), b, relu,
+                # tile took 1.17 s per Mpixel on one core, against 1.56 without (session 6).
+                self._body = [(reorder(w, [0, pad], [1, 1], [1, 1], 1, [1, w.shape[1], 96 + 2 * pad, 1024]), b, relu,
                                pad) for w, b, relu, pad in self._body]
             except RuntimeError:
                 self._fused = False
@@ -107,63 +117,134 @@ class BF16Network:
         # The last convolution stays in float32: in bfloat16 it was 34 % faster per window, but
         # moved mean X̂/X on a real date with bright scatterers by 0.0051 (0.0007 in float32):
         # the output's rounding grows with the log intensity, and the mean follows the brightest.
+        # It has one output channel, for which oneDNN's float32 convolution is slow (78 ns per
+        # pixel, two 64-channel bf16 layers' worth), so it runs as one float32 matrix product
+        # giving each kernel tap's sum over channels, then shifted sums of the taps (34 ns).
         weight, bias, _ = layers[-1]
-        self._last = (torch.from_numpy(np.ascontiguousarray(weight)), torch.from_numpy(np.ascontiguousarray(bias)),
-                      weight.shape[2] // 2)
+        if weight.shape[0] != 1:
+            raise ModelError(f"The branch's last convolution has {weight.shape[0]} output channels, not 1: it is not a "
+                             "deSpeckNet branch.")
+        k = weight.shape[2]
+        self._last_taps = torch.from_numpy(np.ascontiguousarray(weight[0].reshape(weight.shape[1], k * k).T))
+        self._last_bias = float(bias[0])
+        self._last_pad = k // 2
 
-    def _run(self, z: np.ndarray) -> np.ndarray:
+    def _buffers(self, rows: int, width: int):
+        """Two flat bfloat16 buffers for `rows` x `width` pixels of the widest layer, kept between
+        tiles (fresh memory costs a page fault per page at first use), one pair per thread: the
+        batch path's worker threads may run one network at the same time."""
+        size = rows * width * max(self._channels)
+        pair = getattr(self._local, "pair", None)
+        if pair is None or pair[0].numel() < size:
+            pair = self._local.pair = tuple(self._torch.zeros(size, dtype=self._torch.bfloat16) for _ in range(2))
+        return pair
+
+    @staticmethod
+    def _rows(flat, channels: int, width: int):
+        """A buffer seen as a channels_last (1, channels, rows, width) tensor: rows slice contiguously."""
+        rows = flat.numel() // (channels * width)
+        return flat[:rows * width * channels].view(1, rows, width, channels).permute(0, 3, 1, 2)
+
+    def _conv_into(self, dst, h, layer) -> None:
+        """One body layer on a band, written into `dst` (zeros, the next layer's buffer rows): valid
+        along rows (the band holds its neighbours' rows), zero-padded along columns."""
+        w, b, relu, pad = layer
+        if self._fused:  # dst = relu(dst + conv(h)), in place: no copy of the band between layers
+            self._torch.ops.mkldnn._convolution_pointwise_.binary(dst, h, w, b, [0, pad], [1, 1], [1, 1], 1, "add", 1.0,
+                                                                  "relu" if relu else None, [], None)
+            return
+        out = self._torch.nn.functional.conv2d(h, w, b, padding=(0, pad))
+        dst.copy_(self._torch.relu_(out) if relu else out)
+
+    def _last(self, h):
+        """The last layer (one output channel) on a band, in float32: (rows - 2 pad, W) float32 tensor."""
         torch = self._torch
-        h = torch.from_numpy(np.ascontiguousarray(z, np.float32))[None, None]
-        h = h.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        for w, b, relu, pad in self._body:
-            if self._fused:
-                h = torch.ops.mkldnn._convolution_pointwise(h, w, b, [pad, pad], [1, 1], [1, 1], 1,
-                                                            "relu" if relu else "none", [], "")
-            else:
-                h = torch.nn.functional.conv2d(h, w, b, padding=pad)
-                if relu:
-                    h = torch.relu_(h)
-        weight, bias, pad = self._last
-        out = torch.nn.functional.conv2d(h.float(), weight, bias, padding=pad)
-        return out[0, 0].contiguous().numpy()
+        _, channels, rows, width = h.shape
+        pad, k = self._last_pad, 2 * self._last_pad + 1
+        pixels = h.permute(0, 2, 3, 1).reshape(rows * width, channels)  # channels_last: a view
+        taps = torch.mm(self._last_taps, pixels.float().t()).view(k * k, rows, width)
+        out = torch.full((rows - 2 * pad, width), self._last_bias)
+        for ky in range(k):
+            for kx in range(k):
+                lo, hi = max(0, pad - kx), min(width, width + pad - kx)
+                out[:, lo:hi] += taps[ky * k + kx, ky:ky + rows - 2 * pad, lo + kx - pad:hi + kx - pad]
+        return out
 
     def predict(self, z: np.ndarray) -> np.ndarray:
         """z: (H, W) float -> the branch's output, float32 of the same shape.
 
-        Cut into sub-tiles of at most SUB_TILE with `radius` of margin, of equal sizes (a 552-pixel
-        window, a 512 tile with its margins, becomes 2 x 2 sub-tiles of about 293, not 320 + 266):
-        each output pixel depends only on the receptive field around it, so the result equals a
-        whole-window pass.
+        Streamed by bands of rows through all layers at once. Each layer has a buffer of rows:
+        the last rows of its previous band (twice its padding), then the rows the layer before
+        has just computed (written there in place), and zero rows for the padding above the
+        first and below the last row. So each layer computes each pixel once (sub-tiles with
+        margins computed 30 % of the pixels twice), a band's activations stay in cache, and the
+        result equals a whole-window pass.
 
         Raises:
             ResourceError: PyTorch ran out of memory.
         """
         torch = self._torch
-        height, width = z.shape
+        height, columns = z.shape
+        # Computed on a width rounded up to WIDTH_STEP: the extra columns are zeros in every layer's
+        # input, which is the padding right of the last column, so the result is unchanged.
+        width = -(-columns // WIDTH_STEP) * WIDTH_STEP
+        band = max(MIN_BAND_ROWS, BAND_PIXELS // width)
+        out = np.empty((height, columns), np.float32)
+        row = 0
+        pads = [layer[3] for layer in self._body] + [self._last_pad]
         try:
             with torch.inference_mode():
-                if height <= SUB_TILE and width <= SUB_TILE:
-                    return self._run(z)
-                out = np.empty((height, width), np.float32)
-                for y0, y1 in self._cores(height):
-                    for x0, x1 in self._cores(width):
-                        ya, xa = max(0, y0 - self.radius), max(0, x0 - self.radius)
-                        part = self._run(z[ya:min(height, y1 + self.radius), xa:min(width, x1 + self.radius)])
-                        out[y0:y1, x0:x1] = part[y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+                x = torch.zeros((1, 1, height, width), dtype=torch.bfloat16)
+                x[0, 0, :, :columns] = torch.from_numpy(np.ascontiguousarray(z, np.float32))
+                # Two buffers, each layer reading one and writing the other: a layer's rows are its
+                # carried rows (its previous band's last 2 pad rows) then those just computed.
+                capacity = band + (len(pads) + 2) * max(pads)
+                pair = self._buffers(capacity, width)
+                carry = [torch.zeros((1, 1 if i == 0 else self._channels[i - 1], pad, width), dtype=torch.bfloat16)
+                         .contiguous(memory_format=torch.channels_last) for i, pad in enumerate(pads)]
+                for start in range(0, height, band):
+                    rows = min(band, height - start)
+                    final = start + rows >= height
+                    channels = 1
+                    src, dst = pair
+                    held = carry[0].shape[2]
+                    buf = self._rows(src, channels, width)
+                    buf[:, :, :held].copy_(carry[0])
+                    buf[:, :, held:held + rows].copy_(x[:, :, start:start + rows])
+                    filled = held + rows
+                    for i, pad in enumerate(pads):
+                        buf = self._rows(src, channels, width)
+                        if final:  # the padding below the last row
+                            buf[:, :, filled:filled + pad].zero_()
+                            filled += pad
+                        ready = filled - 2 * pad
+                        if ready <= 0:  # too few rows yet for one output row: carry them all
+                            carry[i] = buf[:, :, :filled].clone(memory_format=torch.channels_last)
+                            break
+                        carry[i] = buf[:, :, ready:filled].clone(memory_format=torch.channels_last)
+                        if i == len(pads) - 1:
+                            out[row:row + ready] = self._last(buf[:, :, :filled])[:, :columns].numpy()
+                            row += ready
+                            break
+                        channels = self._channels[i]
+                        held = carry[i + 1].shape[2]
+                        nxt = self._rows(dst, channels, width)
+                        nxt[:, :, :held].copy_(carry[i + 1])
+                        target = nxt[:, :, held:held + ready]
+                        target.zero_()
+                        self._conv_into(target, buf[:, :, :filled], self._body[i])
+                        if width > columns:
+                            target[:, :, :, columns:].zero_()
+                        filled = held + ready
+                        src, dst = dst, src
         except RuntimeError as exc:
             if "memory" in str(exc).lower() or "alloc" in str(exc).lower():
-                raise ResourceError(f"PyTorch ran out of memory in the bf16 path on a {width}x{height} tile: "
+                raise ResourceError(f"PyTorch ran out of memory in the bf16 path on a {columns}x{height} tile: "
                                     "lower `tile_size` or use `precision` fp32.") from exc
             raise
+        if row != height:
+            raise ModelError(f"The bf16 path gave {row} of {height} rows: the model's layers do not keep the image size.")
         return out
-
-    def _cores(self, length: int) -> list[tuple[int, int]]:
-        """[start, stop) ranges of nearly equal size covering `length`, each at most SUB_TILE with its margins."""
-        if length <= SUB_TILE:
-            return [(0, length)]
-        parts = -(-length // (SUB_TILE - 2 * self.radius))
-        edges = [round(i * length / parts) for i in range(parts + 1)]
-        return list(zip(edges[:-1], edges[1:]))
 
 
 def load_branch(model: bytes, output: str, radius: int, threads: int | None = None) -> BF16Network:

@@ -94,6 +94,11 @@ class LogMean:
             self.total += float(np.log(sel).sum())
             self.count += int(sel.size)
 
+    def merge(self, other: "LogMean") -> None:
+        """Add another part's pixels (parts merged in a fixed order give a fixed result)."""
+        self.total += other.total
+        self.count += other.count
+
     @property
     def value(self) -> float:
         if not self.count:

@@ -25,8 +25,15 @@ from .files import same_file
 from .progress import Progress
 
 CREATION_OPTIONS = {
-    "GTiff": ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=3", "ZLEVEL=1", "BIGTIFF=IF_SAFER"],
+    # NUM_THREADS: GDAL compresses blocks on all cores when it flushes them (the output's last
+    # blocks, written after the network's last pass: 0.15 s -> 0.09 s for 2048x2048 on two cores).
+    "GTiff": ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=3", "ZLEVEL=1", "BIGTIFF=IF_SAFER",
+              "NUM_THREADS=ALL_CPUS"],
 }
+# Read-back of a finished output: runs of blocks decoded on all cores (GDAL 3.6 and later; older
+# versions ignore the option with a warning). 0.05 s for 2048x2048 against 0.10 block by block.
+READ_BACK_OPTIONS = {"GTiff": ["NUM_THREADS=ALL_CPUS"]}
+READ_BACK_BYTES = 2 * 2**20  # per read: a run of blocks along a row of blocks, whatever the raster's size
 
 
 def is_gdal_name(path: str) -> bool:
@@ -225,36 +232,126 @@ def band_statistics(ds, band_index: int, domain: str, source: str, tile: int, pr
     """
     band = ds.GetRasterBand(band_index)
     nodata = input_nodata(band, domain, zero_is_nodata)
-    from .point_targets import LOOKS_BLOCK, LooksEstimator
+    from .point_targets import LOOKS_BLOCK
 
-    log_mean = dm.LogMean()
-    looks = LooksEstimator()
     # Windows on the looks estimator's block grid, so that it sees the same blocks whatever the tile size.
     wins = windows(ds.RasterXSize, ds.RasterYSize, -(-tile // LOOKS_BLOCK) * LOOKS_BLOCK)
-    for k, win in enumerate(wins):
-        progress.check()
-        values = read(band, win)
-        if not np.iscomplexobj(values):
-            values = values.astype(np.float64)
-        valid = valid_mask(values, nodata)
-        v = values[valid]
-        if not np.isfinite(v).all():
-            raise InputError(
-                f"{source} band {band_index} has NaN or infinite values that are not declared nodata. "
-                "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
-            )
-        if domain in ("intensity", "amplitude") and not np.iscomplexobj(v) and (v < 0).any():
-            raise InputError(
-                f"{source} band {band_index} has negative values ({v.min():g}), impossible for {domain}. "
-                "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
-            )
-        intensity = values_as_intensity(values, domain, f"{source} band {band_index}")
-        log_mean.add(intensity, valid)
-        looks.add(intensity, valid, win.y, win.x)
-        progress.set(done + share * (k + 1) / len(wins))
+    # The pass runs before any network pass and is single-threaded numpy and GDAL decoding: a second
+    # thread on its own handle of the dataset halves it on two cores. Each part takes every other
+    # window in order, and the parts are merged in order, so the result does not depend on timing.
+    name = f"{source} band {band_index}"
+    parts = [_StatisticsPart(ds, band, wins[0::2] if len(wins) > 1 else wins, nodata, domain, name)]
+    other = _second_handle(ds) if len(wins) > 1 and STATISTICS_THREADS > 1 else None
+    if other is not None:
+        parts.append(_StatisticsPart(other, other.GetRasterBand(band_index), wins[1::2], nodata, domain, name))
+    elif len(wins) > 1:
+        parts[0].wins = wins
+    _run_parts(parts, progress, share, done, len(wins))
+    log_mean, looks = parts[0].log_mean, parts[0].looks
+    for part in parts[1:]:
+        log_mean.merge(part.log_mean)
+        looks.merge(part.looks)
     if log_mean.count == 0:
         raise InputError(f"{source} band {band_index} has no valid pixel (all nodata or zero): nothing to despeckle.")
     return BandStats(band_index, log_mean.value, log_mean.count, looks.looks())
+
+
+STATISTICS_THREADS = 2  # measured: 0.10 s -> 0.05 s for 2048x2048 on two cores
+
+
+def _second_handle(ds):
+    """The same dataset opened again (GDAL handles are not shared between threads), or None."""
+    name = ds.GetDescription()
+    if not name or ds.GetDriver().ShortName == "MEM":
+        return None
+    with _quiet_gdal():
+        other = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
+    if other is None or (other.RasterXSize, other.RasterYSize, other.RasterCount) != \
+            (ds.RasterXSize, ds.RasterYSize, ds.RasterCount):
+        return None
+    return other
+
+
+class _StatisticsPart:
+    """The statistics of some windows of a band, read through one GDAL handle (`ds` kept open with its band)."""
+
+    def __init__(self, ds, band, wins: list[Window], nodata, domain: str, name: str):
+        from .point_targets import LooksEstimator
+
+        self.ds, self.band, self.wins, self.nodata, self.domain, self.name = ds, band, wins, nodata, domain, name
+        self.log_mean, self.looks = dm.LogMean(), LooksEstimator()
+        self.done = 0
+        self.error: tuple[int, InputError] | None = None  # (window's place in this part, error)
+
+    def run(self, stop, between=None) -> None:
+        """Scan the windows in order until done, an error, or `stop` is set; `between()` before each."""
+        for k, win in enumerate(self.wins):
+            if stop.is_set():
+                return
+            if between is not None:
+                between()
+            try:
+                self._scan(win)
+            except InputError as exc:
+                self.error = (k, exc)
+                return
+            self.done += 1
+
+    def _scan(self, win: Window) -> None:
+        values = read(self.band, win)
+        if not np.iscomplexobj(values):
+            values = values.astype(np.float64)
+        valid = valid_mask(values, self.nodata)
+        v = values[valid]
+        if not np.isfinite(v).all():
+            raise InputError(
+                f"{self.name} has NaN or infinite values that are not declared nodata. "
+                "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
+            )
+        if self.domain in ("intensity", "amplitude") and not np.iscomplexobj(v) and (v < 0).any():
+            raise InputError(
+                f"{self.name} has negative values ({v.min():g}), impossible for {self.domain}. "
+                "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
+            )
+        intensity = values_as_intensity(values, self.domain, self.name)
+        self.log_mean.add(intensity, valid)
+        self.looks.add(intensity, valid, win.y, win.x)
+
+
+def _run_parts(parts: list[_StatisticsPart], progress: Progress, share: float, done: float, total: int) -> None:
+    """The first part in this thread (progress and cancellation between its windows), the others in threads.
+
+    Raises:
+        InputError: the bad window that comes first in the band; Cancelled.
+    """
+    import threading
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), name="despecknet-statistics", daemon=True)
+               for p in parts[1:]]
+
+    def between():
+        progress.check()
+        if any(p.error for p in parts):
+            stop.set()
+        progress.set(done + share * sum(p.done for p in parts) / total)
+
+    for t in threads:
+        t.start()
+    try:
+        parts[0].run(stop, between)
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+                progress.check()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    errors = [(k * len(parts) + i, exc) for i, p in enumerate(parts) if p.error for k, exc in [p.error]]
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]
+    progress.set(done + share)
 
 
 def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:
@@ -385,6 +482,7 @@ class RasterOutput:
         self.finished = self.committed = False
         self.bands = bands
         self.region = region or Window(0, 0, like.RasterXSize, like.RasterYSize)
+        self.driver_name = driver_name
         self.size = (self.region.w, self.region.h)
         driver = gdal.GetDriverByName(driver_name)
         floating = data_type in ("Float32", "Float64")
@@ -457,19 +555,30 @@ class RasterOutput:
         return self.tmp
 
     def _read_back(self) -> None:
+        """Open the finished file again and decode every block of every band."""
         try:
-            ds = gdal.OpenEx(self.tmp, gdal.OF_RASTER | gdal.OF_READONLY)
+            ds = gdal.OpenEx(self.tmp, gdal.OF_RASTER | gdal.OF_READONLY,
+                             open_options=READ_BACK_OPTIONS.get(self.driver_name, []))
         except RuntimeError as exc:
             self._fail(str(exc))
         if ds is None:
             self._fail((self.errors.since(self._mark) or ["the file cannot be opened again"])[0])
         if (ds.RasterXSize, ds.RasterYSize) != self.size or ds.RasterCount != self.bands:
             self._fail(f"read back as {ds.RasterXSize}x{ds.RasterYSize}x{ds.RasterCount}")
+        width, height = self.size
         for i in range(1, ds.RasterCount + 1):
-            try:
-                ds.GetRasterBand(i).Checksum()  # decodes every block of the band
-            except RuntimeError as exc:
-                self._fail(str(exc))
+            band = ds.GetRasterBand(i)
+            block_cols, block_rows = band.GetBlockSize()
+            block_bytes = block_cols * block_rows * gdal.GetDataTypeSize(band.DataType) // 8
+            cols = max(1, READ_BACK_BYTES // max(block_bytes, 1)) * block_cols
+            for y in range(0, height, block_rows):
+                for x in range(0, width, cols):
+                    try:
+                        data = band.ReadRaster(x, y, min(cols, width - x), min(block_rows, height - y))
+                    except RuntimeError as exc:
+                        self._fail(str(exc))
+                    if data is None:
+                        self._fail((self.errors.since(self._mark) or [f"band {i} at pixel ({x}, {y}) cannot be read back"])[0])
         ds = None
         failures = self.errors.since(self._mark)
         if failures:
