@@ -108,7 +108,7 @@ PARAMETER_HELP = {
     "DEVICE": _DEVICE,
     "PRECISION": ("How the network computes on the CPU: auto (bf16 on a CPU with AMX-BF16 units, such as Intel Xeon "
                   "from the 4th generation, when PyTorch is installed; else fp32), fp32 (ONNX Runtime, float32) or "
-                  "bf16 (PyTorch on the AMX units: 4.4 times faster in make bench, within 0.01 dB of fp32 in make "
+                  "bf16 (PyTorch on the AMX units: 4.7 times faster in make bench, within 0.01 dB of fp32 in make "
                   "bench-quality, see the model card; fails with a message where it cannot run). On a GPU the network runs "
                   "in fp32."),
     "SELF_ENSEMBLE": ("Run the network on the image and on its three mirrored copies (left-right, up-down, both) "

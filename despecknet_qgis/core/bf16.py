@@ -3,9 +3,9 @@
 ONNX Runtime's CPU provider computes the convolutions in float32 and already runs at the
 CPU's float32 matrix-multiply rate, and it has no bfloat16 convolution. On CPUs with AMX-BF16
 (Intel Xeon from the 4th generation on), oneDNN, which PyTorch uses, multiplies bfloat16 with
-float32 accumulation several times faster: `make bench` measured 1.24 s per Mpixel against
-5.48 in float32 on the benchmark machine's two cores, and `make bench-quality` PSNR within
-0.01 dB of float32 in every regime (models/MODEL_CARD.md). Without AMX (oneDNN limited to
+float32 accumulation several times faster: `make bench` measured 0.94 s per Mpixel against
+4.38 in float32 on the benchmark machine's two cores (tile 512, I/O included), and
+`make bench-quality` PSNR within 0.01 dB of float32 in every regime (models/MODEL_CARD.md). Without AMX (oneDNN limited to
 AVX512-BF16) it was 1.6 times slower than float32, so `auto` uses it only where AMX is present.
 
 What keeps the accuracy: bfloat16 keeps 8 bits of mantissa, so the last convolution, whose
@@ -16,9 +16,11 @@ speckle the network removes).
 What keeps the speed: a tile streams through the layers by bands of rows (BAND_PIXELS),
 whose 64-channel activations stay near the cores' caches (a whole 512x512 tile in one call
 ran at a third of the speed), and each layer computes each pixel once: a band carries the
-rows its neighbour needs instead of recomputing margins. Each convolution and its ReLU are
-one oneDNN call on weights reordered once for it, writing straight into the next layer's
-buffer. The result is the values a whole-tile pass gives (up to oneDNN's rounding order).
+rows its neighbour needs instead of recomputing margins (session 6's sub-tiles computed 30 %
+of the pixels twice). Each convolution and its ReLU are one oneDNN call on weights reordered
+once for it, writing straight into the next layer's buffer; widths are rounded up to
+WIDTH_STEP columns. The result is the values a whole-tile pass gives (up to oneDNN's
+rounding order).
 """
 from __future__ import annotations
 
