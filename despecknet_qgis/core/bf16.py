@@ -42,7 +42,6 @@ MIN_BAND_ROWS = 8
 WIDTH_STEP = 16
 
 
-
 def amx_bf16_reason() -> str | None:
     """None when this CPU has AMX-BF16; else why not (the fast path would be slower than fp32)."""
     if sys.platform.startswith("linux"):
@@ -97,7 +96,7 @@ class BF16Network:
         self.radius = radius
         self._torch = torch
         mkldnn = getattr(torch.ops, "mkldnn", None)
-        pointwise = getattr(mkldnn, "_convolution_pointwise", None)
+        pointwise = getattr(mkldnn, "_convolution_pointwise_", None)  # the in-place variant (binary add)
         reorder = getattr(mkldnn, "_reorder_convolution_weight", None)
         self._body = [(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16),
                        torch.from_numpy(np.ascontiguousarray(b)).to(torch.bfloat16), relu, w.shape[2] // 2)
