@@ -248,22 +248,25 @@ def despeckle_window(
         ModelError: the network gave non-finite values for valid pixels.
     """
     outer = win.grown(overlap, band.XSize, band.YSize)
-    inner = win.within(outer)
     output_domain = output_domain or domain
     intensity, valid = window_data or read_intensity(band, outer, domain, zero_is_nodata)
     clean, noise = despeckler.predict(dm.network_input(intensity, valid, stats.offset), with_noise=with_noise)
-    keep = valid[inner]
+    # Back to intensity and the point-target test on the window and the test's own margin only
+    # (the network's margin is 17 pixels more): the same values, 12 % less work at tile 512.
+    context = win.grown(pt.MARGIN, band.XSize, band.YSize)
+    near, inner = context.within(outer), win.within(context)
+    keep = valid[near][inner]
     with np.errstate(over="ignore"):
-        estimate = dm.denormalise(clean, stats.offset)
+        estimate = dm.denormalise(clean[near], stats.offset)
         band_looks = looks or stats.looks
         if point_targets and band_looks:
-            estimate, _ = pt.preserve_point_targets(intensity, estimate, valid, band_looks)
+            estimate, _ = pt.preserve_point_targets(intensity[near], estimate, valid[near], band_looks)
         result = dm.from_intensity(estimate[inner], output_domain)
     _check_finite(result, keep, despeckler, "clean")
     speckle = None
     if with_noise:
         with np.errstate(over="ignore"):
-            speckle = dm.speckle_from_log(noise[inner], output_domain)
+            speckle = dm.speckle_from_log(noise[near][inner], output_domain)
         _check_finite(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
     return with_nodata(result, keep, nodata), speckle
