@@ -215,8 +215,8 @@ def main():
         print(f"(GFLOP/s counts {FLOP_PER_PIXEL_BRANCH / 1e6:.2f} MFLOP per computed pixel, tile margins included, "
               "'of matmul' against the fp32 rate above; "
               f"GDAL block cache capped at {GDAL_CACHE_BYTES // 2**20} MB during a run; 'outside network': the share "
-              "of the run spent reading (the next window is read during the network pass), in statistics, point "
-              "targets and writing)")
+              "of the run when the network is not computing: the statistics pass, reading (the next window is read "
+              "during the network pass), point targets, conversions, writing, compression and the read-back)")
         if bf16_reason:
             print(f"bf16 not measured: {bf16_reason}")
         lee_rows(src, mpix)
