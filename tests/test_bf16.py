@@ -104,7 +104,7 @@ def test_bf16_bands_give_what_one_float32_pass_over_the_window_gives(tiny_model,
     z = np.random.default_rng(3).standard_normal((157, 130)).astype(np.float32)
     monkeypatch.setattr(bf16, "MIN_BAND_ROWS", 1)
     monkeypatch.setattr(bf16, "BAND_PIXELS", band_rows * z.shape[1])
-    streamed = bf16.BF16Network(layers, radius=17).predict(z)
+    streamed = bf16.BF16Network(layers).predict(z)
     with torch.inference_mode():
         h = torch.from_numpy(z)[None, None]
         for w, b, relu in layers:
@@ -124,8 +124,8 @@ def test_bf16_public_operators_give_what_the_fused_path_gives(tiny_model):
     with open(tiny_model[0], "rb") as fh:
         layers = conv_chain(fh.read(), "clean")
     z = np.random.default_rng(6).standard_normal((150, 170)).astype(np.float32)
-    fused = bf16.BF16Network(layers, radius=17).predict(z)
-    public = bf16.BF16Network(layers, radius=17, fused=False)
+    fused = bf16.BF16Network(layers).predict(z)
+    public = bf16.BF16Network(layers, fused=False)
     assert not public._fused
     plain = public.predict(z)
     assert np.abs(plain - fused).mean() < 1e-3 * max(1.0, float(np.abs(fused).mean()))
@@ -158,7 +158,7 @@ def test_bf16_one_network_used_by_two_threads_at_once_keeps_each_result(tiny_mod
     from concurrent.futures import ThreadPoolExecutor
 
     with open(tiny_model[0], "rb") as fh:
-        net = bf16.load_branch(fh.read(), "clean", radius=17)
+        net = bf16.load_branch(fh.read(), "clean")
     rng = np.random.default_rng(8)
     inputs = [rng.standard_normal((300, 260 + 20 * k)).astype(np.float32) for k in range(6)]
     alone = [net.predict(z) for z in inputs]

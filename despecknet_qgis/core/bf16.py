@@ -5,8 +5,9 @@ CPU's float32 matrix-multiply rate, and it has no bfloat16 convolution. On CPUs 
 (Intel Xeon from the 4th generation on), oneDNN, which PyTorch uses, multiplies bfloat16 with
 float32 accumulation several times faster: `make bench` measured 0.94 s per Mpixel against
 4.38 in float32 on the benchmark machine's two cores (tile 512, I/O included), and
-`make bench-quality` PSNR within 0.01 dB of float32 in every regime (models/MODEL_CARD.md). Without AMX (oneDNN limited to
-AVX512-BF16) it was 1.6 times slower than float32, so `auto` uses it only where AMX is present.
+`make bench-quality` PSNR within 0.01 dB of float32 in every regime (models/MODEL_CARD.md).
+Without AMX (oneDNN limited to AVX512-BF16) it was 1.6 times slower than float32, so `auto`
+uses it only where AMX is present.
 
 What keeps the accuracy: bfloat16 keeps 8 bits of mantissa, so the last convolution, whose
 output is the despeckled log intensity itself, runs in float32 on the float32 copy of its
@@ -85,7 +86,7 @@ class BF16Network:
     ONNX model computes, whichever way the model was trained or tuned.
     """
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, bool]], radius: int, threads: int | None = None,
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, bool]], threads: int | None = None,
                  fused: bool = True):
         """fused: use oneDNN's fused convolution on prepacked weights where this PyTorch has it;
         False (or a PyTorch without it): the public conv2d and relu operators, slower."""
@@ -93,7 +94,6 @@ class BF16Network:
 
         if threads:
             torch.set_num_threads(threads)
-        self.radius = radius
         self._torch = torch
         mkldnn = getattr(torch.ops, "mkldnn", None)
         pointwise = getattr(mkldnn, "_convolution_pointwise_", None)  # the in-place variant (binary add)
@@ -240,15 +240,16 @@ class BF16Network:
                         src, dst = dst, src
         except RuntimeError as exc:
             if "memory" in str(exc).lower() or "alloc" in str(exc).lower():
-                raise ResourceError(f"PyTorch ran out of memory in the bf16 path on a {columns}x{height} tile: "
-                                    "lower `tile_size` or use `precision` fp32.") from exc
+                raise ResourceError(f"PyTorch ran out of memory in the bf16 path on a {columns}x{height} tile: lower "
+                                    "`tile_size` or use `precision` fp32.") from exc
             raise
         if row != height:
-            raise ModelError(f"The bf16 path gave {row} of {height} rows: the model's layers do not keep the image size.")
+            raise ModelError(f"The bf16 path gave {row} of {height} rows: the model's layers do not keep the "
+                             "image size.")
         return out
 
 
-def load_branch(model: bytes, output: str, radius: int, threads: int | None = None) -> BF16Network:
+def load_branch(model: bytes, output: str, threads: int | None = None) -> BF16Network:
     """The bf16 network of one output of a serialised ONNX model.
 
     Raises:
@@ -273,5 +274,5 @@ def load_branch(model: bytes, output: str, radius: int, threads: int | None = No
     if not all(np.isfinite(w).all() and np.isfinite(b).all() for w, b, _ in layers):
         raise ModelError(f"The model's '{output}' branch has NaN or infinite weights: its weights are corrupt. Export "
                          "the model again or use the bundled one.")
-    return BF16Network(layers, radius, threads)
+    return BF16Network(layers, threads)
 

@@ -166,7 +166,7 @@ class Despeckler:
             data = fh.read()
         try:
             for name in ModelInfo.OUTPUTS if self.with_noise else ModelInfo.OUTPUTS[:1]:
-                self._bf16[name] = bf16.load_branch(data, name, self.radius, threads)
+                self._bf16[name] = bf16.load_branch(data, name, threads)
         except ModelError as exc:
             self._bf16 = {}
             if precision == "bf16":

@@ -133,11 +133,11 @@ class LooksEstimator:
         cells = values.reshape(h, w // 4, 4).sum(axis=2).reshape(h // 4, 4, w // 4).sum(axis=1) / 16.0
         cells = cells.reshape(h // b, b // 4, w // b, b // 4).transpose(0, 2, 1, 3)[ok].reshape(int(ok.sum()), -1)
         flatness = cells.std(axis=1) / cells.mean(axis=1)
-        blocks = values.reshape(h // b, b, w // b, b).transpose(0, 2, 1, 3)[ok]  # (n, b, b)
         # Only blocks that can enter the kept set need their log variance (the logarithm of every
         # pixel was two thirds of this pass's time): this window's `kept` flattest, and of those
-        # the ones flatter than the worst kept so far.
-        chosen = np.arange(len(blocks))
+        # the ones flatter than the worst kept so far. Only those are copied out of the window.
+        block_rows, block_cols = np.nonzero(ok)  # the order of `cells` (row-major, like [ok])
+        chosen = np.arange(len(flatness))
         if len(chosen) > self.kept:
             chosen = np.argpartition(flatness, self.kept - 1)[:self.kept]
         if len(self._heap) >= self.kept:
@@ -145,7 +145,8 @@ class LooksEstimator:
         if not chosen.size:
             return
         chosen.sort()
-        log_var = np.log(blocks[chosen].reshape(len(chosen), -1)).var(axis=1, ddof=1)
+        blocks = values.reshape(h // b, b, w // b, b).transpose(0, 2, 1, 3)[block_rows[chosen], block_cols[chosen]]
+        log_var = np.log(blocks.reshape(len(chosen), -1)).var(axis=1, ddof=1)
         for f, v in zip(flatness[chosen].tolist(), log_var.tolist()):
             self._keep((-f, v))
 

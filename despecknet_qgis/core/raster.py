@@ -583,7 +583,8 @@ class RasterOutput:
                     except RuntimeError as exc:
                         self._fail(str(exc))
                     if data is None:
-                        self._fail((self.errors.since(self._mark) or [f"band {i} at pixel ({x}, {y}) cannot be read back"])[0])
+                        where = f"band {i} at pixel ({x}, {y}) cannot be read back"
+                        self._fail((self.errors.since(self._mark) or [where])[0])
         ds = None
         failures = self.errors.since(self._mark)
         if failures:
