@@ -56,6 +56,38 @@ def test_energy_weight_leaves_a_patch_out_of_the_energy_term_only():
     assert weighted["fidelity"] == pytest.approx(both["fidelity"]) and weighted["reconstruction"] == pytest.approx(both["reconstruction"])
 
 
+def test_structure_term_is_the_ssim_of_the_quality_metrics_and_penalises_lost_texture():
+    """1 - SSIM in the log domain: the metric's own window, zero for a perfect estimate, larger for a
+    smoothed one; masked windows and patches weighted 0 are left out of it only."""
+    from scipy import ndimage
+
+    from despecknet_qgis.core import metrics as mt
+    from despecknet_qgis.core.losses import STRUCTURE_RANGE, local_structure_error
+
+    rng = np.random.default_rng(3)
+    target = ndimage.gaussian_filter(rng.normal(0, 1, (2, 40, 40)), (0, 1, 1))  # textured log image
+    smoothed = ndimage.uniform_filter(target, (1, 5, 5))
+    t = lambda a: torch.from_numpy(a[:, None].astype(np.float32))  # noqa: E731
+    mask = torch.ones(2, 1, 40, 40)
+    assert local_structure_error(t(target), t(target), mask).item() == pytest.approx(0.0, abs=1e-5)
+    lost = local_structure_error(t(smoothed), t(target), mask).item()
+    expected = np.mean([1 - mt.ssim_map(smoothed[i], target[i], STRUCTURE_RANGE)[5:-5, 5:-5].mean() for i in range(2)])
+    assert lost == pytest.approx(expected, rel=1e-4) and lost > 0.05
+    # Garbage under a mask changes nothing; a patch weighted 0 counts for nothing.
+    garbage = smoothed.copy()
+    garbage[0, :12] = 1e3
+    mask[0, :, :12] = 0
+    masked = local_structure_error(t(garbage), t(target), mask).item()
+    assert masked == pytest.approx(local_structure_error(t(smoothed), t(target), mask).item(), rel=1e-6)
+    only_second = local_structure_error(t(garbage), t(target), mask, torch.tensor([0.0, 1.0]).view(2, 1, 1, 1))
+    assert only_second.item() == pytest.approx(1 - mt.ssim_map(smoothed[1], target[1], STRUCTURE_RANGE)[5:-5, 5:-5].mean(),
+                                               rel=1e-4)
+    weights = LossWeights(1.0, 0.01, 0.0, structure=0.1)
+    total, parts = despecknet_loss(t(smoothed), t(smoothed), t(target), t(target), torch.ones(2, 1, 40, 40), weights)
+    assert parts["structure"] == pytest.approx(lost, rel=1e-5)
+    assert parts["total"] == pytest.approx(parts["fidelity"] + 0.01 * parts["reconstruction"] + 0.1 * lost, rel=1e-5)
+
+
 def test_learning_rate_steps_like_the_paper():
     lrs = [step_learning_rate(e / 30, 1e-3, 1e-4, 3) for e in range(30)]
     assert lrs[0] == 1e-3 and lrs[-1] == pytest.approx(1e-4) and len(set(lrs)) == 3

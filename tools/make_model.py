@@ -27,7 +27,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ VERSION = "0.4.0"
 DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
                "scatterers; 1 to 10 looks, with and without spatial correlation) and, for a quarter of each batch "
                "of its last stage, real Sentinel-1 single-look dates against their temporal labels")
+# The multi-look model (model_info.MULTILOOK_MODEL), chosen for bands with 3 looks or more.
+MULTILOOK_VERSION = "0.5.0-multilook"
+MULTILOOK_DESCRIPTION = ("deSpeckNet phase 1 for multi-look products (GRD): the general model 0.4.0 trained on "
+                         "realistic simulated scenes with 4.4 to 5.5 looks and spatially correlated speckle only")
 STATE_FORMAT = "despecknet-training-state/1"
 DEFAULT_STATE = os.environ.get("DESPECKNET_TRAINING_STATE",
                                os.path.join(os.path.expanduser("~"), ".cache", "despecknet_qgis", "training_state.pt"))
@@ -130,17 +134,23 @@ class TemporalPairs:
         return noisy, clean, mask
 
 
-def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, real_fraction: float):
-    """Simulated and real patches in one batch; the local energy term is left out for the real ones.
+def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, real_fraction: float,
+                structure_on: str = "real"):
+    """Simulated and real patches in one batch, with per-patch weights of the energy and structure terms.
 
-    Their label is debiased per pixel in the log domain, which would bias its local mean intensity.
+    The local energy term is left out for the real patches: their label is debiased per pixel in
+    the log domain, which would bias its local mean intensity. The structure term (--structure) is
+    for the real patches only, or for all (structure_on "all": the simulated ones against their true
+    reflectivity, so that what the term teaches on real dates does not carry over as too little
+    smoothing of simulated speckle).
     """
     n_real = int(round(size * real_fraction)) if real is not None else 0
     parts = [sim.batch(size - n_real)] + ([real.batch(n_real)] if n_real else [])
     noisy, clean, mask = (np.concatenate(a) for a in zip(*parts))
     energy_weight = np.ones((size, 1, 1, 1), np.float32)
     energy_weight[size - n_real :] = 0.0
-    return noisy, clean, mask, energy_weight
+    structure_weight = np.ones_like(energy_weight) if structure_on == "all" else 1.0 - energy_weight
+    return noisy, clean, mask, energy_weight, structure_weight
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50) -> float:
@@ -196,16 +206,29 @@ def main() -> None:
     ap.add_argument("--real-fraction", type=float, default=0.0,
                     help="share of each batch cut from the real dates of ../shared/data (TemporalPairs; rows "
                          "0-127 only, the benchmark scores the rest)")
+    ap.add_argument("--structure", type=float, default=0.0,
+                    help="weight of the structure term (1 - SSIM in the log domain, core/losses.py) on the real "
+                         "patches: the squared error barely tells how much fine texture a date keeps")
+    ap.add_argument("--structure-on", choices=["real", "all"], default="real",
+                    help="which patches the structure term covers (all: the simulated ones too)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
+    ap.add_argument("--as", dest="publish_as", choices=["general", "multilook"], default="general",
+                    help="with --publish: the bundled model it becomes (multilook: the one for 3 looks or more)")
     args = ap.parse_args()
 
     if args.publish:
-        for name in ("despecknet.pt", "training_log.json"):
-            shutil.copyfile(os.path.join(CANDIDATE_DIR, name), os.path.join(BUNDLED_DIR, name))
-        # Exported again, so that the ONNX file carries this script's VERSION and DESCRIPTION.
-        model, record = load_checkpoint(os.path.join(BUNDLED_DIR, "despecknet.pt"))
-        export_onnx(model, os.path.join(BUNDLED_DIR, "despecknet.onnx"), record, VERSION, DESCRIPTION)
-        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR} as version {VERSION}")
+        from despecknet_qgis.core.model_info import GENERAL_MODEL, MULTILOOK_MODEL
+
+        multilook = args.publish_as == "multilook"
+        stem = MULTILOOK_MODEL if multilook else GENERAL_MODEL
+        version, description = (MULTILOOK_VERSION, MULTILOOK_DESCRIPTION) if multilook else (VERSION, DESCRIPTION)
+        shutil.copyfile(os.path.join(CANDIDATE_DIR, "despecknet.pt"), os.path.join(BUNDLED_DIR, stem + ".pt"))
+        shutil.copyfile(os.path.join(CANDIDATE_DIR, "training_log.json"),
+                        os.path.join(BUNDLED_DIR, "training_log.json" if not multilook else stem + "_training_log.json"))
+        # Exported again, so that the ONNX file carries this script's version and description.
+        model, record = load_checkpoint(os.path.join(BUNDLED_DIR, stem + ".pt"))
+        export_onnx(model, os.path.join(BUNDLED_DIR, stem + ".onnx"), record, version, description)
+        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR} as {stem}, version {version}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,12 +266,14 @@ def main() -> None:
         state = None
         print(f"new training stage from {log['init'] or 'random weights'}; state file {args.state}", flush=True)
 
-    trainer = Trainer(model, PHASE1_BUNDLED, lr=args.lr, use_bf16=False if args.fp32 else None, device=args.device)
+    weights = replace(PHASE1_BUNDLED, structure=args.structure)
+    trainer = Trainer(model, weights, lr=args.lr, use_bf16=False if args.fp32 else None, device=args.device)
     if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
     log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db,
-                        "real_fraction": args.real_fraction, "bf16": trainer.use_bf16, "torch": torch.__version__,
+                        "real_fraction": args.real_fraction, "structure": args.structure,
+                        "structure_on": args.structure_on, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if step == 0:
@@ -271,7 +296,7 @@ def main() -> None:
         return {"phase": 1, "data": data,
                 "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "steps": step,
                 "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,
-                "weights": asdict(PHASE1_BUNDLED), "bf16": trainer.use_bf16, "seconds": round(seconds)}
+                "weights": asdict(weights), "bf16": trainer.use_bf16, "seconds": round(seconds)}
 
     def save_state():
         atomic_save({"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
@@ -284,7 +309,8 @@ def main() -> None:
     while step < args.steps and not stop["now"]:
         trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end))
         running.append(trainer.step(*(torch.from_numpy(a) for a in mixed_batch(train, real, args.batch,
-                                                                                 args.real_fraction))))
+                                                                                 args.real_fraction,
+                                                                                 args.structure_on))))
         step += 1
         log["runs"][-1]["seconds"] = round(time.time() - run_started, 1)
         if step % 50 == 0 or step == args.steps:

@@ -49,7 +49,9 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             "the same calibration (any scale works).<br>"
             "<b>Band</b>: empty means every band, each despeckled on its own.<br>"
             "<b>Model</b>: an ONNX file from deSpeckNet training or fine-tuning; empty means the "
-            "bundled model (trained on simulated scenes, see its model card).<br>"
+            "bundled models (see their model card): the multi-look one for bands with 3 looks or more "
+            "as estimated on their flattest areas (GRD), the general one otherwise. The log names each "
+            "band's model.<br>"
             "<b>Device</b>: auto uses an NVIDIA GPU when ONNX Runtime can, else the CPU; cuda fails "
             "rather than silently using the CPU.<br>"
             "<b>Estimated speckle</b>: optional raster of N̂ (mean about 1; in dB for dB input).<br>"
@@ -143,9 +145,9 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             point_targets=self.parameterAsBool(parameters, self.POINT_TARGETS, context),
             **output_options.output_arguments(self, parameters, context, layer),
         )
-        for b in report.bands:
+        for b, name in zip(report.bands, report.models):
             looks = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"
-            feedback.pushInfo(f"band {b.band}: equivalent number of looks {looks}")
+            feedback.pushInfo(f"band {b.band}: equivalent number of looks {looks}, model {name}")
         mpix = sum(b.valid_pixels for b in report.bands) / 1e6
         feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider} "
                           f"({report.precision})")

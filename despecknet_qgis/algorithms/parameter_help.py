@@ -88,8 +88,9 @@ _DOMAIN = ("What the raster's values are: intensity (linear power: sigma0, beta0
            "scale), amplitude (square root of intensity) or decibel (10·log10 of intensity).")
 _DEVICE = ("Where the network runs: auto (an NVIDIA GPU when ONNX Runtime's GPU package can use one, else the CPU), "
            "cpu, or cuda (fails with a message rather than falling back to the CPU).")
-_ONNX_MODEL = ("A deSpeckNet model in ONNX, as written by Train or Fine-tune; empty: the bundled model (trained on "
-               "simulated speckle, see its model card).")
+_ONNX_MODEL = ("A deSpeckNet model in ONNX, as written by Train or Fine-tune; empty: the bundled models (trained on "
+               "simulated speckle and real Sentinel-1 dates, see their model card): the multi-look one for a band "
+               "whose estimated number of looks is 3 or more (GRD), the general one otherwise.")
 _TILE = ("Side of the square tiles the image is processed in. The result does not depend on it; memory does (about "
          "0.8 KB per pixel of a tile with its margins, twice that with the speckle output), and a tile that would "
          "take more than half the available memory is refused.")
@@ -210,7 +211,8 @@ ALGORITHM_PARAMETER_HELP = {
         "INPUT": "The image the model adapts to, without any reference; it is then despeckled with the tuned model.",
         "BAND": "The band the model adapts to; empty: 1.",
         "MODEL": ("PyTorch checkpoint (.pt) the tuning starts from, as written beside the .onnx by Train or "
-                  "Fine-tune; empty: the bundled model's."),
+                  "Fine-tune; empty: the bundled model's (the multi-look one for the multilook preset or 3 looks "
+                  "or more)."),
         "PRESET": ("Loss weights for the kind of image: multilook (e.g. Sentinel-1 GRD), singlelook (e.g. SLC "
                    "intensity), or custom (MU, XI and LAMBDA_TV as given)."),
         "MU": _LOSS_WEIGHTS + "weight mu of the term keeping X̂ near the base model's (custom preset only).",

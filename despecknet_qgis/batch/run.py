@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from ..core.errors import Cancelled, ClusterError, InputError, OutputError
 from ..core.progress import SILENT, Progress
-from ..core.files import file_sha256
 from .options import check_options
 from .plan import MANIFEST, Manifest, WORK_DIR, plan_scenes, record_for, up_to_date
 from .split import split_supported
@@ -130,11 +129,11 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
     from ..core.inference import check_precision
 
     check_precision(precision)
-    from ..core.model_info import bundled_model_path
-    from ..core.files import check_output_path
+    from ..core.files import check_output_path, model_sha256
 
-    model = os.path.abspath(model or bundled_model_path())
-    if not os.path.isfile(model):
+    # None stays None: the bundled models, the multi-look one chosen for bands with enough looks.
+    model = os.path.abspath(model) if model else None
+    if model is not None and not os.path.isfile(model):
         raise InputError(f"Model file {model} (`model_path`) does not exist.")
     output_dir = os.path.abspath(output_dir)
     try:
@@ -143,7 +142,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
         raise OutputError(f"Cannot create `output_dir` {output_dir} ({exc.strerror or exc}): choose a folder you can "
                           "write to.") from exc
     check_output_path(os.path.join(output_dir, MANIFEST), "output_dir")
-    model_sha = file_sha256(model)
+    model_sha = model_sha256(model)
     report = BatchReport(manifest=os.path.join(output_dir, MANIFEST))
 
     with Manifest(output_dir) as manifest:

@@ -117,6 +117,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
                                      job.get("precision", "auto"))
         s = _settings(job.get("options", {}), despeckler)
         st = stats["stats"]
+        despeckler = despeckler.for_looks(s["looks"] or st.looks)  # the bundled multi-look model where it applies
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
         ds = open_raster(job["input"])
         band = ds.GetRasterBand(job["band"])
@@ -147,6 +148,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         tmp = None
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
                   "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version,
+                  "model_path": despeckler.path,
                   "precision": despeckler.precision}
         _mark_done(job, result)
         return result
@@ -185,9 +187,15 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
         ds = open_raster(job["input"])
         bands = job["bands"]
         s = _option_values(job.get("options", {}))
+        # Each band's model, from its first window (the bundled models are chosen per band).
+        first = {}
+        for (i, _, _, _), w in zip(job["windows"], windows_done):
+            first.setdefault(i, w)
+        used = [first.get(i, windows_done[0]) for i in range(1, len(bands) + 1)]
         layout = output_layout(ds, bands, s["domain"], s["output_domain"] or s["domain"], s["zero_is_nodata"],
-                               job["input"], job["model"], windows_done[0].get("model_version", "?"),
-                               job.get("model_sha256"), point_targets=s["point_targets"],
+                               job["input"], [w.get("model_path") or job["model"] for w in used],
+                               [w.get("model_version", "?") for w in used],
+                               job.get("model_sha256") if job["model"] else None, point_targets=s["point_targets"],
                                precision=windows_done[0].get("precision", "fp32"))
         noise = job.get("noise_output")
         step = job["tile_size"]

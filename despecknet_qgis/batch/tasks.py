@@ -34,23 +34,31 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def load_despeckler(model: str, model_sha256: str, device: str, threads: int | None, with_noise: bool,
+def load_despeckler(model: str | None, model_sha256: str, device: str, threads: int | None, with_noise: bool,
                     precision: str = "auto"):
-    """One loaded model per worker process and settings; the file must be the one the client checked."""
+    """One loaded model per worker process and settings; the file must be the one the client checked.
+
+    model None: the bundled models (Despeckler.for_looks chooses per band), checked as one digest.
+    """
+    from ..core.files import model_sha256 as digest_of
     from ..core.inference import Despeckler
 
     key = (model, model_sha256, device, threads, with_noise, precision)
     with _LOCK:
         if key in _DESPECKLERS:
             return _DESPECKLERS[key]
-        st = os.stat(model)
-        stamp = (model, st.st_size, st.st_mtime_ns)
-        digest = _CHECKED_MODELS.get(stamp) or file_sha256(model)
-        _CHECKED_MODELS[stamp] = digest
+        if model is None:
+            digest = digest_of(None)
+        else:
+            st = os.stat(model)
+            stamp = (model, st.st_size, st.st_mtime_ns)
+            digest = _CHECKED_MODELS.get(stamp) or file_sha256(model)
+            _CHECKED_MODELS[stamp] = digest
         if digest != model_sha256:
-            raise ModelError(f"The model {model} on worker {worker_name()} is not the one the batch was started with "
+            name = model or "the bundled models"
+            raise ModelError(f"The model {name} on worker {worker_name()} is not the one the batch was started with "
                              f"(SHA-256 {digest[:12]}... instead of {model_sha256[:12]}...): give every worker the same "
-                             "model file.")
+                             "model file (the same plugin version, for the bundled models).")
         despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise, precision=precision)
         _DESPECKLERS[key] = despeckler
         return despeckler

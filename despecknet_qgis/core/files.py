@@ -21,7 +21,7 @@ import time
 import uuid
 
 from .errors import OutputError
-from .model_info import bundled_checkpoint_path, bundled_model_path
+from .model_info import bundled_files
 
 PARTIAL = ".partial-"
 _PARTIAL_NAME = re.compile(r"\.partial-(?:(\d+)-)?[0-9a-f]{8}")
@@ -63,8 +63,8 @@ def same_file(a: str, b: str) -> bool:
 
 
 def protected_files() -> list[str]:
-    """Files no algorithm may write: the bundled model and its checkpoint."""
-    return [bundled_model_path(), bundled_checkpoint_path()]
+    """Files no algorithm may write: the bundled models and their checkpoints."""
+    return bundled_files()
 
 
 def partial_path(path: str) -> str:
@@ -281,4 +281,16 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(model: str | None) -> str:
+    """The SHA-256 of an ONNX model; for None (the bundled models, chosen per band) one digest
+    of every bundled ONNX model, so that the batch's workers can check they hold the same ones."""
+    if model is not None:
+        return file_sha256(model)
+    digest = hashlib.sha256()
+    for path in bundled_files():
+        if path.endswith(".onnx"):
+            digest.update(file_sha256(path).encode())
     return digest.hexdigest()

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
 
 from .domain import LOG_SCALE, Z_LIMIT
 from .errors import InputError, ModelError, ResourceError
-from .model_info import ModelInfo, bundled_model_path  # noqa: F401 - bundled_model_path: this module's interface since 0.1
+from .model_info import ModelInfo, bundled_model_path
 
 DEVICES = ("auto", "cpu", "cuda")
 # auto: bf16 on a CPU with AMX-BF16 (core/bf16.py), else float32 ONNX Runtime.
@@ -69,7 +70,8 @@ class Despeckler:
         """Load a deSpeckNet ONNX model.
 
         Args:
-            model_path: an ONNX model exported by train or fine_tune; None: the bundled model.
+            model_path: an ONNX model exported by train or fine_tune; None: the bundled models,
+                the general one loaded here and the multi-look one when a band needs it (for_looks).
             device: "auto" (CUDA when ONNX Runtime can use it, else CPU), "cpu" or "cuda" (fails
                 rather than silently falling back to the CPU).
             threads: ONNX Runtime intra-op threads (None: its default).
@@ -94,6 +96,11 @@ class Despeckler:
         import onnxruntime as ort
 
         path = model_path or bundled_model_path()
+        self.bundled = model_path is None
+        self._options = dict(device=device, threads=threads, with_noise=with_noise, session_config=session_config,
+                             precision=precision, self_ensemble=self_ensemble)
+        self._multilook: Despeckler | None = None
+        self._multilook_lock = threading.Lock()
         if check_precision(precision) == "bf16" and device == "cuda":
             raise InputError("`precision`=bf16 is the CPU's fast path: with `device`=cuda use precision auto or fp32.")
         check_device(device)
@@ -129,7 +136,7 @@ class Despeckler:
                 "Use a model exported by despecknet:train or despecknet:finetune."
             ) from exc
         self.provider = self.session.get_providers()[0]
-        self.network_seconds = 0.0  # time inside ONNX Runtime, for the benchmark's share of the rest
+        self._network_seconds = 0.0  # time inside the network, for the benchmark's share of the rest
         if device == "cuda" and self.provider != CUDA:
             raise ResourceError(
                 "`device`=cuda was asked for, but ONNX Runtime could not use the GPU (no NVIDIA GPU, "
@@ -178,6 +185,29 @@ class Despeckler:
     def radius(self) -> int:
         return self.info.receptive_field // 2
 
+    @property
+    def network_seconds(self) -> float:
+        """Seconds spent inside the network so far, the multi-look model's included."""
+        return self._network_seconds + (self._multilook.network_seconds if self._multilook else 0.0)
+
+    def for_looks(self, looks: float | None) -> "Despeckler":
+        """The despeckler for a band whose speckle has `looks` looks.
+
+        Loaded with model_path None (the bundled models), it is the bundled multi-look model
+        for `looks` >= model_info.MULTILOOK_MIN_LOOKS, loaded once with the same options;
+        otherwise, and for a model given by path, this despeckler itself. Thread-safe: the
+        batch path's workers share one despeckler.
+        """
+        if not self.bundled:
+            return self
+        path = bundled_model_path(looks)
+        if os.path.abspath(path) == os.path.abspath(self.path):
+            return self
+        with self._multilook_lock:
+            if self._multilook is None:
+                self._multilook = Despeckler(path, **self._options)
+        return self._multilook
+
     def predict(self, z: np.ndarray, with_noise: bool = False):
         """z: (H, W) normalised log intensity -> (clean_z, noise_z or None), float32 of the same shape.
 
@@ -200,7 +230,7 @@ class Despeckler:
             out = [np.ascontiguousarray(v / len(FLIPS), np.float32) for v in outs]
         else:
             out = self._run(z, names)
-        self.network_seconds += time.perf_counter() - started
+        self._network_seconds += time.perf_counter() - started
         return out[0][0, 0], (out[1][0, 0] if with_noise else None)
 
     def _run(self, z: np.ndarray, names: list[str]) -> list[np.ndarray]:

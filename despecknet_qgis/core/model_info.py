@@ -19,14 +19,40 @@ RECEPTIVE_FIELD = 2 * RECEPTIVE_RADIUS + 1
 _MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 
 
-def bundled_model_path() -> str:
-    """The ONNX model shipped with the plugin (read-only to every algorithm)."""
-    return os.path.join(_MODELS, "despecknet.onnx")
+# The bundled models: a general one, and one for multi-look products (GRD), chosen for a band
+# whose speckle has at least MULTILOOK_MIN_LOOKS looks, as the statistics pass estimates them on
+# the band's flattest blocks (point_targets.LooksEstimator). On the simulated GRD-like scenes of
+# `make bench-quality` the multi-look model leads the general one (models/MODEL_CARD.md); on
+# 1-look and 2-look speckle the general one leads.
+GENERAL_MODEL = "despecknet"
+MULTILOOK_MODEL = "despecknet_multilook"
+MULTILOOK_MIN_LOOKS = 3.0
 
 
-def bundled_checkpoint_path() -> str:
-    """The checkpoint of the bundled model, the default base of fine-tuning (read-only too)."""
-    return os.path.join(_MODELS, "despecknet.pt")
+def _bundled(stem: str, looks: float | None, ext: str) -> str:
+    if looks is not None and looks >= MULTILOOK_MIN_LOOKS:
+        path = os.path.join(_MODELS, MULTILOOK_MODEL + ext)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(_MODELS, stem + ext)
+
+
+def bundled_model_path(looks: float | None = None) -> str:
+    """The ONNX model shipped with the plugin for speckle of `looks` looks (None: the general
+    model). Read-only to every algorithm."""
+    return _bundled(GENERAL_MODEL, looks, ".onnx")
+
+
+def bundled_checkpoint_path(looks: float | None = None) -> str:
+    """The checkpoint of the bundled model for `looks` looks, the default base of fine-tuning
+    (read-only too)."""
+    return _bundled(GENERAL_MODEL, looks, ".pt")
+
+
+def bundled_files() -> list[str]:
+    """Every bundled model file (ONNX and checkpoint, general and multi-look) that is present."""
+    return [os.path.join(_MODELS, stem + ext) for stem in (GENERAL_MODEL, MULTILOOK_MODEL) for ext in (".onnx", ".pt")
+            if stem == GENERAL_MODEL or os.path.isfile(os.path.join(_MODELS, stem + ext))]
 
 
 def plugin_version() -> str:

@@ -280,7 +280,7 @@ def fine_tune(
     from .training import torch_device
 
     torch_device(device)  # "cuda" where torch cannot use it fails before any work
-    base = base_model or bundled_checkpoint_path()
+    base = base_model or bundled_checkpoint_path(looks)  # the multi-look model for multi-look speckle
     _check_output(onnx_path, {"image": image, "base_model": base})
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,
                             validation_fraction=validation_fraction)

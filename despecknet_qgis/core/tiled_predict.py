@@ -37,7 +37,8 @@ class DespeckleReport:
     precision: str = "fp32"  # "bf16": the CPU's fast path (core/bf16.py)
     seconds: float = 0.0
     tiles: int = 0
-    network_seconds: float = 0.0  # inside ONNX Runtime; the rest is reading, statistics, point targets, writing
+    network_seconds: float = 0.0  # inside the network; the rest is reading, statistics, point targets, writing
+    models: list = field(default_factory=list)  # the model file's name used for each band
 
 
 def check_tile_size(tile_size: int, overlap: int, branches: int = 1, memory: int | None = None) -> int:
@@ -137,8 +138,11 @@ def despeckle_raster(
         share = STATS_SHARE / len(bands)
         stats = [band_statistics(ds, b, domain, input_path, tile_size, progress, share, i * share, zero_is_nodata=zero_is_nodata)
                  for i, b in enumerate(bands)]
-        layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path, despeckler.path,
-                               despeckler.info.version, point_targets=point_targets, algorithm=algorithm,
+        # The bundled models: the multi-look one for bands with enough looks (model_info).
+        networks = [despeckler.for_looks(looks or st.looks) for st in stats]
+        layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path,
+                               [n.path for n in networks], [n.info.version for n in networks],
+                               point_targets=point_targets, algorithm=algorithm,
                                precision=despeckler.precision, self_ensemble=despeckler.self_ensemble)
         nodata = layout["nodata"]
 
@@ -154,10 +158,11 @@ def despeckle_raster(
         with outputs as (out, noise_out):
             done = 0
             band_of = {b: ds.GetRasterBand(b) for b in bands}  # fetched here, so the reading thread only reads
-            jobs = [(win, i, b, st, nd) for win in tiles for i, (b, st, nd) in enumerate(zip(bands, stats, nodata), 1)]
+            jobs = [(win, i, b, st, nd, net) for win in tiles
+                    for i, (b, st, nd, net) in enumerate(zip(bands, stats, nodata, networks), 1)]
 
             def read_job(job):
-                win, _, b, _, _ = job
+                win, _, b, _, _, _ = job
                 return read_intensity(band_of[b], win.grown(overlap, ds.RasterXSize, ds.RasterYSize), domain,
                                       zero_is_nodata)
 
@@ -165,10 +170,10 @@ def despeckle_raster(
             # failures. Running them beside the next window's network pass was slower on two cores
             # (1.22 s per Mpixel against 1.06, 2048x2048 in bf16): a third busy thread stalls the
             # network's two at every layer.
-            for (win, i, b, st, nd), window_data in read_ahead(jobs, read_job):
+            for (win, i, b, st, nd, net), window_data in read_ahead(jobs, read_job):
                 progress.check()
                 result, speckle = despeckle_window(
-                    despeckler, band_of[b], win, overlap, st, domain, nd,
+                    net, band_of[b], win, overlap, st, domain, nd,
                     point_targets=point_targets, looks=looks, with_noise=noise_out is not None,
                     zero_is_nodata=zero_is_nodata, output_domain=output_domain, window_data=window_data)
                 out.write(i, win, result)
@@ -182,6 +187,7 @@ def despeckle_raster(
         noise_output=noise_path,
         provider=despeckler.provider,
         precision=despeckler.precision,
+        models=[os.path.basename(n.path) for n in networks],
         bands=stats,
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
@@ -190,14 +196,16 @@ def despeckle_raster(
 
 
 def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
-                  model_path: str, model_version: str, model_sha256: str | None = None, point_targets: bool = True,
-                  algorithm: str = "despecknet:despeckle", precision: str = "fp32",
+                  model_path: str | list[str], model_version: str | list[str], model_sha256: str | None = None,
+                  point_targets: bool = True, algorithm: str = "despecknet:despeckle", precision: str = "fp32",
                   self_ensemble: bool = False) -> dict:
     """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
 
     The input's dataset metadata is copied, and DESPECKNET_* items record the model (name,
     version, SHA-256), its precision and self-ensemble, the algorithm, the domains and the
     plugin version, where `gdalinfo` shows them. No timestamp, so that reruns give identical files.
+    `model_path` and `model_version` may list each band's model (the bundled models are chosen
+    per band): each model is then named once, in band order, and separated by ", ".
     """
     from .files import file_sha256
     from .model_info import plugin_version
@@ -209,14 +217,17 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
         descriptions.append(band.GetDescription() or "")
         if is_complex(band):
             complex_bands.append(b)
+    paths = [model_path] if isinstance(model_path, str) or model_path is None else list(model_path)
+    versions = [model_version] if isinstance(model_version, str) else list(model_version)
+    used = list(dict.fromkeys(zip(paths, versions)))  # each model once, in band order
     if model_sha256 is None:
-        model_sha256 = file_sha256(model_path) if model_path and os.path.isfile(model_path) else ""
+        model_sha256 = ", ".join(file_sha256(p) if p and os.path.isfile(p) else "" for p, _ in used)
     metadata = dict(ds.GetMetadata() or {})
     metadata.update({
         "DESPECKNET_ALGORITHM": algorithm,
         "DESPECKNET_PLUGIN_VERSION": plugin_version(),
-        "DESPECKNET_MODEL": os.path.basename(model_path or ""),
-        "DESPECKNET_MODEL_VERSION": model_version,
+        "DESPECKNET_MODEL": ", ".join(os.path.basename(p or "") for p, _ in used),
+        "DESPECKNET_MODEL_VERSION": ", ".join(v for _, v in used),
         "DESPECKNET_MODEL_SHA256": model_sha256,
         "DESPECKNET_PRECISION": precision,
         "DESPECKNET_SELF_ENSEMBLE": "4 mirrored passes" if self_ensemble else "off",
