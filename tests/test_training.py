@@ -1,4 +1,6 @@
 """Phase 1 training engine and the despecknet:train workflow on small simulated pairs."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,25 @@ def test_energy_weight_leaves_a_patch_out_of_the_energy_term_only():
     assert weighted["energy"] == pytest.approx(first["energy"], rel=1e-6)
     assert abs(first["energy"] - both["energy"]) > 1e-3 * both["energy"]
     assert weighted["fidelity"] == pytest.approx(both["fidelity"]) and weighted["reconstruction"] == pytest.approx(both["reconstruction"])
+
+
+def test_energy_shift_compares_a_gained_label_with_its_own_local_intensity():
+    """A label multiplied by a gain (the real dates' log-domain debiasing) shifted back by minus its log:
+    the energy term is what it is against the label without the gain, patch by patch."""
+    from despecknet_qgis.core.domain import LOG_SCALE
+
+    g = torch.Generator().manual_seed(2)
+    clean, noise, noisy, target = (torch.randn(2, 1, 12, 12, generator=g) for _ in range(4))
+    mask = torch.ones(2, 1, 12, 12)
+    weights = LossWeights(1.0, 0.01, 0.0, energy=0.5)
+    _, plain = despecknet_loss(clean, noise, noisy, target, mask, weights)
+    gained = target.clone()
+    gained[1] += math.log(1.139) / LOG_SCALE
+    shift = torch.tensor([0.0, -math.log(1.139) / LOG_SCALE]).view(2, 1, 1, 1)
+    _, shifted = despecknet_loss(clean, noise, noisy, gained, mask, weights, energy_shift=shift)
+    _, unshifted = despecknet_loss(clean, noise, noisy, gained, mask, weights)
+    assert shifted["energy"] == pytest.approx(plain["energy"], rel=1e-5)
+    assert abs(unshifted["energy"] - plain["energy"]) > 1e-3 * plain["energy"]
 
 
 def test_structure_term_is_the_ssim_of_the_quality_metrics_and_penalises_lost_texture():

@@ -135,11 +135,14 @@ class TemporalPairs:
 
 
 def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, real_fraction: float,
-                structure_on: str = "real"):
+                structure_on: str = "real", real_energy: bool = False):
     """Simulated and real patches in one batch, with per-patch weights of the energy and structure terms.
 
-    The local energy term is left out for the real patches: their label is debiased per pixel in
-    the log domain, which would bias its local mean intensity. The structure term (--structure) is
+    The real patches' label is debiased per pixel in the log domain (multiplied by a gain), which
+    would bias its local mean intensity: the local energy term leaves them out, or (real_energy)
+    compares them with the label divided by that gain, the temporal mean itself, whose local mean
+    intensity is unbiased. Returns (noisy, clean, mask, energy weight, structure weight, energy
+    shift), the last three per patch. The structure term (--structure) is
     for the real patches only, or for all (structure_on "all": the simulated ones against their true
     reflectivity, so that what the term teaches on real dates does not carry over as too little
     smoothing of simulated speckle).
@@ -147,10 +150,14 @@ def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, re
     n_real = int(round(size * real_fraction)) if real is not None else 0
     parts = [sim.batch(size - n_real)] + ([real.batch(n_real)] if n_real else [])
     noisy, clean, mask = (np.concatenate(a) for a in zip(*parts))
-    energy_weight = np.ones((size, 1, 1, 1), np.float32)
-    energy_weight[size - n_real :] = 0.0
-    structure_weight = np.ones_like(energy_weight) if structure_on == "all" else 1.0 - energy_weight
-    return noisy, clean, mask, energy_weight, structure_weight
+    is_real = np.zeros((size, 1, 1, 1), np.float32)
+    is_real[size - n_real :] = 1.0
+    energy_weight = np.ones_like(is_real) if real_energy else 1.0 - is_real
+    energy_shift = np.zeros_like(is_real)
+    if n_real and real_energy:
+        energy_shift[size - n_real :] = -math.log(real.label_gain) / dm.LOG_SCALE
+    structure_weight = np.ones_like(is_real) if structure_on == "all" else is_real
+    return noisy, clean, mask, energy_weight, structure_weight, energy_shift
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50) -> float:
@@ -211,6 +218,9 @@ def main() -> None:
                          "patches: the squared error barely tells how much fine texture a date keeps")
     ap.add_argument("--structure-on", choices=["real", "all"], default="real",
                     help="which patches the structure term covers (all: the simulated ones too)")
+    ap.add_argument("--real-energy", action="store_true",
+                    help="the local energy term on the real patches too, against their temporal mean's own "
+                         "local intensity (mixed_batch)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
     ap.add_argument("--as", dest="publish_as", choices=["general", "multilook"], default="general",
                     help="with --publish: the bundled model it becomes (multilook: the one for 3 looks or more)")
@@ -273,7 +283,7 @@ def main() -> None:
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
     log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db,
                         "real_fraction": args.real_fraction, "structure": args.structure,
-                        "structure_on": args.structure_on, "bf16": trainer.use_bf16, "torch": torch.__version__,
+                        "structure_on": args.structure_on, "real_energy": args.real_energy, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if step == 0:
@@ -310,7 +320,8 @@ def main() -> None:
         trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end))
         running.append(trainer.step(*(torch.from_numpy(a) for a in mixed_batch(train, real, args.batch,
                                                                                  args.real_fraction,
-                                                                                 args.structure_on))))
+                                                                                 args.structure_on,
+                                                                                 args.real_energy))))
         step += 1
         log["runs"][-1]["seconds"] = round(time.time() - run_started, 1)
         if step % 50 == 0 or step == args.steps:

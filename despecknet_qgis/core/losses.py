@@ -51,12 +51,14 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def local_energy_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                       sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                       sample_weight: torch.Tensor | None = None,
+                       target_shift: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared difference of log local mean intensity (normalised log units), windows mostly valid.
 
-    sample_weight (batch, 1, 1, 1): 0 leaves a patch out of this term only, e.g. a patch whose
-    target is a noisy temporal mean, debiased per pixel in the log domain: its local mean
-    intensity carries that per-pixel correction as a bias.
+    sample_weight (batch, 1, 1, 1): 0 leaves a patch out of this term only. target_shift (batch,
+    1, 1, 1): added to the target's log local mean, e.g. for a patch whose target is a temporal
+    mean debiased per pixel in the log domain (multiplied by a gain): minus the log of that gain
+    gives back the mean's own local intensity, which is unbiased.
     """
     import torch
     import torch.nn.functional as F
@@ -75,7 +77,8 @@ def local_energy_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Te
     weight = (coverage > 0.99).float()
     if sample_weight is not None:
         weight = weight * sample_weight
-    return _masked_mean((local_log_mean(clean) - local_log_mean(target)) ** 2, weight)
+    wanted = local_log_mean(target) + (0.0 if target_shift is None else target_shift)
+    return _masked_mean((local_log_mean(clean) - wanted) ** 2, weight)
 
 
 def local_structure_error(clean: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -119,16 +122,18 @@ def despecknet_loss(
     weights: LossWeights,
     energy_weight: torch.Tensor | None = None,
     structure_weight: torch.Tensor | None = None,
+    energy_shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """energy_weight, structure_weight: per-patch weights of the local energy and structure terms
-    (see local_energy_error, local_structure_error)."""
+    """energy_weight, structure_weight: per-patch weights of the local energy and structure terms;
+    energy_shift: per-patch shift of the energy term's target (see local_energy_error,
+    local_structure_error)."""
     clean, noise = clean.float(), noise.float()
     fidelity = _masked_mean((clean - target) ** 2, mask)
     reconstruction = _masked_mean((clean + noise - noisy) ** 2, mask)
     total = weights.mu * fidelity + weights.xi * reconstruction
     parts = {"fidelity": fidelity.item(), "reconstruction": reconstruction.item()}
     if weights.energy:
-        energy = local_energy_error(clean, target.float(), mask, energy_weight)
+        energy = local_energy_error(clean, target.float(), mask, energy_weight, energy_shift)
         total = total + weights.energy * energy
         parts["energy"] = energy.item()
     if weights.structure:

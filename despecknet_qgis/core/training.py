@@ -107,20 +107,21 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             return self.model(noisy)
 
-    def step(self, noisy, target, mask, energy_weight=None, structure_weight=None) -> dict[str, float]:
+    def step(self, noisy, target, mask, energy_weight=None, structure_weight=None, energy_shift=None) -> dict[str, float]:
         """One optimiser step; energy_weight, structure_weight: per-patch weights of the local energy
-        and structure terms (losses.local_energy_error, losses.local_structure_error)."""
+        and structure terms; energy_shift: per-patch shift of the energy term's target
+        (losses.local_energy_error, losses.local_structure_error)."""
         self.model.train()
         if self.freeze_batchnorm:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
         noisy, target, mask = self._to_device(noisy, target, mask)
-        energy_weight, structure_weight = (None if w is None else w.to(self.device)
-                                           for w in (energy_weight, structure_weight))
+        energy_weight, structure_weight, energy_shift = (None if w is None else w.to(self.device)
+                                                         for w in (energy_weight, structure_weight, energy_shift))
         clean, noise = self._forward(noisy)
         loss, parts = despecknet_loss(clean, noise, noisy, target, mask, self.weights, energy_weight,
-                                      structure_weight)
+                                      structure_weight, energy_shift)
         if not math.isfinite(parts["total"]):
             raise TrainingError("Training diverged: the loss is not finite. Lower `lr` (the learning rate), or check "
                                 "the images and labels for extreme values.")
