@@ -127,3 +127,20 @@ def test_the_batch_path_gives_multilook_scenes_the_multilook_model(models_folder
     assert not report.failed
     names = {os.path.basename(p): gdal.Open(p).GetMetadataItem("DESPECKNET_MODEL") for p in report.done}
     assert names == {"one_despeckled.tif": "despecknet.onnx", "five_despeckled.tif": "despecknet_multilook.onnx"}
+
+
+@pytest.mark.parametrize("looks, preset_looks, expected", [(5.0, 4.4, "despecknet_multilook.pt"),
+                                                          (1.0, 1.0, "despecknet.pt"),
+                                                          (2.0, 4.4, "despecknet.pt")])
+def test_phase_2_starts_from_the_bundled_model_despeckle_would_choose(models_folder, tmp_path, looks, preset_looks,
+                                                                       expected):
+    """Chosen by the image's estimated looks, not the preset's nominal ones: a 2-look image under the
+    multilook preset (4.4 looks) starts from the general model, as despeckle would use it."""
+    from despecknet_qgis.core.phases import fine_tune
+    from despecknet_qgis.core.training import load_checkpoint
+
+    image, _ = speckled_scene(128, looks=looks, seed=5)
+    src = write_tif(tmp_path / "image.tif", image)
+    fine_tune(src, str(tmp_path / "tuned.onnx"), looks=preset_looks, stride=40, acceptance=False)
+    _, record = load_checkpoint(str(tmp_path / "tuned.pt"))
+    assert record.phases[-1]["base"] == expected

@@ -27,7 +27,7 @@ from qgis.core import QgsProcessingException, QgsProcessingFeedback
 from conftest import ROOT, qgis_process_command, read_tif, run_qgis_process, speckled_scene, write_tif
 from despecknet_qgis.core import metrics as mt
 from despecknet_qgis.core.errors import Cancelled, DespeckNetError, InputError, ModelError, OutputError, ResourceError, TrainingError
-from despecknet_qgis.core.model_info import bundled_checkpoint_path, bundled_model_path
+from despecknet_qgis.core.model_info import bundled_checkpoint_path, bundled_files, bundled_model_path
 
 ORIGIN, PIXEL = (500000.0, 4000000.0), 20.0  # write_tif's defaults (EPSG:32633)
 INSIDE = [[500200, 3999800], [500800, 3999800], [500800, 3999200], [500200, 3999200], [500200, 3999800]]
@@ -51,7 +51,7 @@ def snapshot(folder) -> dict:
 
 
 def bundled_digest() -> dict:
-    return {p: hashlib.sha1(open(p, "rb").read()).hexdigest() for p in (bundled_model_path(), bundled_checkpoint_path())}
+    return {p: hashlib.sha1(open(p, "rb").read()).hexdigest() for p in bundled_files()}
 
 
 class Scene:
@@ -194,6 +194,9 @@ PROCESSING_FAULTS = [
           "bundled model file, which is read-only"),
     Fault("despeckle_onto_the_bundled_model_is_refused", 3, "despeckle",
           lambda s: {"INPUT": s.raster(), "MODEL": s.model, "OUTPUT": bundled_model_path()}, "bundled model file, which is read-only"),
+    Fault("finetune_onto_the_multilook_model_is_refused", 3, "finetune",
+          lambda s: {"INPUT": s.raster(), "MODEL": s.checkpoint, "OUTPUT_MODEL": bundled_model_path(5.0),
+                     "OUTPUT": s.path("x.tif")}, "bundled model file, which is read-only"),
     Fault("despeckle_onto_its_own_model_is_refused", 3, "despeckle",
           lambda s: {"INPUT": s.raster(), "MODEL": s.model, "OUTPUT": s.model}, r"OUTPUT .*tiny\.onnx is the input MODEL"),
     Fault("temporallabel_label_and_mask_in_one_file_is_refused", 4, "temporallabel",

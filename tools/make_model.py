@@ -45,10 +45,11 @@ from despecknet_qgis.core.training import (  # noqa: E402
 )
 from tools import real_data  # noqa: E402
 
-VERSION = "0.4.0"
+VERSION = "0.5.0"
 DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured fields, deterministic point "
                "scatterers; 1 to 10 looks, with and without spatial correlation) and, for a quarter of each batch "
-               "of its last stage, real Sentinel-1 single-look dates against their temporal labels")
+               "of its last two stages, real Sentinel-1 single-look dates against their temporal labels, the last "
+               "stage with a structure (SSIM) term and the local energy term on them")
 # The multi-look model (model_info.MULTILOOK_MODEL), chosen for bands with 3 looks or more.
 MULTILOOK_VERSION = "0.5.0-multilook"
 MULTILOOK_DESCRIPTION = ("deSpeckNet phase 1 for multi-look products (GRD): the general model 0.4.0 trained on "

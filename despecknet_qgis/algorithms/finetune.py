@@ -49,7 +49,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "the mean radiometry is kept. 0 takes the preset's (4.4, Sentinel-1 GRD IW, for multi-look; 1 for "
             "single-look; no correction for custom).<br>"
             "<b>Model</b>: a .pt checkpoint from training or an earlier tuning; empty means the bundled one "
-            "(the multi-look model when the looks are 3 or more).<br>"
+            "that despeckle chooses for the band's estimated looks (the multi-look model for 3 or more).<br>"
             "Part of the image (VALIDATION_FRACTION) is held out and its loss reported. PATIENCE > 0 stops "
             "early when that loss stops improving and keeps the best weights; it is off by default because "
             "the held-out loss mostly measures reconstruction, which the noisy image itself minimises. "
@@ -108,7 +108,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         base = self.parameterAsFile(parameters, self.MODEL, context) or None
         # Every output, and the device of the despeckling step, is checked before tuning.
         self.run_core(check_outputs, {"output_path": output, "onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)},
-                      {"input_path": source, "base_model": base or bundled_checkpoint_path(looks)})
+                      {"input_path": source, "base_model": base or bundled_checkpoint_path()})
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         self.run_core(training_device, device)  # "cuda" where torch cannot use it fails before any work
         if output:

@@ -211,8 +211,8 @@ ALGORITHM_PARAMETER_HELP = {
         "INPUT": "The image the model adapts to, without any reference; it is then despeckled with the tuned model.",
         "BAND": "The band the model adapts to; empty: 1.",
         "MODEL": ("PyTorch checkpoint (.pt) the tuning starts from, as written beside the .onnx by Train or "
-                  "Fine-tune; empty: the bundled model's (the multi-look one for the multilook preset or 3 looks "
-                  "or more)."),
+                  "Fine-tune; empty: the bundled model's, the one despeckle chooses for the band's estimated looks "
+                  "(multi-look for 3 or more)."),
         "PRESET": ("Loss weights for the kind of image: multilook (e.g. Sentinel-1 GRD), singlelook (e.g. SLC "
                    "intensity), or custom (MU, XI and LAMBDA_TV as given)."),
         "MU": _LOSS_WEIGHTS + "weight mu of the term keeping X̂ near the base model's (custom preset only).",

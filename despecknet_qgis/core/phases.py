@@ -16,7 +16,7 @@ from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, InputError, OutputError, translate_errors
 from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
-from .model_info import bundled_checkpoint_path  # noqa: F401 - this module's interface since 0.1
+from .model_info import bundled_checkpoint_path
 from .patches import ImagePair, RasterPatches
 from .progress import SILENT, Progress
 
@@ -234,6 +234,19 @@ def training_device(device: str) -> str:
     return torch_device(device).type
 
 
+def _estimated_looks(image: str, band: int, domain: str, zero_is_nodata: bool, progress: Progress) -> float | None:
+    """The band's looks as despeckle estimates them: which bundled model despeckle would choose, and so
+    which bundled checkpoint phase 2 starts from (the presets' nominal looks say nothing of that:
+    a 2-look image under the multilook preset would start from the multi-look model)."""
+    from .defaults import TILE_SIZE
+    from .raster import band_statistics, check_bands, gdal_cache_limit, open_raster
+
+    ds = open_raster(image)
+    check_bands(ds, [band], image)
+    with gdal_cache_limit():
+        return band_statistics(ds, band, domain, image, TILE_SIZE, progress, zero_is_nodata=zero_is_nodata).looks
+
+
 @translate_errors
 def fine_tune(
     image: str,
@@ -280,7 +293,7 @@ def fine_tune(
     from .training import torch_device
 
     torch_device(device)  # "cuda" where torch cannot use it fails before any work
-    base = base_model or bundled_checkpoint_path(looks)  # the multi-look model for multi-look speckle
+    base = base_model or bundled_checkpoint_path(_estimated_looks(image, band, domain, zero_is_nodata, progress))
     _check_output(onnx_path, {"image": image, "base_model": base})
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,
                             validation_fraction=validation_fraction)
