@@ -5,6 +5,7 @@ import torch
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from conftest import read_tif, speckled_scene, write_tif
+from despecknet_qgis.core.adaptation import FIT_RANGE
 from despecknet_qgis.core.errors import Cancelled, DespeckNetError
 from despecknet_qgis.core.inference import Despeckler
 from despecknet_qgis.core.losses import PHASE2_MULTILOOK, PHASE2_SINGLELOOK, LossWeights
@@ -201,7 +202,9 @@ def test_tuning_never_lowers_quality_where_the_base_model_already_fits(tmp_path)
     phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
     assert phase["kept"] == "base" and rep.steps == 0  # not tuned at all
     assert phase["radiometric_gain"] == 1.0 and np.allclose(base, tuned, rtol=1e-4)
-    assert 0.8 < phase["ratio"]["base"]["spread"] < 1.25
+    # The fit range itself: model 0.5.0 keeps a little more of this correlated speckle (spread 0.77; 0.4.0 was
+    # above 0.8), which is why the range reaches below 1 (README, Phase 2).
+    assert FIT_RANGE[0] <= phase["ratio"]["base"]["spread"] <= FIT_RANGE[1]
 
 
 def test_base_kept_after_rejected_tuning_keeps_its_quality_without_a_small_gain(tmp_path):
