@@ -34,28 +34,31 @@ def speckled_scene(size=96, looks=1.0, correlation=0.0, seed=0):
     return scene.reflectivity * simulate_speckle((size, size), looks, correlation, rng), scene
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """The full deSpeckNet architecture, random weights, BatchNorm statistics from a few batches."""
+def export_tiny_model(path, seed=0, version="test"):
+    """The full deSpeckNet architecture, random weights (from `seed`), BatchNorm statistics from a few
+    batches: ONNX at `path`, checkpoint beside it. Returns (path, model)."""
     import torch
 
     from despecknet_qgis.core.model import DeSpeckNet
     from despecknet_qgis.core.export import export_onnx
-    from despecknet_qgis.core.training import TrainingRecord
+    from despecknet_qgis.core.training import TrainingRecord, save_checkpoint
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = DeSpeckNet()
     model.train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(4, 1, 40, 40))
     model.eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_onnx(model, str(path), TrainingRecord(), "test")
-    from despecknet_qgis.core.training import save_checkpoint
-
+    export_onnx(model, str(path), TrainingRecord(), version)
     save_checkpoint(str(path.with_suffix(".pt")), model, TrainingRecord())
     return str(path), model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The full deSpeckNet architecture, random weights, BatchNorm statistics from a few batches."""
+    return export_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
 
 
 @pytest.fixture(scope="session")

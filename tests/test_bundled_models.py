@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import read_tif, speckled_scene, write_tif
+from conftest import export_tiny_model, read_tif, speckled_scene, write_tif
 from despecknet_qgis.core import model_info
 from despecknet_qgis.core.errors import OutputError
 from despecknet_qgis.core.inference import Despeckler
@@ -16,23 +16,7 @@ from despecknet_qgis.core.tiled_predict import despeckle_raster
 @pytest.fixture(scope="module")
 def multilook_model(tmp_path_factory):
     """A second small deSpeckNet (other random weights): what stands for the multi-look model."""
-    import torch
-
-    from despecknet_qgis.core.export import export_onnx
-    from despecknet_qgis.core.model import DeSpeckNet
-    from despecknet_qgis.core.training import TrainingRecord, save_checkpoint
-
-    torch.manual_seed(1)
-    model = DeSpeckNet()
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 1, 40, 40))
-    model.eval()
-    path = tmp_path_factory.mktemp("multilook") / "m.onnx"
-    export_onnx(model, str(path), TrainingRecord(), "test-multilook")
-    save_checkpoint(str(path.with_suffix(".pt")), model, TrainingRecord())
-    return str(path)
+    return export_tiny_model(tmp_path_factory.mktemp("multilook") / "m.onnx", seed=1, version="test-multilook")[0]
 
 
 @pytest.fixture()
