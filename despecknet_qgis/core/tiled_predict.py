@@ -91,8 +91,9 @@ def despeckle_raster(
             radius plus the point-target test's window, for a result that does not depend on tiling).
         progress: progress, log and cancellation (SIGTERM included, see progress.py).
         point_targets: put back the measured intensity of bright point targets that the network
-            shrinks (core/point_targets.py); looks: the speckle's looks for that test (None:
-            estimated from the band's flattest blocks).
+            shrinks (core/point_targets.py); looks: the speckle's looks for that test and for the
+            choice between the bundled models (Despeckler.for_looks; None: estimated per band
+            from its flattest blocks).
         zero_is_nodata: pixels equal to 0 in a band that declares no nodata are nodata (GRD
             borders); not in the decibel domain, where 0 dB is data.
         output_domain: the outputs' domain (None: `domain`); complex bands (read as |z|²)
