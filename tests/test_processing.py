@@ -54,6 +54,21 @@ def test_empty_model_means_the_bundled_model(provider, tmp_path):
     assert os.path.exists(res["OUTPUT"]) and os.path.isfile(bundled_model_path())
 
 
+def test_empty_model_gives_a_multilook_band_the_multilook_model_and_says_so(provider, tmp_path):
+    """The bundled pair through Processing: a 5-look band gets the multi-look model, a 1-look band the
+    general one; the log names each band's model and the output's metadata both."""
+    from osgeo import gdal
+
+    one, _ = speckled_scene(192, looks=1.0, seed=3)
+    five, _ = speckled_scene(192, looks=5.0, seed=4)
+    feedback = QgsProcessingFeedback()
+    res = despeckle({"INPUT": write_tif(tmp_path / "y.tif", [one, five]), "OUTPUT": str(tmp_path / "x.tif")}, feedback)
+    assert gdal.Open(res["OUTPUT"]).GetMetadataItem("DESPECKNET_MODEL") == "despecknet.onnx, despecknet_multilook.onnx"
+    log = feedback.textLog()
+    assert "band 1: equivalent number of looks" in log and "model despecknet.onnx" in log
+    assert "model despecknet_multilook.onnx" in log
+
+
 def test_cancel_through_feedback(provider, tiny_model, tmp_path):
     y, _ = speckled_scene(128, seed=13)
     feedback = QgsProcessingFeedback()
