@@ -29,24 +29,25 @@ MULTILOOK_MODEL = "despecknet_multilook"
 MULTILOOK_MIN_LOOKS = 3.0
 
 
-def _bundled(stem: str, looks: float | None, ext: str) -> str:
+def _bundled(looks: float | None, ext: str) -> str:
+    """The multi-look model's file for `looks` >= MULTILOOK_MIN_LOOKS where it is shipped, else the general one's."""
     if looks is not None and looks >= MULTILOOK_MIN_LOOKS:
         path = os.path.join(_MODELS, MULTILOOK_MODEL + ext)
         if os.path.isfile(path):
             return path
-    return os.path.join(_MODELS, stem + ext)
+    return os.path.join(_MODELS, GENERAL_MODEL + ext)
 
 
 def bundled_model_path(looks: float | None = None) -> str:
     """The ONNX model shipped with the plugin for speckle of `looks` looks (None: the general
     model). Read-only to every algorithm."""
-    return _bundled(GENERAL_MODEL, looks, ".onnx")
+    return _bundled(looks, ".onnx")
 
 
 def bundled_checkpoint_path(looks: float | None = None) -> str:
     """The checkpoint of the bundled model for `looks` looks, the default base of fine-tuning
     (read-only too)."""
-    return _bundled(GENERAL_MODEL, looks, ".pt")
+    return _bundled(looks, ".pt")
 
 
 def bundled_files() -> list[str]:

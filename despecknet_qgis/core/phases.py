@@ -293,12 +293,14 @@ def fine_tune(
     from .training import torch_device
 
     torch_device(device)  # "cuda" where torch cannot use it fails before any work
-    base = base_model or bundled_checkpoint_path(_estimated_looks(image, band, domain, zero_is_nodata, progress))
-    _check_output(onnx_path, {"image": image, "base_model": base})
+    # Outputs and numbers are checked before the pass over the image that chooses the bundled base
+    # (every bundled checkpoint is a protected file, so the general one stands for it here).
+    _check_output(onnx_path, {"image": image, "base_model": base_model or bundled_checkpoint_path()})
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr,
                             validation_fraction=validation_fraction)
     if looks is not None and looks <= 0:
         raise InputError(f"`looks` must be positive (got {looks:g}).")
+    base = base_model or bundled_checkpoint_path(_estimated_looks(image, band, domain, zero_is_nodata, progress))
     model, record = _base_model(base, seed, "base_model")
     shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
     source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift, zero_is_nodata=zero_is_nodata)], patch, stride,
