@@ -74,7 +74,7 @@ def _settings(options: dict, despeckler) -> dict:
 def band_stats(job: dict) -> dict:
     """The band's statistics, as the core computes them (one task per split band)."""
     from ..core import domain as dm
-    from ..core.raster import band_statistics, check_bands, gdal_cache_limit, open_raster
+    from ..core.raster import statistics_of
 
     started = time.perf_counter()
     try:
@@ -82,16 +82,9 @@ def band_stats(job: dict) -> dict:
                                      bool(job.get("noise")), job.get("precision", "auto"))
         s = _settings(job.get("options", {}), despeckler)
         dm.check_domain(s["domain"])
-        ds = open_raster(job["input"])
-        check_bands(ds, [job["band"]], job["input"])
-        field = despeckler.info.receptive_field
-        if ds.RasterXSize < field or ds.RasterYSize < field:
-            raise InputError(f"{job['input']} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
-                             f"receptive field ({field}x{field}): use a larger raster.")
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
-        with gdal_cache_limit():
-            stats = band_statistics(ds, job["band"], s["domain"], job["input"], s["tile_size"], progress,
-                                    zero_is_nodata=s["zero_is_nodata"])
+        stats = statistics_of(job["input"], job["band"], s["domain"], s["tile_size"], progress,
+                              s["zero_is_nodata"], despeckler.info.receptive_field)
         return {"status": "done", "stats": stats, "seconds": time.perf_counter() - started, "worker": worker_name()}
     except Exception as exc:  # noqa: BLE001 - a result, not a crash
         return _failure(exc, started)

@@ -239,12 +239,9 @@ def _estimated_looks(image: str, band: int, domain: str, zero_is_nodata: bool, p
     which bundled checkpoint phase 2 starts from (the presets' nominal looks say nothing of that:
     a 2-look image under the multilook preset would start from the multi-look model)."""
     from .defaults import TILE_SIZE
-    from .raster import band_statistics, check_bands, gdal_cache_limit, open_raster
+    from .raster import statistics_of
 
-    ds = open_raster(image)
-    check_bands(ds, [band], image)
-    with gdal_cache_limit():
-        return band_statistics(ds, band, domain, image, TILE_SIZE, progress, zero_is_nodata=zero_is_nodata).looks
+    return statistics_of(image, band, domain, TILE_SIZE, progress, zero_is_nodata).looks
 
 
 @translate_errors

@@ -264,6 +264,28 @@ STATISTICS_THREADS = 2
 STATISTICS_WINDOW = 512
 
 
+def check_receptive_field(ds: gdal.Dataset, field: int, source: str) -> None:
+    """The raster is at least the network's receptive field on each side (smaller ones have no valid tile)."""
+    if ds.RasterXSize < field or ds.RasterYSize < field:
+        raise InputError(f"{source} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
+                         f"receptive field ({field}x{field}): use a larger raster.")
+
+
+def statistics_of(path: str, band: int, domain: str, tile: int, progress: Progress, zero_is_nodata: bool = False,
+                  receptive_field: int | None = None) -> BandStats:
+    """One band's statistics from a path: open, check the band (and the size, given a receptive field), one pass.
+
+    For the callers that need nothing else from the raster (the batch path's statistics task, phase 2's
+    choice of base model); tiled_predict keeps its dataset open and calls band_statistics itself.
+    """
+    ds = open_raster(path)
+    check_bands(ds, [band], path)
+    if receptive_field is not None:
+        check_receptive_field(ds, receptive_field, path)
+    with gdal_cache_limit():
+        return band_statistics(ds, band, domain, path, tile, progress, zero_is_nodata=zero_is_nodata)
+
+
 def _second_handle(ds):
     """The same dataset opened again (GDAL handles are not shared between threads), or None."""
     name = ds.GetDescription()

@@ -20,7 +20,7 @@ from .files import check_outputs
 from . import point_targets as pt
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, input_nodata, is_complex
+from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, check_receptive_field, gdal_cache_limit, input_nodata, is_complex
 from .raster import open_raster, output_nodata, read_intensity, window_of_extent, windows, windows_in, with_nodata
 
 OUTPUT_TYPES = ("Float32", "Float64")
@@ -128,12 +128,7 @@ def despeckle_raster(
 
     ds = open_raster(input_path)
     bands = check_bands(ds, bands, input_path)
-    field_size = despeckler.info.receptive_field
-    if ds.RasterXSize < field_size or ds.RasterYSize < field_size:
-        raise InputError(
-            f"{input_path} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than the network's "
-            f"receptive field ({field_size}x{field_size}): use a larger raster."
-        )
+    check_receptive_field(ds, despeckler.info.receptive_field, input_path)
     region = window_of_extent(ds, *extent, source=input_path) if extent is not None else None
     with gdal_cache_limit():
         share = STATS_SHARE / len(bands)
