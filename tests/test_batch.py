@@ -414,3 +414,29 @@ def test_a_forced_precision_is_recorded_and_redoes_scenes_made_otherwise(client,
     assert run_batch([src], out, model=tiny_model[0], client=client, precision="fp32").skipped == forced.done
     with pytest.raises(InputError, match="Unknown `precision`"):
         run_batch([src], str(tmp_path / "other"), model=tiny_model[0], client=client, precision="fp8")
+
+
+def test_a_worker_refuses_a_model_file_that_changed_since_the_batch_started(tmp_path):
+    """Workers check the model against the client's digest, also after the file is rewritten in place
+    (the digest cache is keyed by size and mtime, so a stale digest is never reused)."""
+    from conftest import export_tiny_model
+
+    from despecknet_qgis.batch import tasks
+    from despecknet_qgis.core.errors import ModelError
+    from despecknet_qgis.core.files import model_sha256
+
+    model = str(export_tiny_model(tmp_path / "m.onnx", seed=1)[0])
+    digest = model_sha256(model)
+    first = tasks.load_despeckler(model, digest, "cpu", 1, False, "fp32")
+    assert tasks.load_despeckler(model, digest, "cpu", 1, False, "fp32") is first  # loaded once per worker
+    with pytest.raises(ModelError, match="not the one the batch was started with"):
+        tasks.load_despeckler(model, "0" * 64, "cpu", 1, False, "fp32")
+    st = os.stat(model)
+    export_tiny_model(tmp_path / "m.onnx", seed=2)  # another model under the same name
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(ModelError, match="not the one the batch was started with"):
+        tasks.load_despeckler(model, digest, "cpu", 2, False, "fp32")
+    # The bundled pair is one digest over both ONNX files; a wrong one is refused too.
+    assert tasks.load_despeckler(None, model_sha256(None), "cpu", 1, False, "fp32").bundled
+    with pytest.raises(ModelError, match="the bundled models"):
+        tasks.load_despeckler(None, digest, "cpu", 1, False, "fp32")

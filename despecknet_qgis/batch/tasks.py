@@ -19,7 +19,7 @@ import threading
 import time
 
 from ..core.errors import Cancelled, DespeckNetError, ModelError, OutputError
-from ..core.files import commit_files, file_sha256, partial_path, remove_quietly, remove_stale_partials
+from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
 from ..core.progress import Progress
 from .options import core_function
 from .plan import WORK_DIR
@@ -40,20 +40,18 @@ def load_despeckler(model: str | None, model_sha256: str, device: str, threads: 
 
     model None: the bundled models (Despeckler.for_looks chooses per band), checked as one digest.
     """
-    from ..core.files import model_sha256 as digest_of
+    from ..core.files import bundled_files, model_sha256 as digest_of
     from ..core.inference import Despeckler
 
     key = (model, model_sha256, device, threads, with_noise, precision)
     with _LOCK:
         if key in _DESPECKLERS:
             return _DESPECKLERS[key]
-        if model is None:
-            digest = digest_of(None)
-        else:
-            st = os.stat(model)
-            stamp = (model, st.st_size, st.st_mtime_ns)
-            digest = _CHECKED_MODELS.get(stamp) or file_sha256(model)
-            _CHECKED_MODELS[stamp] = digest
+        # Hashed once per file state (path, size, mtime), the bundled pair as well as a model by path.
+        paths = [model] if model is not None else [p for p in bundled_files() if p.endswith(".onnx")]
+        stamp = tuple((p, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
+        digest = _CHECKED_MODELS.get(stamp) or digest_of(model)
+        _CHECKED_MODELS[stamp] = digest
         if digest != model_sha256:
             name = model or "the bundled models"
             raise ModelError(f"The model {name} on worker {worker_name()} is not the one the batch was started with "
