@@ -53,7 +53,8 @@ DESCRIPTION = ("deSpeckNet phase 1 on realistic simulated SAR scenes (textured f
 # The multi-look model (model_info.MULTILOOK_MODEL), chosen for bands with 3 looks or more.
 MULTILOOK_VERSION = "0.6.0-multilook"
 MULTILOOK_DESCRIPTION = ("deSpeckNet phase 1 for multi-look products (GRD): the general model 0.4.0 trained on "
-                         "realistic simulated scenes with 4.4 to 5.5 looks and spatially correlated speckle only")
+                         "realistic simulated scenes with 4.4 to 5.5 looks and spatially correlated speckle, then "
+                         "with a finer texture floor (1 dB) on 3 to 7 looks, a fifth of them white speckle")
 STATE_FORMAT = "despecknet-training-state/1"
 DEFAULT_STATE = os.environ.get("DESPECKNET_TRAINING_STATE",
                                os.path.join(os.path.expanduser("~"), ".cache", "despecknet_qgis", "training_state.pt"))
