@@ -40,7 +40,7 @@ def load_despeckler(model: str | None, model_sha256: str, device: str, threads: 
 
     model None: the bundled models (Despeckler.for_looks chooses per band), checked as one digest.
     """
-    from ..core.files import bundled_files, model_sha256 as digest_of
+    from ..core.files import model_onnx_files, model_sha256 as digest_of
     from ..core.inference import Despeckler
 
     key = (model, model_sha256, device, threads, with_noise, precision)
@@ -48,8 +48,7 @@ def load_despeckler(model: str | None, model_sha256: str, device: str, threads: 
         if key in _DESPECKLERS:
             return _DESPECKLERS[key]
         # Hashed once per file state (path, size, mtime), the bundled pair as well as a model by path.
-        paths = [model] if model is not None else [p for p in bundled_files() if p.endswith(".onnx")]
-        stamp = tuple((p, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
+        stamp = tuple((p, st.st_size, st.st_mtime_ns) for p in model_onnx_files(model) for st in [os.stat(p)])
         digest = _CHECKED_MODELS.get(stamp) or digest_of(model)
         _CHECKED_MODELS[stamp] = digest
         if digest != model_sha256:

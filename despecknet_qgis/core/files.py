@@ -284,13 +284,17 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def model_onnx_files(model: str | None) -> list[str]:
+    """The ONNX files a model stands for: the file itself, or for None every bundled ONNX model."""
+    return [model] if model is not None else [p for p in bundled_files() if p.endswith(".onnx")]
+
+
 def model_sha256(model: str | None) -> str:
     """The SHA-256 of an ONNX model; for None (the bundled models, chosen per band) one digest
     of every bundled ONNX model, so that the batch's workers can check they hold the same ones."""
     if model is not None:
         return file_sha256(model)
     digest = hashlib.sha256()
-    for path in bundled_files():
-        if path.endswith(".onnx"):
-            digest.update(file_sha256(path).encode())
+    for path in model_onnx_files(None):
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
