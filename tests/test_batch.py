@@ -56,7 +56,9 @@ def leftovers(out):
 
 def test_six_scenes_survive_a_killed_worker_match_sequential_runs_and_rerun_does_nothing(
         client, tiny_model, despeckler, tmp_path):
-    paths = scenes(tmp_path / "in")
+    # 256² scenes: each task runs long enough that a worker is still busy after the first scene is
+    # recorded (at 128² all could finish before the killer saw one running: 5 of 70 runs failed here).
+    paths = scenes(tmp_path / "in", size=256)
     out = str(tmp_path / "out")
     pids = client.run(os.getpid)
     killed = {}
