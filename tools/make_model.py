@@ -93,7 +93,8 @@ class TemporalPairs:
     only approximates; on those dates the simulation-only model painted fields flat.
     """
 
-    def __init__(self, patch: int, rng: np.random.Generator, real_dir: str = real_data.REAL_DIR):
+    def __init__(self, patch: int, rng: np.random.Generator, real_dir: str = real_data.REAL_DIR,
+                 sites: tuple[str, ...] = real_data.REAL_SITES):
         import tempfile
 
         from osgeo import gdal
@@ -105,7 +106,7 @@ class TemporalPairs:
         self.label_gain = math.exp(-real_data.log_bias_of_mean(k))
         self.dates = []  # (intensity, leave-one-out label, stable mask, whole-date offset)
         rows = real_data.TRAIN_ROWS
-        for site in real_data.REAL_SITES:
+        for site in sites:
             stack = real_data.site_stack(site, real_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 src = os.path.join(tmp, "stack.tif")
@@ -226,6 +227,11 @@ def main() -> None:
     ap.add_argument("--real-energy", action="store_true",
                     help="the local energy term on the real patches too, against their temporal mean's own "
                          "local intensity (mixed_batch)")
+    ap.add_argument("--real-sites", default=",".join(real_data.REAL_SITES),
+                    help="comma-separated sites whose dates --real-fraction uses (leave one out to measure how "
+                         "real training carries over to a site it never saw)")
+    ap.add_argument("--candidate-dir", default=CANDIDATE_DIR,
+                    help="where candidates are written and --publish reads them (one per concurrent run)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
     ap.add_argument("--as", dest="publish_as", choices=["general", "multilook"], default="general",
                     help="with --publish: the bundled model it becomes (multilook: the one for 3 looks or more)")
@@ -237,13 +243,13 @@ def main() -> None:
         multilook = args.publish_as == "multilook"
         stem = MULTILOOK_MODEL if multilook else GENERAL_MODEL
         version, description = (MULTILOOK_VERSION, MULTILOOK_DESCRIPTION) if multilook else (VERSION, DESCRIPTION)
-        shutil.copyfile(os.path.join(CANDIDATE_DIR, "despecknet.pt"), os.path.join(BUNDLED_DIR, stem + ".pt"))
-        shutil.copyfile(os.path.join(CANDIDATE_DIR, "training_log.json"),
+        shutil.copyfile(os.path.join(args.candidate_dir, "despecknet.pt"), os.path.join(BUNDLED_DIR, stem + ".pt"))
+        shutil.copyfile(os.path.join(args.candidate_dir, "training_log.json"),
                         os.path.join(BUNDLED_DIR, "training_log.json" if not multilook else stem + "_training_log.json"))
         # Exported again, so that the ONNX file carries this script's version and description.
         model, record = load_checkpoint(os.path.join(BUNDLED_DIR, stem + ".pt"))
         export_onnx(model, os.path.join(BUNDLED_DIR, stem + ".onnx"), record, version, description)
-        print(f"published {CANDIDATE_DIR} to {BUNDLED_DIR} as {stem}, version {version}")
+        print(f"published {args.candidate_dir} to {BUNDLED_DIR} as {stem}, version {version}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +260,11 @@ def main() -> None:
     if args.real_fraction > 0:
         if not real_data.available():
             sys.exit(f"--real-fraction needs the real dates in {real_data.REAL_DIR}")
-        real = TemporalPairs(args.patch, train.rng)
+        sites = tuple(s for s in args.real_sites.split(",") if s)
+        unknown = sorted(set(sites) - set(real_data.REAL_SITES))
+        if unknown or not sites:
+            sys.exit(f"--real-sites: give some of {', '.join(real_data.REAL_SITES)} (got {args.real_sites!r})")
+        real = TemporalPairs(args.patch, train.rng, sites=sites)
         print(f"real dates: {len(real.dates)}, stable fraction {real.stable_fraction:.3f}", flush=True)
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
@@ -287,7 +297,7 @@ def main() -> None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
     log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db,
-                        "real_fraction": args.real_fraction, "structure": args.structure,
+                        "real_fraction": args.real_fraction, "real_sites": args.real_sites, "structure": args.structure,
                         "structure_on": args.structure_on, "real_energy": args.real_energy, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -306,8 +316,8 @@ def main() -> None:
     def stage_entry(seconds):
         data = "realistic simulated SAR scenes (tools/make_model.py)"
         if real is not None:
-            data += (f"; {args.real_fraction:.0%} of each batch: real Sentinel-1 single-look dates against the mean "
-                     f"of their site's other dates, stable pixels, rows 0-{real_data.TRAIN_ROWS - 1}")
+            data += (f"; {args.real_fraction:.0%} of each batch: real Sentinel-1 single-look dates ({args.real_sites}) "
+                     f"against the mean of their site's other dates, stable pixels, rows 0-{real_data.TRAIN_ROWS - 1}")
         return {"phase": 1, "data": data,
                 "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "steps": step,
                 "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,
@@ -341,10 +351,10 @@ def main() -> None:
             save_state()
         if step % args.candidate_every == 0:
             write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log,
-                            os.path.join(CANDIDATE_DIR, f"step{step}"))
+                            os.path.join(args.candidate_dir, f"step{step}"))
     save_state()
-    write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log, CANDIDATE_DIR)
-    print(f"{'stopped' if stop['now'] else 'done'} at step {step}; state in {args.state}; candidate in {CANDIDATE_DIR}",
+    write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log, args.candidate_dir)
+    print(f"{'stopped' if stop['now'] else 'done'} at step {step}; state in {args.state}; candidate in {args.candidate_dir}",
           flush=True)
 
 
