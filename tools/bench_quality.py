@@ -24,6 +24,10 @@ Scenes
   Every method despeckles the whole 256x256 date, but only rows 128-255 are scored: the
   model may be trained on rows 0-127 of these dates (tools/real_data.py, make_model.py
   --real-fraction), never on the scored rows.
+  `--real-dir DIR --real-sites a,b,c` scores other sites laid out the same way (SITE_1.npy ..
+  SITE_5.npy, single-look amplitudes); a site that training never used is scored on every
+  row. Sites that training never saw are the fair test of how the model generalises (model
+  card, "Three real sites the model never saw").
 
 Methods
 - deSpeckNet, bundled model (models/despecknet.onnx) through the plugin's core
@@ -75,7 +79,7 @@ from despecknet_qgis.core.quicklook import db_range, db_to_byte, write_png  # no
 from despecknet_qgis.core.raster import read_band, write_raster  # noqa: E402
 from despecknet_qgis.core.simulate import observe, simulate_reflectivity  # noqa: E402
 from tools.real_data import available as real_data_available  # noqa: E402
-from tools.real_data import REAL_DATES, REAL_DIR, REAL_SITES, TRAIN_ROWS, leave_one_out, log_bias_of_mean, site_stack  # noqa: E402
+from tools.real_data import REAL_DATES, REAL_DIR, REAL_SITES, TRAIN_ROWS, first_scored_row, leave_one_out, log_bias_of_mean, site_stack  # noqa: E402
 
 OUT = os.path.join(ROOT, "build", "bench-quality")
 PEERS_PYTHON = os.path.join(ROOT, "build", "peers-venv", "bin", "python")
@@ -216,12 +220,13 @@ def bright_points(reference, valid, count=30, min_cnn=6.0):
     return out
 
 
-def real_cases(real_dir, quick):
+def real_cases(real_dir, quick, sites=REAL_SITES):
     """Each date against the mean of the others, scored on the rows training never sees (tools/real_data.py)."""
     k = REAL_DATES - 1
     bias = log_bias_of_mean(k)  # E[ln mean of K 1-look intensities] - ln X
     cases = []
-    for site in REAL_SITES:
+    for site in sites:
+        first_row = first_scored_row(site)
         stack = site_stack(site, real_dir)
         for d in range(1, REAL_DATES + 1):
             if quick and d > 1:
@@ -230,7 +235,7 @@ def real_cases(real_dir, quick):
             ref = leave_one_out(stack, d - 1)
             valid = np.isfinite(y) & (y > 0) & np.isfinite(ref) & (ref > 0)
             # The methods see the whole date; only the held-out rows are scored.
-            valid[:TRAIN_ROWS] = False
+            valid[:first_row] = False
             wins = mt.most_homogeneous_windows(ref, valid, 16, 8)
             areas = []
             for win in wins:
@@ -238,7 +243,7 @@ def real_cases(real_dir, quick):
                 m[win] = True
                 areas.append(m)
             h, w = y.shape
-            c0 = TRAIN_ROWS, (w - CROP) // 2
+            c0 = max(first_row, h - CROP), (w - CROP) // 2
             rest = [i for i in range(REAL_DATES) if i != d - 1]
             split_points, split_ref = [], []
             for half in itertools.combinations(rest, 2):
@@ -247,7 +252,7 @@ def real_cases(real_dir, quick):
                 split_points.append(points)
                 split_ref.append(finite_mean([mt.c_nn(other_half, r, c) for r, c in points]))
             case = Case(f"real_{site}_{d}", f"Real S1 single-look {site} date {d} vs mean of the other {k} dates, "
-                        f"rows {TRAIN_ROWS}-{h - 1}", f"real {site}", y, valid, ref, math.exp(-bias), "amplitude", None,
+                        f"rows {first_row}-{h - 1}", f"real {site}", y, valid, ref, math.exp(-bias), "amplitude", None,
                         1.0, areas, bright_points(ref, valid), (slice(c0[0], h), slice(c0[1], c0[1] + CROP)), real=True,
                         split_points=split_points, cnn_split_ref=finite_mean(split_ref))
             cases.append(case)
@@ -609,6 +614,9 @@ def main():
     ap.add_argument("--candidate", action="append", default=[], metavar="[LABEL=]PATH",
                     help="another deSpeckNet ONNX model to score beside the bundled one (repeatable)")
     ap.add_argument("--real-dir", default=REAL_DIR)
+    ap.add_argument("--real-sites", default=",".join(REAL_SITES),
+                    help="comma-separated sites of --real-dir, each as SITE_1.npy .. SITE_5.npy (single-look "
+                         "amplitudes); sites other than the training ones are scored on every row")
     ap.add_argument("--peers-python", default=PEERS_PYTHON)
     ap.add_argument("--no-peers", action="store_true", help="plugin methods only")
     ap.add_argument("--out", default=OUT)
@@ -629,11 +637,12 @@ def main():
     cases = simulated_cases(args.quick)
     real_note = ""
     log_bias = None
-    if real_data_available(args.real_dir):
-        real, log_bias = real_cases(args.real_dir, args.quick)
+    sites = tuple(s for s in args.real_sites.split(",") if s)
+    if real_data_available(args.real_dir, sites):
+        real, log_bias = real_cases(args.real_dir, args.quick, sites)
         cases += real
     else:
-        real_note = (f"Real data: skipped, {args.real_dir} (lely_1..5.npy, limagne_1..5.npy) not found. "
+        real_note = (f"Real data: skipped, {args.real_dir} ({', '.join(f'{s}_1..5.npy' for s in sites)}) not found. "
                      "Only simulated scenes were scored.")
         log(real_note)
 
@@ -786,7 +795,7 @@ def main():
         text += [f"- quick-look `{os.path.relpath(png, ROOT)}` (crop rows {case.crop[0].start}:{case.crop[0].stop}, "
                  f"columns {case.crop[1].start}:{case.crop[1].stop}; panels: {', '.join(order)})", ""]
 
-    for site in REAL_SITES:
+    for site in sites:
         site_cases = [c for c in cases if c.real and c.group == f"real {site}"]
         if not site_cases:
             continue
@@ -799,11 +808,14 @@ def main():
             avg.append((m, {k: float(np.mean([x[k] for x in ms])) for k in ms[0]}))
         secs = {m: float(np.mean([c.seconds[m] for c in site_cases])) for m in ran
                 if all(m in c.seconds for c in site_cases)}
+        first_row, rows = first_scored_row(site), site_cases[0].noisy.shape[0]
+        held_out = (f"only (a model may be trained on rows 0 to {TRAIN_ROWS - 1})" if first_row
+                    else "(a site that training never saw)")
         text += [f"## Real Sentinel-1 single-look, {site}: mean over {len(site_cases)} dates", "",
-                 f"Each date ({site_cases[0].noisy.shape[0]}×{site_cases[0].noisy.shape[1]}, despeckled whole) "
-                 f"against the mean of the other dates, scored on rows {TRAIN_ROWS} to {site_cases[0].noisy.shape[0] - 1}"
-                 f" only (a model may be trained on rows 0 to {TRAIN_ROWS - 1}); ENL on the reference's {len(site_cases[0].areas)} most homogeneous 16×16 windows; "
-                 "C_NN at the reference's brightest isolated maxima.", "", method_table(avg, unavailable, secs), ""]
+                 f"Each date ({rows}×{site_cases[0].noisy.shape[1]}, despeckled whole) against the mean of the other "
+                 f"dates, scored on rows {first_row} to {rows - 1} {held_out}; ENL on the reference's "
+                 f"{len(site_cases[0].areas)} most homogeneous 16×16 windows; C_NN at the reference's brightest "
+                 "isolated maxima.", "", method_table(avg, unavailable, secs), ""]
         lines = ["| method | " + " | ".join(f"date {c.name.rsplit('_', 1)[1]}" for c in site_cases) + " |",
                  "|" + "---|" * (len(site_cases) + 1)]
         for m in [NOISY] + ran:

@@ -88,13 +88,13 @@ class TemporalPairs:
     per pixel by E[ln mean] - ln X = digamma(K) - ln K, has the same minimiser as against the
     true reflectivity (its residual speckle only adds a constant). Pixels that the plugin's
     own temporal-label rule (omnibus test) finds changed over the dates are masked out of the
-    loss. Only rows [0, real_data.TRAIN_ROWS) are used: make bench-quality scores the rest.
+    loss. Only rows [0, rows) are used (default real_data.TRAIN_ROWS: make bench-quality scores the rest).
     Real speckle correlation, real texture and real point scatterers are what the simulator
     only approximates; on those dates the simulation-only model painted fields flat.
     """
 
     def __init__(self, patch: int, rng: np.random.Generator, real_dir: str = real_data.REAL_DIR,
-                 sites: tuple[str, ...] = real_data.REAL_SITES):
+                 sites: tuple[str, ...] = real_data.REAL_SITES, rows: int = real_data.TRAIN_ROWS):
         import tempfile
 
         from osgeo import gdal
@@ -105,7 +105,6 @@ class TemporalPairs:
         k = real_data.REAL_DATES - 1
         self.label_gain = math.exp(-real_data.log_bias_of_mean(k))
         self.dates = []  # (intensity, leave-one-out label, stable mask, whole-date offset)
-        rows = real_data.TRAIN_ROWS
         for site in sites:
             stack = real_data.site_stack(site, real_dir)
             with tempfile.TemporaryDirectory() as tmp:
@@ -230,6 +229,9 @@ def main() -> None:
     ap.add_argument("--real-sites", default=",".join(real_data.REAL_SITES),
                     help="comma-separated sites whose dates --real-fraction uses (leave one out to measure how "
                          "real training carries over to a site it never saw)")
+    ap.add_argument("--real-rows", type=int, default=real_data.TRAIN_ROWS,
+                    help="train on rows 0 to N-1 of the real dates; above the default, make bench-quality's real "
+                         "rows of those sites are no longer held out (use sites training never saw to judge)")
     ap.add_argument("--candidate-dir", default=CANDIDATE_DIR,
                     help="where candidates are written and --publish reads them (one per concurrent run)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
@@ -264,7 +266,7 @@ def main() -> None:
         unknown = sorted(set(sites) - set(real_data.REAL_SITES))
         if unknown or not sites:
             sys.exit(f"--real-sites: give some of {', '.join(real_data.REAL_SITES)} (got {args.real_sites!r})")
-        real = TemporalPairs(args.patch, train.rng, sites=sites)
+        real = TemporalPairs(args.patch, train.rng, sites=sites, rows=args.real_rows)
         print(f"real dates: {len(real.dates)}, stable fraction {real.stable_fraction:.3f}", flush=True)
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
@@ -297,7 +299,7 @@ def main() -> None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     log["args"] = {k: v for k, v in vars(args).items() if k not in ("publish",)}
     log["runs"].append({"start_step": step, "regimes": args.regimes, "texture_floor_db": args.texture_floor_db,
-                        "real_fraction": args.real_fraction, "real_sites": args.real_sites, "structure": args.structure,
+                        "real_fraction": args.real_fraction, "real_sites": args.real_sites, "real_rows": args.real_rows, "structure": args.structure,
                         "structure_on": args.structure_on, "real_energy": args.real_energy, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -317,7 +319,7 @@ def main() -> None:
         data = "realistic simulated SAR scenes (tools/make_model.py)"
         if real is not None:
             data += (f"; {args.real_fraction:.0%} of each batch: real Sentinel-1 single-look dates ({args.real_sites}) "
-                     f"against the mean of their site's other dates, stable pixels, rows 0-{real_data.TRAIN_ROWS - 1}")
+                     f"against the mean of their site's other dates, stable pixels, rows 0-{args.real_rows - 1}")
         return {"phase": 1, "data": data,
                 "regimes": args.regimes, "texture_floor_db": args.texture_floor_db, "steps": step,
                 "batch": args.batch, "patch": args.patch, "lr": [args.lr, args.lr_end, "cosine"], "seed": args.seed,

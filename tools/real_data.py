@@ -19,9 +19,14 @@ REAL_DATES = 5
 TRAIN_ROWS = 128
 
 
-def available(real_dir: str = REAL_DIR) -> bool:
+def available(real_dir: str = REAL_DIR, sites: tuple[str, ...] = REAL_SITES) -> bool:
     return os.path.isdir(real_dir) and all(os.path.exists(os.path.join(real_dir, f"{s}_{d}.npy"))
-                                           for s in REAL_SITES for d in range(1, REAL_DATES + 1))
+                                           for s in sites for d in range(1, REAL_DATES + 1))
+
+
+def first_scored_row(site: str) -> int:
+    """Rows before this one may have trained a model here: a site training never used is scored whole."""
+    return TRAIN_ROWS if site in REAL_SITES else 0
 
 
 def site_stack(site: str, real_dir: str = REAL_DIR) -> np.ndarray:
