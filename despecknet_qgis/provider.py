@@ -12,6 +12,7 @@ from .algorithms.quality import QualityAlgorithm
 from .algorithms.speckle_stats import SpeckleStatsAlgorithm
 from .algorithms.temporal_label import TemporalLabelAlgorithm
 from .algorithms.train import TrainAlgorithm
+from .core.raster import RASTER_OUTPUT_EXTENSIONS
 
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 # Example Processing models (tools/make_processing_models.py writes them), added as despecknet:<file name>.
@@ -30,6 +31,9 @@ class DespeckNetProvider(QgsProcessingProvider):
 
     def icon(self):
         return QIcon(ICON)
+
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API
+        return list(RASTER_OUTPUT_EXTENSIONS)  # dialogs offer only what the core writes (core/raster.driver_for)
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         for alg in (DespeckleAlgorithm(), TemporalLabelAlgorithm(), TrainAlgorithm(), FineTuneAlgorithm(),

@@ -722,3 +722,52 @@ def test_case7_finetune_cuda_without_gpu_fails_before_tuning(provider, tiny_mode
     with pytest.raises(QgsProcessingException, match="DEVICE cuda: this PyTorch|DEVICE=cuda was asked for"):
         run("finetune", params)
     assert snapshot(tmp_path) == before
+
+
+def test_a_failed_pair_of_moves_keeps_the_previous_files_where_the_disk_has_no_hard_links(tmp_path, monkeypatch):
+    """FAT, exFAT and some network mounts refuse hard links: the previous model was deleted when the second move failed."""
+    from despecknet_qgis.core import files
+
+    for name in ("m.pt", "m.onnx"):
+        (tmp_path / name).write_text("previous " + name)
+    (tmp_path / "new_pt").write_text("new pt")
+    (tmp_path / "new_onnx").write_text("new onnx")
+
+    def no_hard_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    replace, calls = os.replace, []
+
+    def second_move_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "link", no_hard_links)
+    monkeypatch.setattr(files.os, "replace", second_move_fails)
+    with pytest.raises(OutputError, match="No space left on device"):
+        files.commit_files([(str(tmp_path / "new_pt"), str(tmp_path / "m.pt")),
+                            (str(tmp_path / "new_onnx"), str(tmp_path / "m.onnx"))])
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]
+    assert (tmp_path / "m.pt").read_text() == "previous m.pt" and (tmp_path / "m.onnx").read_text() == "previous m.onnx"
+
+
+def test_core_numbers_that_are_not_numbers_are_refused_before_any_work(despeckler, tmp_path):
+    """looks=nan changed the output silently; a NaN extent and window=0 raised Python errors."""
+    from despecknet_qgis.core.temporal_label import temporal_label
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    y, _ = speckled_scene(64, seed=3)
+    src = write_tif(tmp_path / "y.tif", y)
+    out = str(tmp_path / "out.tif")
+    for looks in (float("nan"), float("inf"), -1.0, 0.0):
+        with pytest.raises(InputError, match="`looks` must be a positive number"):
+            despeckle_raster(src, out, despeckler, looks=looks)
+    with pytest.raises(InputError, match="`extent` .* not a finite number"):
+        despeckle_raster(src, out, despeckler, extent=(float("nan"), 0.0, 1.0, 1.0))
+    second = write_tif(tmp_path / "y2.tif", speckled_scene(64, seed=4)[0])
+    with pytest.raises(InputError, match="`window` \\(0 pixels\\)"):
+        temporal_label([src, second], str(tmp_path / "label.tif"), window=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.tif", "y2.tif"]

@@ -68,3 +68,33 @@ def test_output_never_overwrites_the_zip_behind_a_vsizip_input(provider, tiny_mo
     with pytest.raises(QgsProcessingException, match="OUTPUT .* is the input INPUT"):
         despeckle({"INPUT": name, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": zpath})
     assert zipfile.ZipFile(zpath).read("inner/y.tif") == before  # the raster inside is untouched
+
+
+def test_the_file_behind_a_vrt_input_is_never_overwritten(provider, tiny_model, despeckler, zipped, tmp_path):
+    """A VRT reads other files: writing the output onto one of them would destroy the input."""
+    plain, _, _ = zipped
+    vrt = str(tmp_path / "scene.vrt")
+    gdal.BuildVRT(vrt, [plain]).FlushCache()
+    before = open(plain, "rb").read()
+    with pytest.raises(QgsProcessingException, match=r"OUTPUT .*y\.tif is a file that the input INPUT .*scene\.vrt"):
+        despeckle({"INPUT": vrt, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": plain})
+    with pytest.raises(DespeckNetError, match=r"y\.tif is a file that the input `input_path`"):
+        despeckle_raster(vrt, plain, despeckler)
+    assert open(plain, "rb").read() == before
+
+
+def test_a_band_with_scale_and_offset_is_despeckled_in_the_values_qgis_shows(despeckler, tmp_path):
+    """Int16 dB x 100 with scale 0.01 was despeckled as raw integers: -1298 to -59 'dB' with no scale."""
+    y, _ = speckled_scene(64, seed=41)
+    raw = np.round(10 * np.log10(y) * 100).astype(np.int16)
+    packed = write_tif(tmp_path / "db_x100.tif", raw, nodata=-32768, dtype=gdal.GDT_Int16)
+    ds = gdal.Open(packed, gdal.GA_Update)
+    ds.GetRasterBand(1).SetScale(0.01)
+    ds.GetRasterBand(1).SetOffset(-0.5)
+    ds = None
+    plain = write_tif(tmp_path / "db.tif", raw * 0.01 - 0.5)
+    for src in (packed, plain):
+        despeckle_raster(src, str(tmp_path / ("out_" + os.path.basename(src))), despeckler, domain="decibel")
+    a, b = read_tif(tmp_path / "out_db_x100.tif")[0][0], read_tif(tmp_path / "out_db.tif")[0][0]
+    assert -60 < a.min() and a.max() < 30  # decibels, not hundredths of them
+    np.testing.assert_allclose(a, b, atol=1e-3)

@@ -199,3 +199,13 @@ def test_despeckle_self_ensemble_is_recorded_in_the_output(provider, tiny_model,
     assert ds_a.GetMetadataItem("DESPECKNET_SELF_ENSEMBLE") == "off"
     assert ds_b.GetMetadataItem("DESPECKNET_SELF_ENSEMBLE") == "4 mirrored passes"
     assert np.isfinite(b).all() and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("extension", ["sdat", "bil", "ers", "kro"])
+def test_no_output_is_reported_written_in_a_format_kept_in_sidecar_files(provider, tiny_model, tmp_path, extension):
+    """SAGA, ENVI-style, ERS and KRO outputs were reported written but could not be opened, or lost their CRS."""
+    src = write_tif(tmp_path / "y.tif", speckled_scene(64, seed=5)[0])
+    out = str(tmp_path / f"out.{extension}")
+    expect_error({"INPUT": src, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": out}, r"OUTPUT .*GeoTIFF only", tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["y.tif"]
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif", "tiff"]

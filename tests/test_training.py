@@ -235,3 +235,47 @@ def test_patch_cutter_cuts_the_same_patch_from_image_and_label():
         assert np.isin(a, image).all()
         seen.add((a[0, 1] - a[0, 0], a[1, 0] - a[0, 0]))  # which way rows and columns run
     assert len(seen) == 8  # all four turns, flipped and not
+
+
+def two_band_image_and_one_band_label(tmp_path, size=96):
+    """A VV/VH-like image (band 2 a darker copy) and the one-band label that temporal_label writes."""
+    from osgeo import gdal
+
+    data = pair(tmp_path, size=size)
+    path = str(tmp_path / "vv_vh.tif")
+    gdal.Translate(path, data.noisy, bandList=[1, 1])  # the same grid and CRS as the label
+    ds = gdal.Open(path, gdal.GA_Update)
+    ds.GetRasterBand(2).WriteArray(ds.GetRasterBand(1).ReadAsArray() * 0.2)
+    ds = None
+    return path, data.label
+
+
+def test_training_on_band_2_against_a_one_band_label_uses_the_label_s_only_band(provider, tmp_path):
+    """BAND 2 with a one-band label (what temporallabel writes) ended in a Python AttributeError."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    image, label = two_band_image_and_one_band_label(tmp_path)
+    source = RasterPatches([ImagePair(image, 2, label)], 24, 24)
+    assert source.label_bands == [1]
+    noisy, target, mask = source._read_block(source.training_blocks[0])
+    assert mask.any() and np.isfinite(target[mask > 0]).all()
+    result = processing.run("despecknet:train", {"INPUT": [image], "REFERENCE": [label], "BAND": 2, "EPOCHS": 1,
+                                                 "PATCH_SIZE": 24, "STRIDE": 24, "BATCH_SIZE": 8,
+                                                 "OUTPUT_MODEL": str(tmp_path / "m.onnx")}, feedback=QgsProcessingFeedback())
+    assert result["OUTPUT_MODEL"] == str(tmp_path / "m.onnx") and (tmp_path / "m.pt").exists()
+
+
+def test_a_label_without_the_trained_band_is_refused_naming_both(tmp_path):
+    from osgeo import gdal
+
+    image, label = two_band_image_and_one_band_label(tmp_path)
+    two = str(tmp_path / "label_2.tif")
+    gdal.Translate(two, label, bandList=[1, 1])
+    assert RasterPatches([ImagePair(image, 2, two)], 24, 24).label_bands == [2]  # its own band 2
+    three = str(tmp_path / "three.tif")
+    gdal.Translate(three, image, bandList=[1, 2, 2])
+    with pytest.raises(DespeckNetError, match=r"label_2\.tif has 2 band\(s\), so it has no band 3 for band 3 of .*three\.tif"):
+        RasterPatches([ImagePair(three, 3, two)], 24, 24)
+    with pytest.raises(DespeckNetError, match=r"no band 3 for band 1"):  # a band asked for explicitly is checked too
+        RasterPatches([ImagePair(image, 1, two, 3)], 24, 24)

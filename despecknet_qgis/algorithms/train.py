@@ -39,7 +39,9 @@ class TrainAlgorithm(DespeckNetAlgorithm):
             "Trains deSpeckNet on noisy images and clean reference labels (for example from Temporal reference "
             "label), with the paper's loss mu·MSE(label, X̂) + xi·MSE(Y, X̂·N̂) + lambda·TV(X̂). Pixels that are "
             "nodata in the image or the label, or 0 in the optional mask, contribute nothing.<br><br>"
-            "Give INPUT and REFERENCE layers in the same order (one label per image). Defaults follow the "
+            "Give INPUT and REFERENCE layers in the same order (one label per image). BAND is the band of the "
+            "images; a label gives its own band of that number, or its only band (Temporal reference label writes "
+            "one). Defaults follow the "
             "paper: 40x40 patches, batch 128, Adam, learning rate 1e-3 down to 1e-4 in 3 steps, mu 1, xi 0.01. "
             "Progress shows the loss per epoch; cancelling keeps the checkpoint of the last finished epoch.<br>"
             "Outputs: an ONNX model for Despeckle SAR image and, beside it, a .pt checkpoint for fine-tuning or "
@@ -52,7 +54,7 @@ class TrainAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Noisy images"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.REFERENCE, self.tr("Reference labels (same order)"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MASK, self.tr("Masks (1 = use; optional, same order)"), QgsProcessing.TypeRaster, optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of images and labels"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BAND, self.tr("Band of the images (and of multi-band labels)"), QgsProcessingParameterNumber.Integer, 1, minValue=1))
         self.addParameter(QgsProcessingParameterEnum(self.INPUT_DOMAIN, self.tr("Input domain"), DOMAIN_LABELS, defaultValue=0))
         self.add_number(self.EPOCHS, "Epochs", PHASE1_TRAINING.epochs, integer=True, allowed=RANGES["epochs"])
         add_training_parameters(self, PHASE1_TRAINING, advanced_lr=False)
@@ -81,7 +83,8 @@ class TrainAlgorithm(DespeckNetAlgorithm):
             raise QgsProcessingException(f"{len(masks)} mask(s) for {len(images)} image(s): give one MASK per INPUT or none.")
         band = self.parameterAsInt(parameters, self.BAND, context)
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
-        pairs = [ImagePair(img, band, lab, band, masks[i] if masks else None, domain) for i, (img, lab) in enumerate(zip(images, labels))]
+        # The label's band: the same one where the label has it, else band 1 of a one-band label (ImagePair).
+        pairs = [ImagePair(img, band, lab, None, masks[i] if masks else None, domain) for i, (img, lab) in enumerate(zip(images, labels))]
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         weights = LossWeights(*(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
         report = self.run_core(

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.errors import InputError, OutputError
-from ..core.files import file_sha256, same_file
+from ..core.files import dataset_files, file_sha256, same_file
 
 MANIFEST = "despecknet-manifest.jsonl"
 WORK_DIR = ".despecknet-batch"  # per-band parts and done-markers, inside the output folder
@@ -89,14 +89,7 @@ def output_stem(name: str) -> str:
 
 def input_files(name: str) -> list[str]:
     """The files a dataset is made of (GDAL's file list), or the name alone."""
-    from osgeo import gdal
-
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
-        files = (ds.GetFileList() or []) if ds is not None else []
-    finally:
-        gdal.PopErrorHandler()
+    files = dataset_files(name)
     # GDAL's and QGIS's own sidecars (statistics, overviews) change when a raster is only looked at
     files = [f for f in files if os.path.isfile(f) and not f.lower().endswith(SIDECARS)]
     if not files and os.path.isfile(name):

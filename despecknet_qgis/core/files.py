@@ -62,6 +62,19 @@ def same_file(a: str, b: str) -> bool:
         return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
 
 
+def dataset_files(name: str) -> list[str]:
+    """The files GDAL reads for a raster dataset name (a VRT's sources, a SAFE's measurements,
+    sidecars), or [] where the name does not open as a raster."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
+        return list(ds.GetFileList() or []) if ds is not None else []
+    finally:
+        gdal.PopErrorHandler()
+
+
 def protected_files() -> list[str]:
     """Files no algorithm may write: the bundled models and their checkpoints."""
     return bundled_files()
@@ -159,21 +172,43 @@ def check_outputs(outputs: dict, inputs: dict | None = None) -> None:
     inputs also a list of paths). Messages name the arguments, so a caller can map them.
     """
     given = [(a, p) for a, p in outputs.items() if p]
+    read = [(in_arg, in_path, [in_path, *dataset_files(in_path)]) for in_arg, in_path in _input_paths(inputs or {})]
     for argument, path in given:
         check_output_path(path, argument)
-        for in_arg, in_path in _input_paths(inputs or {}):
-            if same_file(path, in_path):
-                raise OutputError(f"`{argument}` {path} is the input `{in_arg}`: choose another file; inputs are never overwritten.")
+        for in_arg, in_path, files in read:
+            for f in files:
+                if not same_file(path, f):
+                    continue
+                if f == in_path:
+                    raise OutputError(f"`{argument}` {path} is the input `{in_arg}`: choose another file; inputs are "
+                                      "never overwritten.")
+                # a VRT, a SAFE folder or a sub-dataset reads other files: writing one of them destroys the input
+                raise OutputError(f"`{argument}` {path} is a file that the input `{in_arg}` ({in_path}) reads: "
+                                  "choose another file; inputs are never overwritten.")
     for i, (a, p) in enumerate(given):
         for b, q in given[i + 1:]:
             if same_file(p, q):
                 raise OutputError(f"`{a}` and `{b}` are the same file {p}: choose two different files.")
 
 
+def _copy_aside(dest: str, previous: str) -> None:
+    import shutil
+
+    try:
+        shutil.copy2(dest, previous)
+    except OSError as exc:
+        if os.path.exists(previous):
+            os.remove(previous)
+        raise OutputError(f"Cannot keep a copy of {dest} while its new version and the outputs written with it "
+                          f"are moved into place ({exc.strerror or exc}); nothing was replaced. Free some space "
+                          "or write into another folder.") from exc
+
+
 def commit_files(moves: list[tuple[str, str]]) -> None:
     """Move each finished partial file onto its destination, all or none.
 
-    Files already at the destinations are kept (hard links beside them) until every move
+    Files already at the destinations are kept (hard links beside them, copies where the
+    file system has no hard links) until every move
     succeeded; if one fails, the destinations moved so far get their previous files back
     (or are removed if they had none) and OutputError is raised. Partial files are removed
     on failure.
@@ -189,7 +224,10 @@ def commit_files(moves: list[tuple[str, str]]) -> None:
                 try:
                     os.link(dest, previous)
                 except OSError:
-                    previous = None  # no hard links here: the old file is replaced without a copy kept
+                    if len(moves) == 1:
+                        previous = None  # one atomic replace: the old file stays unless the new one lands
+                    else:
+                        _copy_aside(dest, previous)  # FAT, exFAT, some network mounts: no hard links
             try:
                 os.replace(tmp, dest)
             except OSError:

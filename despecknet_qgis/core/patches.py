@@ -37,7 +37,9 @@ class ImagePair:
     noisy: str
     band: int = 1
     label: str | None = None
-    label_band: int = 1
+    # None: the image's band where the label has that many bands, else band 1 of a one-band label
+    # (temporal_label writes one band per polarisation).
+    label_band: int | None = None
     mask: str | None = None
     domain: str = "intensity"
     # Without a label the target is the image itself, shifted by this much in the
@@ -62,6 +64,7 @@ class RasterPatches:
         self.pairs, self.patch, self.stride = pairs, patch, stride
         self._datasets: dict = {}
         self.offsets: list[float] = []
+        self.label_bands: list[int] = []
         blocks: list[_Block] = []
         for i, pair in enumerate(pairs):
             dm.check_domain(pair.domain)
@@ -70,6 +73,7 @@ class RasterPatches:
             for other, what in ((pair.label, "label"), (pair.mask, "mask")):
                 if other:
                     check_same_grid(ds, pair.noisy, open_raster(other), f"The {what} {other}")
+            self.label_bands.append(self._label_band(pair))
             if ds.RasterXSize < patch or ds.RasterYSize < patch:
                 raise InputError(
                     f"{pair.noisy} is {ds.RasterXSize}x{ds.RasterYSize} pixels, smaller than one "
@@ -100,6 +104,17 @@ class RasterPatches:
                 + (" and labelled" if any(p.label for p in pairs) else "") + "): check nodata, the label and the mask."
             )
 
+    @staticmethod
+    def _label_band(pair: ImagePair) -> int:
+        if not pair.label:
+            return 1
+        count = open_raster(pair.label).RasterCount
+        band = pair.label_band or (pair.band if count >= pair.band else 1 if count == 1 else pair.band)
+        if not 1 <= band <= count:
+            raise InputError(f"The label {pair.label} has {count} band(s), so it has no band {band} for band "
+                             f"{pair.band} of {pair.noisy}: give a label with one band, or one band per band of the image.")
+        return band
+
     def _dataset(self, path: str):
         # A GDAL band must not outlive its dataset: keep each one open here.
         if path not in self._datasets:
@@ -120,7 +135,8 @@ class RasterPatches:
                                           pair.zero_is_nodata)
         y = dm.network_input(intensity, valid, offset)
         if pair.label:
-            lint, lvalid = read_intensity(self._dataset(pair.label).GetRasterBand(pair.label_band), win, pair.domain)
+            lint, lvalid = read_intensity(self._dataset(pair.label).GetRasterBand(self.label_bands[block.image]), win,
+                                          pair.domain)
             lvalid &= lint > 0
             target = dm.normalise(np.where(lvalid, lint, 1.0), offset)
             valid = valid & lvalid

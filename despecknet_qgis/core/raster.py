@@ -163,6 +163,15 @@ def read(band: gdal.Band, win: Window) -> np.ndarray:
     return data
 
 
+def scaled(band: gdal.Band, values: np.ndarray) -> np.ndarray:
+    """Physical values: raw x scale + offset where the band declares them (e.g. Int16 holding dB x 100
+    with scale 0.01), as QGIS shows them. Nodata is compared with the raw values, before this."""
+    scale, offset = band.GetScale(), band.GetOffset()
+    if scale in (None, 1.0) and offset in (None, 0.0):
+        return values
+    return values * (1.0 if scale is None else scale) + (0.0 if offset is None else offset)
+
+
 def nodata_of(band: gdal.Band) -> float | None:
     nd = band.GetNoDataValue()
     return None if nd is None else float(nd)
@@ -205,7 +214,7 @@ def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bo
     if not np.iscomplexobj(values):
         values = values.astype(np.float64)
     valid = valid_mask(values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
-    return values_as_intensity(np.where(valid, values, 1.0), domain), valid
+    return values_as_intensity(np.where(valid, scaled(band, values), 1.0), domain), valid
 
 
 @dataclass
@@ -329,6 +338,7 @@ class _StatisticsPart:
         if not np.iscomplexobj(values):
             values = values.astype(np.float64)
         valid = valid_mask(values, self.nodata)
+        values = scaled(self.band, values)
         v = values[valid]
         if not np.isfinite(v).all():
             raise InputError(
@@ -424,6 +434,9 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
     Raises:
         InputError: the raster has no georeferencing, or the rectangle misses it.
     """
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has a coordinate that is not a finite "
+                         "number: give four finite coordinates, or leave the extent empty.")
     gt = ds.GetGeoTransform(can_return_null=True)
     if gt is not None and gt[2] == 0 and gt[4] == 0:
         cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
@@ -467,17 +480,19 @@ def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
     return values != nodata
 
 
-def driver_for(path: str) -> str:
+RASTER_OUTPUT_EXTENSIONS = ("tif", "tiff")
+
+
+def driver_for(path: str, argument: str = "output") -> str:
+    """GTiff, the one format written: a single file that holds the grid, CRS, nodata, band names and
+    metadata, so the checked partial file is the whole output once renamed. Formats that keep
+    these in sidecar files (SAGA, ENVI, BIL, ERS...) were reported written but could not be opened."""
     ext = os.path.splitext(path)[1].lower().lstrip(".")
-    if ext in ("tif", "tiff"):
+    if ext in RASTER_OUTPUT_EXTENSIONS:
         return "GTiff"
-    for i in range(gdal.GetDriverCount()):
-        drv = gdal.GetDriver(i)
-        meta = drv.GetMetadata() or {}
-        if meta.get("DCAP_RASTER") == "YES" and meta.get("DCAP_CREATE") == "YES":
-            if ext and ext in (meta.get("DMD_EXTENSIONS") or "").split():
-                return drv.ShortName
-    raise OutputError(f"Cannot write {path}: no GDAL driver creates '.{ext}' rasters. Use a .tif output.")
+    raise OutputError(f"`{argument}` {path}: rasters are written as GeoTIFF only (one file that keeps the grid, CRS, "
+                      "nodata, band names and provenance). Give a .tif file name; convert the result afterwards "
+                      "(Raster > Conversion > Translate) if another format is needed.")
 
 
 class RasterOutput:
@@ -500,7 +515,7 @@ class RasterOutput:
         band names (VV, VH); `metadata` goes into the dataset's default metadata domain.
         """
         self.path = check_output_path(path, argument)
-        driver_name = driver_for(path)
+        driver_name = driver_for(path, argument)
         remove_stale_partials(self.path)
         self.tmp = partial_path(self.path)
         self._own_errors = errors is None

@@ -17,7 +17,7 @@ from . import domain as dm
 from . import metrics as mt
 from .defaults import ZERO_IS_NODATA
 from .errors import InputError, translate_errors
-from .raster import Window, check_bands, input_nodata, open_raster, read, valid_mask, values_as_intensity
+from .raster import Window, check_bands, input_nodata, open_raster, read, scaled, valid_mask, values_as_intensity
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -116,7 +116,7 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
         else:
             values = read(b, win)
             inside = polygon_mask(geometry, gt, win, ds.GetProjection()) & valid_mask(values, nodata) & np.isfinite(values)
-            sample = values_as_intensity(values[inside], domain, f"{raster} band {band}")
+            sample = values_as_intensity(scaled(b, values)[inside], domain, f"{raster} band {band}")
         n = int(sample.size)
         results.append(RegionStats(
             raster=raster, polygon=i, pixels=n,

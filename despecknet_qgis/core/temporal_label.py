@@ -42,7 +42,7 @@ import numpy as np
 
 from . import domain as dm
 from .defaults import ZERO_IS_NODATA
-from .errors import DespeckNetError
+from .errors import DespeckNetError, InputError
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
 
@@ -300,6 +300,9 @@ def temporal_label(
         raise DespeckNetError("MULTILOOK must be an odd window size (1, 3, 5, ...).")
     if rule == "omnibus" and (test_window < 1 or test_window % 2 == 0):
         raise DespeckNetError("TEST_WINDOW must be an odd window size (1, 3, 5, ...).")
+    if window < max(multilook, test_window, 1):
+        raise InputError(f"`window` ({window} pixels) must be at least the test and multilook windows "
+                         f"({max(multilook, test_window)}): it is the size of the blocks the stack is read in.")
     if rule in ("speckle_test", "omnibus") and not 0 < alpha < 1:
         raise DespeckNetError("ALPHA must lie between 0 and 1.")
     dates = _stack_dates(list(inputs), band)

@@ -115,6 +115,8 @@ def despeckle_raster(
     output_domain = dm.check_domain(output_domain or domain)
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"Unknown `output_type` {output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
+    if looks is not None and not (np.isfinite(looks) and looks > 0):
+        raise InputError(f"`looks` must be a positive number (got {looks!r}); leave it empty to estimate it per band.")
     started = time.perf_counter()
     network_before = getattr(despeckler, "network_seconds", 0.0)
     check_outputs({"output_path": output_path, "noise_path": noise_path},
