@@ -442,3 +442,46 @@ def test_a_worker_refuses_a_model_file_that_changed_since_the_batch_started(tmp_
     assert tasks.load_despeckler(None, model_sha256(None), "cpu", 1, False, "fp32").bundled
     with pytest.raises(ModelError, match="the bundled models"):
         tasks.load_despeckler(None, digest, "cpu", 1, False, "fp32")
+
+
+def test_an_output_damaged_since_its_run_is_despeckled_again_not_reported_done(tiny_model, tmp_path):
+    """The finished task's marker trusted any file at the output's name: a zeroed or truncated output was kept."""
+    src = write_tif(tmp_path / "a.tif", speckled_scene(64, seed=12)[0])
+    out = str(tmp_path / "out")
+    name = os.path.join(out, "a_despeckled.tif")
+    run_batch([src], out, model=tiny_model[0], in_process=True)
+    good = read_tif(name)[0][0]
+    write_tif(name, np.zeros_like(good))  # replaced
+    second = run_batch([src], out, model=tiny_model[0], in_process=True)
+    assert second.done == [name] and not records(out)[-1].get("reused")
+    np.testing.assert_array_equal(read_tif(name)[0][0], good)
+    with open(name, "r+b") as fh:  # truncated
+        fh.truncate(os.path.getsize(name) // 2)
+    third = run_batch([src], out, model=tiny_model[0], in_process=True)
+    assert third.done == [name]
+    np.testing.assert_array_equal(read_tif(name)[0][0], good)
+
+
+def test_force_despeckles_again_in_this_process_too(tiny_model, tmp_path):
+    """`force` cleared the finished tasks' markers only on Dask: without it, the old result was reported again."""
+    src = write_tif(tmp_path / "a.tif", speckled_scene(64, seed=13)[0])
+    out = str(tmp_path / "out")
+    run_batch([src], out, model=tiny_model[0], in_process=True)
+    name = os.path.join(out, "a_despeckled.tif")
+    before = os.stat(name).st_mtime_ns
+    time.sleep(0.01)
+    forced = run_batch([src], out, model=tiny_model[0], in_process=True, force=True)
+    assert forced.done == [name] and not records(out)[-1].get("reused")
+    assert os.stat(name).st_mtime_ns != before
+
+
+def test_an_output_folder_that_is_the_input_folder_reruns_without_taking_its_outputs_as_inputs(tiny_model, tmp_path):
+    """The second run took a_despeckled.tif as an input and refused to overwrite it (exit 2)."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    write_tif(folder / "a.tif", speckled_scene(64, seed=14)[0])
+    first = run_batch(expand_inputs([str(folder)]), str(folder), model=tiny_model[0], in_process=True)
+    assert first.done == [str(folder / "a_despeckled.tif")]
+    second = run_batch(expand_inputs([str(folder)]), str(folder), model=tiny_model[0], in_process=True)
+    assert second.skipped == [str(folder / "a_despeckled.tif")] and second.done == [] and second.failed == {}
+    assert expand_inputs([str(folder)]) == [str(folder / "a.tif")]

@@ -55,6 +55,8 @@ def expand_inputs(items: list[str], lists: list[str] | None = None) -> list[str]
         if os.path.isdir(item) and not item.rstrip("/").upper().endswith(".SAFE"):
             found = sorted(p for p in glob.glob(os.path.join(glob.escape(item), "*"))
                            if p.lower().endswith(RASTER_EXTENSIONS) and os.path.isfile(p))
+            # An earlier run's outputs in the same folder are not new inputs (an output folder = input folder rerun).
+            found = [p for p in found if not despecknet_output(p)]
             if not found:
                 raise InputError(f"The folder {item} holds no raster ({', '.join(RASTER_EXTENSIONS)}): "
                                  "name the files, or list them in a text file given as @LIST.")
@@ -71,6 +73,18 @@ def expand_inputs(items: list[str], lists: list[str] | None = None) -> list[str]
     if not unique:
         raise InputError("No input was given: name rasters, SAFE products, folders, or @LIST files.")
     return unique
+
+
+def despecknet_output(path: str) -> bool:
+    """Whether a raster is an output of this plugin (its provenance metadata says so)."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+        return ds is not None and bool(ds.GetMetadataItem("DESPECKNET_ALGORITHM"))
+    finally:
+        gdal.PopErrorHandler()
 
 
 def output_stem(name: str) -> str:

@@ -166,7 +166,7 @@ def run_batch(inputs: list[str], output_dir: str, model: str | None = None, devi
             log("Scenes one after the other in this process" + ("" if in_process else
                 " (Python packages dask and distributed are missing; " + INSTALL_DASK + " to use several cores)"))
             _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started,
-                      precision)
+                      precision, force)
             report.seconds = time.perf_counter() - started
             return report
         own = client is None
@@ -214,7 +214,7 @@ def dask_available() -> bool:
 
 
 def _run_here(todo, model, model_sha, device, ort_threads, options, manifest, report, progress, bar, started,
-              precision="auto") -> None:
+              precision="auto", force=False) -> None:
     """The scenes one after the other in this process, through the tasks the workers run."""
     total, failed = len(todo), 0
     common = {"model": model, "model_sha256": model_sha, "device": device, "threads": ort_threads,
@@ -223,6 +223,8 @@ def _run_here(todo, model, model_sha, device, ort_threads, options, manifest, re
         job = {**common, "input": s.input, "output": s.output, "noise_output": s.noise_output, "bands": s.bands,
                "key": s.key}
         progress.info(f"[{k + 1}/{total}] {s.input} -> {s.output}")
+        if force:
+            clear_marker(s.output)
         result = despeckle_band(job, progress.part(100.0 * k / total, 100.0 * (k + 1) / total))
         if result.get("status") == "cancelled" or progress.cancelled():
             raise Cancelled(f"Cancelled: {k} of {total} scene(s) finished and are recorded in {report.manifest}; "

@@ -70,15 +70,30 @@ def part_path(output_dir: str, stem: str, band: int, noise: bool = False) -> str
     return os.path.join(output_dir, WORK_DIR, "parts", f"{stem}.b{band}{'.speckle' if noise else ''}.tif")
 
 
+def _written(job: dict) -> dict | None:
+    """Size and modification time of each of the job's outputs, or None when one is missing."""
+    found = {}
+    for path in filter(None, (job["output"], job.get("noise_output"))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        found[path] = [st.st_size, st.st_mtime_ns]
+    return found
+
+
 def _reuse(job: dict) -> dict | None:
-    """The recorded result when this job's outputs were already written with the same key."""
+    """The recorded result when this job's outputs were written with the same key and are still as written.
+
+    An output replaced, truncated or touched since (its size or modification time differs) is
+    written again rather than reported done.
+    """
     try:
         with open(marker_path(job["output"]), encoding="utf-8") as fh:
             done = json.load(fh)
     except (OSError, ValueError):
         return None
-    outputs = [job["output"], job.get("noise_output")]
-    if done.get("key") != job["key"] or not all(os.path.isfile(p) for p in outputs if p):
+    if done.get("key") != job["key"] or done.get("outputs") is None or done["outputs"] != _written(job):
         return None
     return {**done.get("result", {}), "reused": True, "worker": worker_name()}
 
@@ -88,7 +103,7 @@ def _mark_done(job: dict, result: dict) -> None:
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     tmp = partial_path(marker)
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"key": job["key"], "result": result}, fh)
+        json.dump({"key": job["key"], "result": result, "outputs": _written(job)}, fh)
     os.replace(tmp, marker)
 
 
