@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import read_tif, write_tif
+from conftest import read_tif, speckled_scene, write_tif
 from despecknet_qgis.core import metrics as mt
 from despecknet_qgis.core.errors import DespeckNetError
 from despecknet_qgis.core.quality import quality_metrics
@@ -175,3 +175,18 @@ def test_most_homogeneous_windows():
         taken[r, c] += 1
         assert valid[r, c].all()
     assert taken.max() == 1  # no overlap
+
+
+def test_quality_keeps_the_ratio_figures_when_the_reference_is_constant_or_is_the_noisy_image(tmp_path):
+    """Both raised 'math domain error', and the mean and variance of the ratio image were lost with it."""
+    import math
+
+    y, scene = speckled_scene(64, seed=3)
+    ref = write_tif(tmp_path / "ref.tif", scene.reflectivity)
+    noisy = write_tif(tmp_path / "noisy.tif", y)
+    est = write_tif(tmp_path / "est.tif", 0.5 * (y + scene.reflectivity))
+    same = quality_metrics(est, ref, ref)  # the noisy image is the reference: nothing to despeckle
+    assert math.isnan(same.dg) and math.isfinite(same.psnr_db) and same.mor > 0
+    flat = quality_metrics(est, noisy, write_tif(tmp_path / "flat.tif", np.full((64, 64), 0.1)))
+    assert math.isnan(flat.psnr_db) and math.isnan(flat.psnr_8bit) and math.isnan(flat.ssim_8bit)
+    assert flat.mor > 0 and flat.vor > 0 and math.isfinite(flat.dg)

@@ -357,3 +357,45 @@ def test_parameter_checks_do_not_calibrate_the_product(provider, safe, tmp_path)
     ok, message = alg.checkParameterValues({"INPUT": str(broken), "OUTPUT": str(tmp_path / "o.tif")},
                                            QgsProcessingContext())
     assert not ok and "manifest.safe" in message
+
+
+def test_areas_and_points_on_a_product_georeferenced_by_gcps_measure_the_pixels_under_them(provider, safe, tmp_path):
+    """A GRD has GCPs, no geotransform: speckle statistics found no pixel under a polygon, and quality's
+    C_NN read longitude and latitude as column and row (0.63 dB instead of 33.37), silently."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    from despecknet_qgis.core.metrics import c_nn
+    from despecknet_qgis.core.raster import check_same_grid
+    from despecknet_qgis.core.region_stats import region_statistics
+
+    root, numbers, _ = safe
+    cal = calibrated_raster(root, str(tmp_path / "cal"))
+    assert gdal.Open(cal).GetGeoTransform(can_return_null=True) is None and gdal.Open(cal).GetGCPCount() > 3
+    lon = lambda col: 7.0 + 0.0003 * col  # noqa: E731 - tests/fake_safe.py's GCPs
+    lat = lambda row: 45.0 + 0.0002 * row  # noqa: E731
+    wkt = (f"POLYGON(({lon(2)} {lat(2)},{lon(38)} {lat(2)},{lon(38)} {lat(62)},{lon(2)} {lat(62)},"
+           f"{lon(2)} {lat(2)}))")
+    stats = region_statistics(cal, [wkt])[0]
+    truth = expected_sigma0(numbers["VV"])[2:62, 2:38]
+    assert abs(stats.pixels - truth.size) < 0.1 * truth.size
+    assert stats.mean == pytest.approx(truth.mean(), rel=0.03)
+
+    target = str(tmp_path / "target.tif")
+    gdal.Translate(target, cal, bandList=[1])
+    ds = gdal.Open(target, gdal.GA_Update)
+    a = ds.GetRasterBand(1).ReadAsArray()
+    a[30, 60] = 1000 * a.mean()
+    ds.GetRasterBand(1).WriteArray(a)
+    ds = None
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon(60.5), lat(30.5))))  # the centre of row 30, column 60
+    points.dataProvider().addFeatures([f])
+    result = run("despecknet:quality", {"INPUT": target, "NOISY": target, "POINTS": points, "BAND": 1})
+    assert result["CNN"] == pytest.approx(c_nn(a, 30, 60), abs=0.01)
+
+    moved = str(tmp_path / "moved.tif")
+    gdal.Translate(moved, cal, GCPs=[gdal.GCP(g.GCPX + 0.01, g.GCPY, 0.0, g.GCPPixel, g.GCPLine)
+                                     for g in gdal.Open(cal).GetGCPs()], outputSRS="EPSG:4326")
+    with pytest.raises(InputError, match="other ground control points"):
+        check_same_grid(gdal.Open(cal), cal, gdal.Open(moved), moved)

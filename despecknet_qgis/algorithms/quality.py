@@ -16,6 +16,7 @@ from osgeo import gdal
 
 from ..core.domain import DOMAINS
 from ..core.quality import quality_metrics
+from ..core.raster import world_to_pixel
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
 
 NUMBERS = [
@@ -98,7 +99,9 @@ class QualityAlgorithm(DespeckNetAlgorithm):
             if value is None:
                 continue
             if not math.isfinite(value):
-                why = "see the warnings above" if key.startswith("CNN") else "the despeckled image equals the reference"
+                why = ("see the warnings above" if key.startswith("CNN") else
+                       "the despeckled image equals the reference" if value > 0 else
+                       "undefined here: the reference is constant, or the noisy image equals it")
                 feedback.pushInfo(f"{key}: {value} ({why}); left empty.")
                 continue
             results[key] = value
@@ -111,13 +114,18 @@ class QualityAlgorithm(DespeckNetAlgorithm):
         source = self.parameterAsSource(parameters, self.POINTS, context)
         if source is None:
             return None
-        inv = gdal.InvGeoTransform(gdal.Open(path).GetGeoTransform())
+        ds = gdal.Open(path)
+        to_pixel = world_to_pixel(ds)  # through GCPs where the raster has no geotransform (Sentinel-1 GRD)
         points = []
         for _, geom in geometries_in_crs(source, layer.crs(), context):
             if geom.type() != QgsWkbTypes.PointGeometry:
                 raise QgsProcessingException("POINTS holds other geometries than points: give a layer of points.")
             for p in geom.asMultiPoint() if geom.isMultipart() else [geom.asPoint()]:
-                col, row = gdal.ApplyGeoTransform(inv, p.x(), p.y())
+                cols, rows = to_pixel([p.x()], [p.y()])
+                col, row = float(cols[0]), float(rows[0])
+                if not (math.isfinite(col) and math.isfinite(row)):
+                    raise QgsProcessingException(f"The point ({p.x():g}, {p.y():g}) of POINTS cannot be placed on the "
+                                                 "raster's georeferencing: check the layer's CRS.")
                 # floor, not int(): a point half a pixel left of or above the raster is outside, not pixel 0
                 points.append((math.floor(row), math.floor(col)))
         return points

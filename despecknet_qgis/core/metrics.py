@@ -47,13 +47,19 @@ def to_8bit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def psnr(mse: float, peak: float = 255.0) -> float:
+    """inf for a perfect estimate; NaN where the peak is 0 (a constant reference has no range to compare with)."""
+    if peak <= 0:
+        return math.nan
     return float(10 * math.log10(peak**2 / mse)) if mse > 0 else math.inf
 
 
 def despeckling_gain(mse_noisy: float, mse_estimate: float) -> float:
-    """DG = 10 log10(MSE(Y, X) / MSE(X_hat, X)); infinite for a perfect estimate."""
+    """DG = 10 log10(MSE(Y, X) / MSE(X_hat, X)); infinite for a perfect estimate, NaN when the noisy
+    image is the reference itself (nothing to despeckle)."""
     if mse_estimate == 0:
         return math.inf
+    if mse_noisy == 0:
+        return math.nan
     return float(10 * math.log10(mse_noisy / mse_estimate))
 
 

@@ -157,8 +157,9 @@ def quality_metrics(
         n = sums["n"]
         if n == 0:
             raise InputError("`despeckled`, `noisy` and `reference` share no valid pixel.")
-        report.psnr_8bit = mt.psnr(sums["se8"] / n)
-        report.ssim_8bit = sums["ssim8"] / n
+        # a constant reference has no range to scale to 8 bits: both 8-bit figures are undefined then
+        report.psnr_8bit = mt.psnr(sums["se8"] / n) if hi > lo else math.nan
+        report.ssim_8bit = sums["ssim8"] / n if hi > lo else math.nan
         report.psnr_db = mt.psnr(sums["sedb"] / n, hi_db - lo_db)
         report.ssim_db = sums["ssimdb"] / n
         report.dg = mt.despeckling_gain(sums["se_noisy"] / n, sums["se_est"] / n)

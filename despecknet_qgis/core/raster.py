@@ -391,6 +391,12 @@ def _run_parts(parts: list[_StatisticsPart], progress: Progress, share: float, d
     progress.set(done + share)
 
 
+def _gcps(ds: gdal.Dataset) -> list[tuple[float, float, float, float]]:
+    if ds.GetGeoTransform(can_return_null=True) is not None:
+        return []
+    return [(round(g.GCPPixel, 6), round(g.GCPLine, 6), round(g.GCPX, 9), round(g.GCPY, 9)) for g in ds.GetGCPs()]
+
+
 def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:
     """Rasters used pixel by pixel together must share size, geotransform and CRS."""
     if (other.RasterXSize, other.RasterYSize) != (ref.RasterXSize, ref.RasterYSize):
@@ -400,6 +406,9 @@ def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other
         )
     if other.GetGeoTransform() != ref.GetGeoTransform():
         raise InputError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
+    if _gcps(other) != _gcps(ref):  # rasters georeferenced by GCPs only (Sentinel-1 GRD)
+        raise InputError(f"{other_name} has other ground control points than {ref_name}: they are not on the same "
+                         "pixel grid (despeckle or calibrate both from the same product, or warp both).")
     a, b = other.GetSpatialRef(), ref.GetSpatialRef()
     if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
         raise InputError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
@@ -464,6 +473,35 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
         raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) does not overlap {source}: "
                          "draw it over the raster (in the raster's CRS) or leave it empty.")
     return Window(x0, y0, x1 - x0, y1 - y0)
+
+
+def world_to_pixel(ds: gdal.Dataset):
+    """A function (xs, ys) -> (columns, rows) from the raster's CRS to fractional pixel coordinates.
+
+    Through the geotransform where there is one; rasters georeferenced by GCPs only (a
+    Sentinel-1 GRD, and the plugin's outputs of one), whose GDAL default geotransform is the
+    identity, through GDAL's GCP transformer, in the GCPs' CRS (the one QGIS shows them in).
+    Rasters with neither keep the identity (pixel coordinates).
+    """
+    gt = ds.GetGeoTransform(can_return_null=True)
+    if gt is None and ds.GetGCPCount() >= 3:
+        with _quiet_gdal():
+            transformer = gdal.Transformer(ds, None, [])
+
+        def through_gcps(xs, ys):
+            points, ok = transformer.TransformPoints(1, [(float(x), float(y)) for x, y in zip(xs, ys)])
+            cols = np.array([p[0] if k else np.nan for p, k in zip(points, ok)])
+            rows = np.array([p[1] if k else np.nan for p, k in zip(points, ok)])
+            return cols, rows
+
+        return through_gcps
+    inv = gdal.InvGeoTransform(gt or ds.GetGeoTransform())
+
+    def affine(xs, ys):
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        return inv[0] + inv[1] * xs + inv[2] * ys, inv[3] + inv[4] * xs + inv[5] * ys
+
+    return affine
 
 
 def windows_in(region: Window, size: int) -> list[Window]:

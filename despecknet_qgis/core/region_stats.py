@@ -17,7 +17,7 @@ from . import domain as dm
 from . import metrics as mt
 from .defaults import ZERO_IS_NODATA
 from .errors import InputError, translate_errors
-from .raster import Window, check_bands, input_nodata, open_raster, read, scaled, valid_mask, values_as_intensity
+from .raster import Window, check_bands, input_nodata, open_raster, read, scaled, valid_mask, values_as_intensity, world_to_pixel
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -59,36 +59,57 @@ def gamma_looks(values: np.ndarray) -> float:
     return float(L)
 
 
-def polygon_window(geometry: ogr.Geometry, geotransform, width: int, height: int) -> Window | None:
-    minx, maxx, miny, maxy = geometry.GetEnvelope()
-    inv = gdal.InvGeoTransform(geotransform)
-    cols, rows = [], []
-    for x, y in ((minx, miny), (minx, maxy), (maxx, miny), (maxx, maxy)):
-        c, r = gdal.ApplyGeoTransform(inv, x, y)
-        cols.append(c)
-        rows.append(r)
-    c0, c1 = max(0, int(math.floor(min(cols)))), min(width, int(math.ceil(max(cols))))
-    r0, r1 = max(0, int(math.floor(min(rows)))), min(height, int(math.ceil(max(rows))))
+def pixel_geometry(geometry: ogr.Geometry, to_pixel) -> ogr.Geometry:
+    """The geometry in fractional pixel coordinates (columns, rows), its edges densified first so that
+    a non-affine georeferencing (GCPs) bends them as it bends the image."""
+    g = geometry.Clone()
+    minx, maxx, miny, maxy = g.GetEnvelope()
+    span = max(maxx - minx, maxy - miny)
+    if span > 0:
+        g.Segmentize(span / 64)
+
+    def move(part):
+        if part.GetGeometryCount():
+            for k in range(part.GetGeometryCount()):
+                move(part.GetGeometryRef(k))
+            return
+        n = part.GetPointCount()
+        if n:
+            pts = np.array([part.GetPoint_2D(k) for k in range(n)])
+            cols, rows = to_pixel(pts[:, 0], pts[:, 1])
+            for k in range(n):
+                part.SetPoint_2D(k, float(cols[k]), float(rows[k]))
+
+    move(g)
+    return g
+
+
+def polygon_window(pixel_polygon: ogr.Geometry, width: int, height: int) -> Window | None:
+    """The pixels that a polygon in pixel coordinates (pixel_geometry) touches, clipped to the raster."""
+    minx, maxx, miny, maxy = pixel_polygon.GetEnvelope()
+    if not all(math.isfinite(v) for v in (minx, maxx, miny, maxy)):
+        return None
+    c0, c1 = max(0, int(math.floor(minx))), min(width, int(math.ceil(maxx)))
+    r0, r1 = max(0, int(math.floor(miny))), min(height, int(math.ceil(maxy)))
     if c1 <= c0 or r1 <= r0:
         return None
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def polygon_mask(geometry: ogr.Geometry, geotransform, win: Window, srs_wkt: str) -> np.ndarray:
-    """Pixels of `win` whose centre lies inside the polygon."""
+def polygon_mask(pixel_polygon: ogr.Geometry, win: Window) -> np.ndarray:
+    """Pixels of `win` whose centre lies inside a polygon in pixel coordinates."""
     mem = gdal.GetDriverByName("MEM").Create("", win.w, win.h, 1, gdal.GDT_Byte)
-    gt = list(geotransform)
-    gt[0] = geotransform[0] + win.x * geotransform[1] + win.y * geotransform[2]
-    gt[3] = geotransform[3] + win.x * geotransform[4] + win.y * geotransform[5]
-    mem.SetGeoTransform(gt)
-    if srs_wkt:
-        mem.SetProjection(srs_wkt)
+    mem.SetGeoTransform((win.x, 1.0, 0.0, win.y, 0.0, 1.0))
     ds = ogr.GetDriverByName("Memory").CreateDataSource("")
     layer = ds.CreateLayer("p", geom_type=ogr.wkbPolygon)
     feature = ogr.Feature(layer.GetLayerDefn())
-    feature.SetGeometry(geometry)
+    feature.SetGeometry(pixel_polygon)
     layer.CreateFeature(feature)
-    gdal.RasterizeLayer(mem, [1], layer, burn_values=[1])
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # neither has a CRS: both are in pixel coordinates
+    try:
+        gdal.RasterizeLayer(mem, [1], layer, burn_values=[1])
+    finally:
+        gdal.PopErrorHandler()
     return mem.GetRasterBand(1).ReadAsArray().astype(bool)
 
 
@@ -104,18 +125,19 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
     ds = open_raster(raster)
     b = ds.GetRasterBand(check_bands(ds, [band], raster)[0])
     nodata = input_nodata(b, domain, zero_is_nodata)
-    gt = ds.GetGeoTransform()
+    to_pixel = world_to_pixel(ds)
     results = []
     for i, wkt in enumerate(polygons_wkt):
         geometry = ogr.CreateGeometryFromWkt(wkt)
         if geometry is None or geometry.IsEmpty():
             raise InputError(f"Polygon {i + 1} has no usable geometry.")
-        win = polygon_window(geometry, gt, ds.RasterXSize, ds.RasterYSize)
+        pixel_polygon = pixel_geometry(geometry, to_pixel)
+        win = polygon_window(pixel_polygon, ds.RasterXSize, ds.RasterYSize)
         if win is None:
             sample = np.array([])
         else:
             values = read(b, win)
-            inside = polygon_mask(geometry, gt, win, ds.GetProjection()) & valid_mask(values, nodata) & np.isfinite(values)
+            inside = polygon_mask(pixel_polygon, win) & valid_mask(values, nodata) & np.isfinite(values)
             sample = values_as_intensity(scaled(b, values)[inside], domain, f"{raster} band {band}")
         n = int(sample.size)
         results.append(RegionStats(
