@@ -313,7 +313,9 @@ def test_calibrated_products_do_not_fill_the_disk(safe, tmp_path):
         made.append(calibrated_raster(str(copy), str(cache)))
     kept = sorted(str(p) for p in cache.glob("*.tif"))
     assert len(kept) == CACHED_PRODUCTS and made[-1] in kept and made[0] not in kept
-    assert not list(cache.glob(".*"))  # no partial file left behind
+    assert not list(cache.glob(".*partial*"))  # no partial file left behind
+    locks = {p.name for p in cache.glob(".*.lock")}  # empty lock files of the kept products only
+    assert locks <= {f".{os.path.basename(k)}.{kind}.lock" for k in kept for kind in ("writing", "use")}
 
 
 def test_a_full_disk_leaves_no_calibrated_product(safe, tmp_path):
@@ -399,3 +401,46 @@ def test_areas_and_points_on_a_product_georeferenced_by_gcps_measure_the_pixels_
                                      for g in gdal.Open(cal).GetGCPs()], outputSRS="EPSG:4326")
     with pytest.raises(InputError, match="other ground control points"):
         check_same_grid(gdal.Open(cal), cal, gdal.Open(moved), moved)
+
+
+def test_concurrent_tasks_calibrate_a_product_once_and_pruning_spares_a_product_in_use(safe, tmp_path, monkeypatch):
+    """The batch runs a task per band, each asking for the whole product: 6 products were calibrated 12 to 18
+    times, and pruning deleted products other tasks were about to read (scenes failed spuriously)."""
+    import shutil
+    import threading
+
+    from despecknet_qgis.core import sentinel1 as s1
+    from despecknet_qgis.core.raster import open_raster
+
+    root, _, _ = safe
+    cache = str(tmp_path / "cal")
+    writes = []
+    write = s1._write_sigma0
+    monkeypatch.setattr(s1, "_write_sigma0", lambda *a, **k: (writes.append(a[2]), write(*a, **k)))
+    results, gate = [], threading.Barrier(4)
+
+    def task():
+        gate.wait()
+        results.append(calibrated_raster(root, cache))
+
+    threads = [threading.Thread(target=task) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and len(writes) == 1
+
+    monkeypatch.setattr(s1, "default_folder", lambda: cache)  # open_raster resolves the product into this cache
+    held = open_raster(root)  # a task reading the product: it holds the product's use lock
+    for k in range(3):
+        copy = tmp_path / f"copy{k}" / os.path.basename(root)
+        shutil.copytree(root, copy)
+        calibrated_raster(str(copy), cache)
+    removed = s1.prune_calibrated(cache, keep=results[0] + ".none", products=1)
+    assert results[0] not in removed and os.path.exists(results[0])  # in use: spared
+    assert len(removed) == 3
+    del held  # the dataset closed: its lock is released
+    import gc
+
+    gc.collect()
+    assert s1.prune_calibrated(cache, keep=results[0] + ".none", products=1) == [results[0]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,15 +55,25 @@ def open_raster(path: str) -> gdal.Dataset:
     """Opens any GDAL raster dataset name: a file, /vsizip/, /vsicurl/, a sub-dataset, a VRT."""
     if not path:
         raise InputError("No input raster given: choose a raster file or a GDAL dataset name.")
-    from .sentinel1 import resolve_input
+    from .sentinel1 import hold_in_use, resolve_input
 
-    path = resolve_input(path)  # a Sentinel-1 product (folder, zip, manifest.safe): its calibrated sigma0
+    resolved = resolve_input(path)  # a Sentinel-1 product (folder, zip, manifest.safe): its calibrated sigma0
+    in_use = hold_in_use(resolved) if resolved != path else None
+    if in_use is not None and not os.path.exists(resolved):  # pruned by another task in between: once more
+        in_use.close()
+        resolved = resolve_input(path)
+        in_use = hold_in_use(resolved)
+    path = resolved
     if os.path.isdir(path):
         raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
     with _quiet_gdal():
         ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
     if ds is not None and ds.RasterCount > 0:
+        if in_use is not None:
+            weakref.finalize(ds, in_use.close)  # the product stays in the cache while this dataset lives
         return ds
+    if in_use is not None:
+        in_use.close()
     if not is_gdal_name(path) and not os.path.exists(path):
         raise InputError(f"Input raster {path!r} does not exist: check the path.")
     if is_gdal_name(path):

@@ -23,7 +23,14 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
+import time
 import xml.etree.ElementTree as ET
+
+try:
+    import fcntl
+except ImportError:  # Windows: a file that is open cannot be deleted there, which protects readers already
+    fcntl = None
 
 import numpy as np
 
@@ -305,30 +312,118 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     out = os.path.join(folder, f"{stem}_{tag}_{calibration.lower()}{'_' + polarisation.upper() if polarisation else ''}.tif")
     files = [manifest] + [f for m in found for f in (m.measurement, m.calibration)]
     newest = max((st.mtime for st in map(gdal.VSIStatL, files) if st is not None), default=0)
-    if os.path.exists(out) and os.path.getmtime(out) >= newest:
-        return out  # written before by this or another process, product unchanged since
-    _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
+    # One calibration of a product at a time, across threads and processes (the batch runs a task per
+    # band, each asking for the whole product): the others wait and then reuse it.
+    with _writing(out):
+        try:
+            st = os.stat(out)
+        except OSError:
+            st = None
+        if st is not None and st.st_mtime >= newest:
+            os.utime(out, (time.time(), st.st_mtime))  # used now (relatime may not say so): pruned last
+            return out  # written before by this or another process, product unchanged since
+        _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
     prune_calibrated(folder, keep=out)
     return out
+
+
+def _lock_file(out: str, kind: str) -> str:
+    folder, name = os.path.split(out)
+    return os.path.join(folder, f".{name}.{kind}.lock")  # hidden: prune_calibrated lists no dot file
+
+
+_THREAD_LOCKS: dict = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+class _writing:
+    """An exclusive lock on writing one calibrated product: a file lock between processes (POSIX),
+    a thread lock within this one (file locks of one process do not exclude its other threads everywhere)."""
+
+    def __init__(self, out: str):
+        with _THREAD_LOCKS_GUARD:
+            self.thread_lock = _THREAD_LOCKS.setdefault(os.path.abspath(out), threading.Lock())
+        self.out, self.path, self.fh = out, _lock_file(out, "writing"), None
+
+    def __enter__(self):
+        self.thread_lock.acquire()
+        if fcntl is not None:
+            try:
+                self.fh = open(self.path, "a")
+                fcntl.flock(self.fh, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks: threads are still serialised
+                self.fh = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            if not os.path.exists(self.out):  # the calibration failed: leave nothing behind
+                try:
+                    os.remove(self.path)
+                except OSError:
+                    pass
+            self.fh.close()  # releases the file lock
+        self.thread_lock.release()
+
+
+def hold_in_use(out: str):
+    """A shared file lock on a calibrated product while a dataset reads it (close() releases it):
+    prune_calibrated leaves a product that another task holds alone. None where there are no file locks."""
+    if fcntl is None:
+        return None
+    try:
+        fh = open(_lock_file(out, "use"), "a")
+        fcntl.flock(fh, fcntl.LOCK_SH)
+    except OSError:
+        return None
+    return fh
+
+
+def _remove_unused(name: str) -> bool:
+    """Delete a calibrated product unless a reader holds it (hold_in_use); True when deleted."""
+    fh = None
+    if fcntl is not None:
+        try:
+            fh = open(_lock_file(name, "use"), "a")
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False  # in use by another task
+        except OSError:
+            fh = None
+    try:
+        os.remove(name)
+        for kind in ("use", "writing"):
+            try:
+                os.remove(_lock_file(name, kind))
+            except OSError:
+                pass
+        return True
+    except OSError:
+        return False
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def prune_calibrated(folder: str, keep: str, products: int = CACHED_PRODUCTS) -> list[str]:
     """Delete all but the `products` most recently used calibrated products in `folder`.
 
     A full IW GRD is about 1.7 GB a polarisation calibrated: the cache must not fill the
-    disk of someone who despeckles a season of products. A file another process still reads
-    stays readable until it closes it (POSIX); one that cannot be deleted now stays.
+    disk of someone who despeckles a season of products. A product that a task still reads
+    (raster.open_raster holds hold_in_use's lock while its dataset lives) is left for later, as is
+    one that cannot be deleted now.
     """
-    names = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".tif") and not n.startswith(".")]
-    names.sort(key=lambda n: max(os.path.getmtime(n), os.path.getatime(n)), reverse=True)
-    removed = []
-    for name in [n for n in names if os.path.abspath(n) != os.path.abspath(keep)][max(0, products - 1):]:
-        try:
-            os.remove(name)
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
+    used = []
+    for n in os.listdir(folder):
+        if n.endswith(".tif") and not n.startswith("."):
+            try:
+                st = os.stat(os.path.join(folder, n))
+            except OSError:  # removed meanwhile by another task's pruning
+                continue
+            used.append((max(st.st_mtime, st.st_atime), os.path.join(folder, n)))
+    names = [n for _, n in sorted(used, reverse=True) if os.path.abspath(n) != os.path.abspath(keep)]
+    return [n for n in names[max(0, products - 1):] if _remove_unused(n)]
 
 
 def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, calibration="SIGMA0") -> None:
