@@ -185,6 +185,11 @@ def test_outputs_that_would_collide_or_overwrite_an_input_are_refused_before_any
         run_batch([one, two], str(tmp_path / "out"), model=tiny_model[0], client=object())
     with pytest.raises(OutputError, match="would overwrite the input"):
         run_batch([one], str(tmp_path / "a"), model=tiny_model[0], suffix="", client=object())
+    # names that differ only in case are one file on Windows, macOS and many network shares
+    (tmp_path / "c").mkdir()
+    upper = write_tif(tmp_path / "c" / "X.tif", speckled_scene(64)[0])
+    with pytest.raises(OutputError, match="would both be written"):
+        run_batch([one, upper], str(tmp_path / "out"), model=tiny_model[0], client=object())
 
 
 def test_core_options_become_flags_from_the_core_signature():

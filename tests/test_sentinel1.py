@@ -444,3 +444,23 @@ def test_concurrent_tasks_calibrate_a_product_once_and_pruning_spares_a_product_
 
     gc.collect()
     assert s1.prune_calibrated(cache, keep=results[0] + ".none", products=1) == [results[0]]
+
+
+def test_a_polarisation_whose_calibration_the_manifest_does_not_link_is_not_dropped_silently(tmp_path):
+    """The product came out with VV only, as if it had one polarisation."""
+    root, _ = build_safe(tmp_path / "b")
+    manifest = os.path.join(root, "manifest.safe")
+    text = open(manifest).read()
+    assert 'dmdID="products2 calibration2"' in text
+    with open(manifest, "w") as fh:
+        fh.write(text.replace('dmdID="products2 calibration2"', 'dmdID="products2"'))
+    with pytest.raises(InputError, match="without its calibration file: the product is incomplete"):
+        calibrated_raster(root, str(tmp_path / "cal"))
+
+
+def test_two_calibration_vectors_on_one_line_give_the_later_one_not_nan():
+    from despecknet_qgis.core.sentinel1 import lut_rows
+
+    table = np.array([[1.0], [2.0], [3.0]])
+    rows = lut_rows(np.array([0.0, 100.0, 100.0]), table, 99, 3).ravel()
+    assert np.isfinite(rows).all() and rows[0] == pytest.approx(1.99) and rows[1] == rows[2] == 3.0

@@ -160,15 +160,18 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
     """One Scene per input, with output names checked: distinct, never an input."""
     scenes = []
     by_output: dict[str, str] = {}
+    by_folded: dict[str, str] = {}  # the same paths without case
     for name in inputs:
         stem = output_stem(name)
         output = os.path.join(output_dir, f"{stem}{suffix}.tif")
         noise_output = os.path.join(output_dir, f"{stem}_speckle.tif") if noise else None
         for path in filter(None, (output, noise_output)):
-            if path in by_output:
-                raise OutputError(f"{name} and {by_output[path]} would both be written to {path}: give inputs with "
+            # compared without case: on Windows, macOS and many network shares A.tif and a.tif are one file
+            clash = by_folded.get(os.path.normcase(path).lower())
+            if clash:
+                raise OutputError(f"{name} and {clash} would both be written to {path}: give inputs with "
                                   "different names, or run them into different `output_dir` folders.")
-            by_output[path] = name
+            by_output[path] = by_folded[os.path.normcase(path).lower()] = name
         shape = raster_shape(name)
         count = shape[0] if shape else None
         chosen = bands

@@ -171,7 +171,10 @@ def measurements(manifest: str) -> list[Measurement]:
             files[kind] = href
         annotation, calibration = files.get("s1Level1ProductSchema"), files.get("s1Level1CalibrationSchema")
         if annotation is None or calibration is None:
-            continue
+            # a polarisation without its annotation or calibration cannot be calibrated: never dropped silently
+            missing = "annotation" if annotation is None else "calibration"
+            raise InputError(f"{manifest} lists the measurement {measurement or pointer} without its {missing} file: "
+                             "the product is incomplete. Download it again.")
         header = _read_xml(annotation, "annotation", manifest).find("adsHeader")
         text = (lambda tag: (header.findtext(tag) or "").strip()) if header is not None else (lambda tag: "")
         found.append(Measurement(text("polarisation").upper(), text("swath"), text("productType").upper(),
@@ -276,7 +279,9 @@ def lut_rows(lines: np.ndarray, table: np.ndarray, first: int, count: int) -> np
         return np.repeat(table[:1], count, axis=0)
     upper = np.clip(np.searchsorted(lines, wanted, side="right"), 1, len(lines) - 1)
     lower = upper - 1
-    weight = np.clip((wanted - lines[lower]) / (lines[upper] - lines[lower]), 0.0, 1.0)[:, None]
+    gap = lines[upper] - lines[lower]
+    # two vectors on one line (seen at burst joins): the later one, not 0/0
+    weight = np.where(gap > 0, np.clip((wanted - lines[lower]) / np.where(gap > 0, gap, 1.0), 0.0, 1.0), 1.0)[:, None]
     return (1.0 - weight) * table[lower] + weight * table[upper]
 
 
