@@ -99,7 +99,8 @@ def test_every_parameter_has_help_stating_default_and_range(algorithms):
     finetune = algorithms["finetune"].parameterDefinition("LEARNING_RATE").help()
     from despecknet_qgis.core.defaults import PHASE2_TRAINING, RANGES
 
-    assert f"at least {RANGES['lr'].minimum:g}" in finetune and f"Default: {PHASE2_TRAINING.lr:g}." in finetune
+    assert (f"from {RANGES['lr'].minimum:g} to {RANGES['lr'].maximum:g}" in finetune
+            and f"Default: {PHASE2_TRAINING.lr:g}." in finetune)
 
 
 def test_help_text_ends_with_every_parameter(algorithms):

@@ -374,7 +374,7 @@ def test_case7_failing_noise_output_leaves_no_half_pair(provider, tiny_model, tm
 def test_case6_train_onto_a_full_disk_says_so(provider, tmp_path, small_disk):
     disk = small_disk()  # the checkpoint alone is about 4.5 MB
     scene = Scene(tmp_path, ("unused.onnx", None))
-    with pytest.raises(QgsProcessingException, match=r"Writing .*m\.pt failed \(.*\)\. Is the disk full or read-only\?"):
+    with pytest.raises(QgsProcessingException, match=r"Writing .*m(\.unfinished)?\.pt failed \(.*\)\. Is the disk full or read-only\?"):
         run("train", {**scene.train_inputs(), "OUTPUT_MODEL": str(disk / "m.onnx")})
     assert os.listdir(disk) == []
 
@@ -600,15 +600,15 @@ def test_case11_checkpoint_kept_after_a_cancel_records_its_unfinished_phase(tmp_
     from despecknet_qgis.core.progress import Progress
     from despecknet_qgis.core.training import load_checkpoint
 
-    ckpt = tmp_path / "m.pt"
-    with pytest.raises(Cancelled, match="checkpoint of epoch 1"):
+    ckpt = tmp_path / "m.unfinished.pt"
+    with pytest.raises(Cancelled, match="checkpoint of epoch 1 is kept in .*m.unfinished.pt"):
         train([_small_pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=3, patch=24, stride=12, batch_size=8,
               validation_fraction=0.0, seed=3, progress=Progress(is_cancelled=ckpt.exists))
     record = load_checkpoint(str(ckpt))[1]
     last = record.phases[-1]
     assert last["phase"] == 1 and last["epochs_done"] == 1 and last["complete"] is False and last["epochs"] == 3
     assert last["weights"]["mu"] == 1.0 and last["seed"] == 3
-    assert sorted(os.listdir(tmp_path)) == ["m.pt", "x.tif", "y.tif"]
+    assert sorted(os.listdir(tmp_path)) == ["m.unfinished.pt", "x.tif", "y.tif"]
 
 
 def test_case13_c_nn_of_a_zero_target_and_of_nodata_neighbours():
@@ -634,7 +634,7 @@ def test_case13_quality_c_nn_leaves_nodata_neighbours_out(tmp_path):
     assert r.c_nn[0][2] == pytest.approx(10.0)
 
 
-def test_case15_standard_errors_leave_the_core_as_despecknet_errors(tmp_path):
+def test_case15_standard_errors_leave_the_core_as_despecknet_errors(tmp_path, monkeypatch):
     from despecknet_qgis.core import phases, quality, region_stats, tiled_predict
     from despecknet_qgis.core.phases import train
 
@@ -644,9 +644,14 @@ def test_case15_standard_errors_leave_the_core_as_despecknet_errors(tmp_path):
     x = write_tif(tmp_path / "x.tif", np.ones((8, 8)))
     with pytest.raises(InputError):  # a ValueError deep inside (range() with step 0)
         quality.quality_metrics(x, x, window=0)
+    from despecknet_qgis.core import training
+
+    loss = training.despecknet_loss
+    monkeypatch.setattr(training, "despecknet_loss",  # a diverged loss (lr above 1 is refused before training now)
+                        lambda *a, **k: (lambda v, parts: (v, {**parts, "total": float("nan")}))(*loss(*a, **k)))
     with pytest.raises(TrainingError, match="(?i)lower `lr`"):
         train([_small_pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=1, patch=24, stride=12, batch_size=4,
-              lr=1e30, validation_fraction=0.0, use_bf16=False)
+              validation_fraction=0.0, use_bf16=False)
     assert issubclass(TrainingError, DespeckNetError) and issubclass(OutputError, DespeckNetError)
 
 
@@ -771,3 +776,38 @@ def test_core_numbers_that_are_not_numbers_are_refused_before_any_work(despeckle
     with pytest.raises(InputError, match="`window` \\(0 pixels\\)"):
         temporal_label([src, second], str(tmp_path / "label.tif"), window=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.tif", "y2.tif"]
+
+
+def test_an_undeclared_fill_value_that_overflows_as_intensity_is_refused_not_blamed_on_the_model(despeckler, tmp_path):
+    """9999 in a dB raster is inf as intensity: despeckle blamed corrupt weights, classic filters wrote NaN
+    around it and reported success, temporal labels silently lost a third of their stable pixels."""
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+    from despecknet_qgis.core.temporal_label import temporal_label
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    dates = []
+    for k in range(3):
+        db = 10 * np.log10(speckled_scene(96, seed=60 + k)[0])
+        if k == 2:
+            db[40, 40] = 9999.0  # a fill value nobody declared
+        dates.append(write_tif(tmp_path / f"d{k}.tif", db))
+    message = r"d2\.tif band 1 has values too large to be decibel \(9999\.0 is infinite"
+    with pytest.raises(InputError, match=message):
+        despeckle_raster(dates[2], str(tmp_path / "out.tif"), despeckler, domain="decibel")
+    with pytest.raises(InputError, match=message):
+        classic_filter_raster(dates[2], str(tmp_path / "lee.tif"), "lee", domain="decibel")
+    with pytest.raises(InputError, match=message):
+        temporal_label(dates, str(tmp_path / "label.tif"), domain="decibel")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d0.tif", "d1.tif", "d2.tif"]
+
+
+def test_the_same_date_under_two_spellings_is_refused_by_the_core_temporal_label(tmp_path):
+    """a0.tif and ./a0.tif looked perfectly stable (1000 looks, every pixel stable)."""
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    one = write_tif(tmp_path / "a0.tif", speckled_scene(64, seed=70)[0])
+    two = write_tif(tmp_path / "a1.tif", speckled_scene(64, seed=71)[0])
+    again = os.path.join(str(tmp_path), ".", "a0.tif")
+    with pytest.raises(InputError, match="are the same date: give each date once"):
+        temporal_label([one, two, again], str(tmp_path / "label.tif"))
+    assert not (tmp_path / "label.tif").exists()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
-from conftest import read_tif, speckled_scene, write_tif
+from conftest import export_tiny_model, read_tif, speckled_scene, write_tif
 from despecknet_qgis.core.adaptation import FIT_RANGE, MOR_MAX, Candidate, RatioScore
 from despecknet_qgis.core.errors import Cancelled, DespeckNetError
 from despecknet_qgis.core.inference import Despeckler
@@ -264,3 +264,21 @@ def test_ratio_score_tells_speckle_from_a_filter_that_keeps_it_or_removes_signal
     kept_half = ratio_score([(z, (np.log(x * n**0.5) / LOG_SCALE).astype(np.float32), valid)], 1.0)
     assert abs(perfect.spread - 1.0) < 0.05 and abs(perfect.structure) < 0.2
     assert kept_half.spread < 0.3 and kept_half.misfit > perfect.misfit
+
+
+def test_an_image_whose_held_out_blocks_are_all_border_is_tuned_without_validation_instead_of_crashing(tmp_path):
+    """Every held-out block in a GRD-like zero border ended in KeyError: 'total' (a Python traceback in QGIS)."""
+    from despecknet_qgis.core.patches import ImagePair, RasterPatches
+
+    y, _ = speckled_scene(192, looks=4, seed=3)
+    y = y.astype(np.float32)
+    y[:, 96:] = 0.0  # zeros without declared nodata: the border of a GRD
+    src = write_tif(tmp_path / "grd.tif", y)
+    base = export_tiny_model(tmp_path / "base.onnx")[0][:-5] + ".pt"
+    seed = next(s for s in range(40) if RasterPatches([ImagePair(src, 1, zero_is_nodata=True)], 24, 24, 0.1, s).
+                validation_blocks == [])
+    messages = []
+    report = fine_tune(src, str(tmp_path / "ft.onnx"), base_model=base, looks=4.0, patch=24, stride=24, batch_size=16,
+                       seed=seed, acceptance=False, progress=Progress(log=messages.append))
+    assert report.best_validation is None and (tmp_path / "ft.onnx").exists()
+    assert any("training runs without validation" in m for m in messages)

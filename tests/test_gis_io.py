@@ -359,3 +359,34 @@ def test_read_back_refuses_an_output_cut_short_in_a_block(tmp_path):
     with pytest.raises(OutputError, match="Writing .* failed"):
         out._read_back()
     out.discard()
+
+
+def test_classic_filter_temporal_label_and_ratio_outputs_carry_band_names_and_provenance(tmp_path):
+    """Those three outputs had no band names and no metadata, so a batch folder scan took them for scenes."""
+    from despecknet_qgis.batch.plan import despecknet_output
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+    from despecknet_qgis.core.model_info import plugin_version
+    from despecknet_qgis.core.quality import quality_metrics
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    dates = []
+    for k in range(3):
+        dates.append(write_tif(tmp_path / f"d{k}.tif", speckled_scene(64, seed=80 + k)[0]))
+        ds = gdal.Open(dates[-1], gdal.GA_Update)
+        ds.GetRasterBand(1).SetDescription("VV")
+        ds.SetMetadataItem("MISSION_ID", "S1A")
+        ds = None
+    lee, label, mask, ratio = (str(tmp_path / n) for n in ("lee.tif", "label.tif", "mask.tif", "ratio.tif"))
+    classic_filter_raster(dates[0], lee, "lee")
+    temporal_label(dates, label, mask)
+    quality_metrics(lee, dates[0], ratio_output=ratio)
+    expected = {lee: ("despecknet:classicfilter", "VV"), label: ("despecknet:temporallabel", "VV"),
+                mask: ("despecknet:temporallabel", "stable VV"), ratio: ("despecknet:quality", "Y / X_hat")}
+    for path, (algorithm, name) in expected.items():
+        ds = gdal.Open(path)
+        meta = ds.GetMetadata()
+        assert meta["DESPECKNET_ALGORITHM"] == algorithm and meta["DESPECKNET_PLUGIN_VERSION"] == plugin_version()
+        assert ds.GetRasterBand(1).GetDescription() == name and despecknet_output(path)
+        if algorithm != "despecknet:quality":
+            assert meta["MISSION_ID"] == "S1A"  # the input's own metadata is kept
+    assert not despecknet_output(dates[0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import read_tif, write_tif
-from despecknet_qgis.core.errors import Cancelled, DespeckNetError
+from despecknet_qgis.core.errors import Cancelled, DespeckNetError, TrainingError
 from despecknet_qgis.core.inference import Despeckler
 from despecknet_qgis.core.losses import LossWeights, despecknet_loss
 from despecknet_qgis.core.patches import ImagePair, RasterPatches
@@ -149,15 +149,37 @@ def test_mask_removes_pixels_from_training(tmp_path):
         assert m.mean() > 0.5
 
 
-def test_cancel_keeps_the_last_good_checkpoint(tmp_path):
-    def cancel_in_second_epoch():
-        return (tmp_path / "m.pt").exists()
+def test_cancel_keeps_the_last_good_checkpoint_and_the_previous_model(tmp_path, monkeypatch):
+    """The epoch checkpoint was moved onto m.pt: a cancelled retrain left the old m.onnx beside another run's
+    unfinished weights, although the message said nothing was written."""
+    data = pair(tmp_path)
+    train([data], str(tmp_path / "m.onnx"), epochs=1, seed=1, **{**SMALL, "validation_fraction": 0.0})
+    before = {n: (tmp_path / n).read_bytes() for n in ("m.onnx", "m.pt")}
+    assert not (tmp_path / "m.unfinished.pt").exists()  # a finished run leaves no resume file
 
-    with pytest.raises(Cancelled, match="checkpoint of epoch 1"):
-        train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=5, seed=1,
+    def cancel_in_second_epoch():
+        return (tmp_path / "m.unfinished.pt").exists()
+
+    with pytest.raises(Cancelled, match=r"checkpoint of epoch 1 is kept in .*m\.unfinished\.pt .* as they were"):
+        train([data], str(tmp_path / "m.onnx"), epochs=5, seed=2,
               progress=Progress(is_cancelled=cancel_in_second_epoch), **{**SMALL, "validation_fraction": 0.0})
-    assert (tmp_path / "m.pt").exists() and not (tmp_path / "m.onnx").exists()
-    load_checkpoint(str(tmp_path / "m.pt"))
+    assert {n: (tmp_path / n).read_bytes() for n in ("m.onnx", "m.pt")} == before
+    assert load_checkpoint(str(tmp_path / "m.unfinished.pt"))[1].phases[-1]["complete"] is False
+    from despecknet_qgis.core import training
+
+    loss = training.despecknet_loss
+
+    def diverging_in_second_epoch(*args, **kwargs):  # the loss turns NaN once an epoch is done
+        value, parts = loss(*args, **kwargs)
+        if (tmp_path / "m.unfinished.pt").exists():
+            parts = {**parts, "total": float("nan")}
+        return value, parts
+
+    (tmp_path / "m.unfinished.pt").unlink()
+    monkeypatch.setattr(training, "despecknet_loss", diverging_in_second_epoch)
+    with pytest.raises(TrainingError, match=r"m\.pt and .*m\.onnx are as they were"):  # a diverging run too
+        train([data], str(tmp_path / "m.onnx"), epochs=3, seed=2, **{**SMALL, "validation_fraction": 0.0})
+    assert {n: (tmp_path / n).read_bytes() for n in ("m.onnx", "m.pt")} == before
 
 
 def test_bad_training_inputs(tmp_path):
@@ -279,3 +301,12 @@ def test_a_label_without_the_trained_band_is_refused_naming_both(tmp_path):
         RasterPatches([ImagePair(three, 3, two)], 24, 24)
     with pytest.raises(DespeckNetError, match=r"no band 3 for band 1"):  # a band asked for explicitly is checked too
         RasterPatches([ImagePair(image, 1, two, 3)], 24, 24)
+
+
+def test_a_learning_rate_above_1_is_refused_before_training(tmp_path):
+    """lr 1e2 to 1e6 trained to a loss of 5.8e27 and reported success; the model failed only at despeckle."""
+    data = pair(tmp_path, size=96)
+    for lr in (2.0, 1e2):
+        with pytest.raises(DespeckNetError, match=r"`lr` must be .*1"):
+            train([data], str(tmp_path / "m.onnx"), **{**SMALL, "lr": lr, "lr_end": 1e-3})
+    assert not (tmp_path / "m.onnx").exists()

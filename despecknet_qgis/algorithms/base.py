@@ -71,6 +71,7 @@ COMMON_ARGUMENTS = {
     "lr": "LEARNING_RATE", "lr_end": "LEARNING_RATE_END", "lr_steps": "LEARNING_RATE_STEPS",
     "validation_fraction": "VALIDATION_FRACTION", "seed": "SEED", "looks": "LOOKS", "patience": "PATIENCE",
     "onnx_path": "OUTPUT_MODEL", "checkpoint_path": "the checkpoint (.pt) beside OUTPUT_MODEL",
+    "unfinished_checkpoint_path": "the unfinished checkpoint (.unfinished.pt) beside OUTPUT_MODEL",
 }
 
 _GEOMETRY_OF_TYPE = {

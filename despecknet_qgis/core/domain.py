@@ -25,6 +25,12 @@ def check_domain(domain: str) -> str:
 
 
 def to_intensity(values: np.ndarray, domain: str) -> np.ndarray:
+    """Values as intensity; an overflow gives inf, which the readers refuse (raster.check_intensity_finite)."""
+    with np.errstate(over="ignore"):
+        return _to_intensity(values, domain)
+
+
+def _to_intensity(values: np.ndarray, domain: str) -> np.ndarray:
     v = values.astype(np.float64, copy=False)
     if domain == "intensity":
         return v

@@ -62,6 +62,16 @@ def same_file(a: str, b: str) -> bool:
         return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
 
 
+def same_dataset(a: str, b: str) -> bool:
+    """The same raster: the same file for plain paths (links and spellings alike); for GDAL names
+    (/vsizip/..., sub-datasets) the same name, since two rasters inside one zip share its file."""
+    from .raster import is_gdal_name
+
+    if is_gdal_name(a) or is_gdal_name(b):
+        return os.path.normpath(a) == os.path.normpath(b)
+    return same_file(a, b)
+
+
 def dataset_files(name: str) -> list[str]:
     """The files GDAL reads for a raster dataset name (a VRT's sources, a SAFE's measurements,
     sidecars), or [] where the name does not open as a raster."""

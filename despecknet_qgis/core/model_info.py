@@ -102,3 +102,12 @@ class ModelInfo:
             )
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{source} has incomplete deSpeckNet metadata ({exc}).") from exc
+
+
+def provenance(algorithm: str, source: str, **items) -> dict[str, str]:
+    """The DESPECKNET_* metadata every raster output carries: the algorithm, the plugin version, the
+    input, and `items` (DESPECKNET_<NAME>). Also how a folder scan tells the plugin's outputs from inputs."""
+    meta = {"DESPECKNET_ALGORITHM": algorithm, "DESPECKNET_PLUGIN_VERSION": plugin_version(),
+            "DESPECKNET_INPUT": os.path.basename(str(source).rstrip("/")) or str(source)}
+    meta.update({f"DESPECKNET_{k.upper()}": str(v) for k, v in items.items()})
+    return meta

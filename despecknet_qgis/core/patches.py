@@ -95,8 +95,14 @@ class RasterPatches:
             n_val = 1
         if n_val >= len(blocks):
             raise InputError("The images are too small to hold out validation patches: lower `validation_fraction`.")
-        self.validation_blocks = [blocks[k] for k in sorted(order[:n_val])]
+        held_out = [blocks[k] for k in sorted(order[:n_val])]
         self.training_blocks = [blocks[k] for k in sorted(order[n_val:])]
+        # blocks of nodata (a GRD border, a label's unstable pixels) hold no patch to validate on
+        self.validation_blocks = [b for b in held_out if self._count(b) > 0]
+        if validation_fraction > 0 and not self.validation_blocks:
+            progress.info("Warning: no held-out block has enough valid" + (" and labelled" if any(p.label for p in pairs)
+                          else "") + " pixels to validate on (or the image is a single block): training runs "
+                          "without validation, so the validation loss stays empty and early stopping is off.")
         self.training_patches = sum(self._count(b) for b in self.training_blocks)
         if self.training_patches == 0:
             raise InputError(

@@ -13,7 +13,7 @@ from .defaults import PHASE1_TRAINING as P1
 from .defaults import PHASE2_TRAINING as P2
 from .defaults import RANGES, ZERO_IS_NODATA
 from .domain import LOG_SCALE, log_speckle_mean
-from .errors import Cancelled, InputError, OutputError, translate_errors
+from .errors import Cancelled, InputError, OutputError, TrainingError, translate_errors
 from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
 from .model_info import bundled_checkpoint_path
@@ -23,6 +23,12 @@ from .progress import SILENT, Progress
 
 def checkpoint_path_for(onnx_path: str) -> str:
     return os.path.splitext(onnx_path)[0] + ".pt"
+
+
+def unfinished_checkpoint_path_for(onnx_path: str) -> str:
+    """Where the checkpoint of each finished epoch goes until the phase ends: a cancelled or failed run
+    keeps it there (resumable as INITIAL_MODEL) and leaves a model already at the output as it was."""
+    return os.path.splitext(onnx_path)[0] + ".unfinished.pt"
 
 
 @dataclass
@@ -42,7 +48,8 @@ def _check_output(onnx_path: str, inputs: dict) -> None:
     """Before any work: the model and its checkpoint can be written and overwrite no input."""
     if not str(onnx_path).lower().endswith(".onnx"):
         raise OutputError(f"`onnx_path` {onnx_path} must end with .onnx.")
-    check_outputs({"onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path)}, inputs)
+    check_outputs({"onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path),
+                   "unfinished_checkpoint_path": unfinished_checkpoint_path_for(onnx_path)}, inputs)
 
 
 def _save_checked(path: str, model, record) -> None:
@@ -76,8 +83,8 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
     from .export import export_onnx
     from .training import TrainingRecord, fit
 
-    ckpt = checkpoint_path_for(onnx_path)
-    for p in (ckpt, onnx_path):
+    ckpt, unfinished = checkpoint_path_for(onnx_path), unfinished_checkpoint_path_for(onnx_path)
+    for p in (ckpt, onnx_path, unfinished):
         remove_stale_partials(p)
     saved = []
 
@@ -85,15 +92,19 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
         # A kept checkpoint says how it was made, this unfinished phase included.
         so_far = TrainingRecord([*record.phases, {**phase_info, "weights": asdict(weights), "epochs_done": epoch,
                                                   "complete": False, "seed": fit_args.get("seed")}])
-        _save_checked(ckpt, m, so_far)
+        _save_checked(unfinished, m, so_far)
         saved.append(epoch)
+
+    def kept() -> str:
+        return (f" The checkpoint of epoch {saved[-1]} is kept in {unfinished} (give it as the initial model to go "
+                f"on); {ckpt} and {onnx_path} are as they were." if saved else "")
 
     try:
         result = fit(model, source, weights, progress=progress, checkpoint=checkpoint, **fit_args)
     except Cancelled as exc:
-        if saved:
-            raise Cancelled(f"{exc} The checkpoint of epoch {saved[-1]} is kept in {ckpt} (no ONNX model was written).") from exc
-        raise
+        raise Cancelled(f"{exc}{kept()}") from exc
+    except TrainingError as exc:
+        raise TrainingError(f"{exc}{kept()}") from exc
     if before_export is not None:
         phase_info = {**phase_info, **before_export(model)}
     record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
@@ -109,10 +120,10 @@ def _run(model, record, source, weights, onnx_path, version, description, progre
             raise _write_failed(onnx_path, exc) from exc
         commit_files([(tmp_ckpt, ckpt), (tmp_onnx, onnx_path)])
     except OutputError as exc:
-        kept = f" The checkpoint of epoch {saved[-1]} is kept in {ckpt}." if saved else ""
-        raise OutputError(f"{exc}{kept}") from exc
+        raise OutputError(f"{exc}{kept()}") from exc
     finally:
         remove_quietly(tmp_ckpt, tmp_onnx)
+    remove_quietly(unfinished)  # the finished pair holds everything it had
     return result, ckpt
 
 

@@ -12,6 +12,7 @@ the numbers equal a whole-image computation.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ from . import domain as dm
 from . import metrics as mt
 from .errors import InputError, translate_errors
 from .files import check_outputs
+from .model_info import provenance
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, Window, check_bands, check_same_grid, open_raster, read_intensity, windows
 
@@ -113,7 +115,10 @@ def quality_metrics(
 
     ratio = mt.RatioStats()
     sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
-    outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")], argument="ratio_output")) if ratio_output else None)
+    meta = provenance("despecknet:quality", despeckled, content="ratio image Y / X_hat",
+                      noisy=os.path.basename(str(noisy)), band=band)
+    outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")], argument="ratio_output",
+                                            descriptions=["Y / X_hat"], metadata=meta)) if ratio_output else None)
     with outputs as (out,):
         for win in tiles:
             progress.check()

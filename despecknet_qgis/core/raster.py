@@ -216,7 +216,8 @@ def values_as_intensity(values: np.ndarray, domain: str, source: str = "the inpu
     return dm.to_intensity(values.astype(np.float64, copy=False), domain)
 
 
-def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bool = False,
+                   source: str = "The input") -> tuple[np.ndarray, np.ndarray]:
     """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1.
 
     Complex bands are read as |z|²; `zero_is_nodata` makes zeros nodata where none is declared.
@@ -225,7 +226,19 @@ def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bo
     if not np.iscomplexobj(values):
         values = values.astype(np.float64)
     valid = valid_mask(values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
-    return values_as_intensity(np.where(valid, scaled(band, values), 1.0), domain), valid
+    intensity = values_as_intensity(np.where(valid, scaled(band, values), 1.0), domain)
+    check_intensity_finite(intensity, valid, values, domain, source)
+    return intensity, valid
+
+
+def check_intensity_finite(intensity: np.ndarray, valid: np.ndarray, values: np.ndarray, domain: str, name: str) -> None:
+    """Values that overflow once read as intensity (an undeclared fill value such as 9999 dB) are refused
+    like undeclared infinite ones: they made the network's output infinite and blamed the model."""
+    bad = valid & ~np.isfinite(intensity)
+    if bad.any():
+        raise InputError(f"{name} has values too large to be {domain} ({values[bad].flat[0]!r} is infinite as an "
+                         "intensity): a fill value that is not declared nodata? Declare it the band's nodata "
+                         "(gdal_translate -a_nodata), or check the input domain.")
 
 
 @dataclass
@@ -362,6 +375,7 @@ class _StatisticsPart:
                 "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
             )
         intensity = values_as_intensity(values, self.domain, self.name)
+        check_intensity_finite(intensity, valid, values, self.domain, self.name)
         self.log_mean.add(intensity, valid)
         self.looks.add(intensity, valid, win.y, win.x)
 

@@ -43,8 +43,10 @@ import numpy as np
 from . import domain as dm
 from .defaults import ZERO_IS_NODATA
 from .errors import DespeckNetError, InputError
+from .model_info import provenance
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
+from .files import same_dataset
 
 RULES = ("speckle_test", "db_std", "paper", "omnibus")  # new rules go at the end: enum indices
 DEFAULT_RULE = "omnibus"
@@ -230,7 +232,8 @@ def _check_grid(dates: list[Date]):
 def _read_stack(dates, win, domain, datasets):
     stack, valid = [], None
     for d, ds in zip(dates, datasets):
-        intensity, ok = read_intensity(ds.GetRasterBand(d.band), win, domain, ZERO_IS_NODATA)  # GRD borders
+        intensity, ok = read_intensity(ds.GetRasterBand(d.band), win, domain, ZERO_IS_NODATA,  # GRD borders
+                                       source=f"{d.path} band {d.band}")
         stack.append(intensity)
         valid = ok if valid is None else valid & ok
     stack = np.stack(stack)
@@ -308,6 +311,10 @@ def temporal_label(
     dates = _stack_dates(list(inputs), band)
     if len(dates) < 2:
         raise DespeckNetError("A temporal label needs at least 2 dates (the paper used 22 to 29).")
+    for i, a in enumerate(dates):
+        for b in dates[i + 1:]:
+            if same_dataset(a.path, b.path) and a.band == b.band:  # the same date twice would look perfectly stable
+                raise InputError(f"{a.path} and {b.path} are the same date: give each date once.")
     for out in filter(None, (output, mask_output)):
         for d in dates:
             if same_file(out, d.path):
@@ -355,8 +362,17 @@ def temporal_label(
     half = multilook // 2
     margin = half + (test_window // 2 if rule == "omnibus" else 0)
     stable_count = valid_count = 0
-    outputs = Outputs(lambda: RasterOutput(output, ref, 1, [LABEL_NODATA]),
-                      (lambda: RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte")) if mask_output else None)
+    # band names and provenance, as every output of the plugin (and how a batch folder scan skips them)
+    name = ref.GetRasterBand(dates[0].band).GetDescription() or ""
+    meta = {**(ref.GetMetadata() or {}), **provenance(
+        "despecknet:temporallabel", dates[0].path, dates=len(dates), rule=rule, alpha=alpha, multilook=multilook,
+        input_domain=domain, output_domain=domain)}
+    outputs = Outputs(lambda: RasterOutput(output, ref, 1, [LABEL_NODATA], descriptions=[name],
+                                           metadata={**meta, "DESPECKNET_CONTENT": "temporal label"}),
+                      (lambda: RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte",
+                                            descriptions=[f"stable {name}".strip()],
+                                            metadata={**meta, "DESPECKNET_CONTENT": "stable mask (1 stable, 0 changed)"}))
+                      if mask_output else None)
     with outputs as (label_out, mask_out):
         for k, win in enumerate(tiles):
             progress.check()

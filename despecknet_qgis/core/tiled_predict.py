@@ -206,7 +206,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     per band): each model is then named once, in band order, and separated by ", ".
     """
     from .files import file_sha256
-    from .model_info import plugin_version
+    from .model_info import provenance
 
     nodata, descriptions, complex_bands = [], [], []
     for b in bands:
@@ -221,20 +221,18 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     if model_sha256 is None:
         model_sha256 = ", ".join(file_sha256(p) if p and os.path.isfile(p) else "" for p, _ in used)
     metadata = dict(ds.GetMetadata() or {})
-    metadata.update({
-        "DESPECKNET_ALGORITHM": algorithm,
-        "DESPECKNET_PLUGIN_VERSION": plugin_version(),
-        "DESPECKNET_MODEL": ", ".join(os.path.basename(p or "") for p, _ in used),
-        "DESPECKNET_MODEL_VERSION": ", ".join(v for _, v in used),
-        "DESPECKNET_MODEL_SHA256": model_sha256,
-        "DESPECKNET_PRECISION": precision,
-        "DESPECKNET_SELF_ENSEMBLE": "4 mirrored passes" if self_ensemble else "off",
-        "DESPECKNET_INPUT": os.path.basename(source.rstrip("/")) or source,
-        "DESPECKNET_INPUT_DOMAIN": ("complex, read as |z|^2" if complex_bands else domain),
-        "DESPECKNET_OUTPUT_DOMAIN": output_domain,
-        "DESPECKNET_POINT_TARGETS": "kept" if point_targets else "off",
-        "DESPECKNET_ZERO_IS_NODATA": "yes" if zero_is_nodata else "no",
-    })
+    metadata.update(provenance(
+        algorithm, source,
+        model=", ".join(os.path.basename(p or "") for p, _ in used),
+        model_version=", ".join(v for _, v in used),
+        model_sha256=model_sha256,
+        precision=precision,
+        self_ensemble="4 mirrored passes" if self_ensemble else "off",
+        input_domain="complex, read as |z|^2" if complex_bands else domain,
+        output_domain=output_domain,
+        point_targets="kept" if point_targets else "off",
+        zero_is_nodata="yes" if zero_is_nodata else "no",
+    ))
     return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata}
 
 
