@@ -105,6 +105,13 @@ class DespeckNetPlugin:
     def open_installer(self):
         from .gui.dependency_installer import DependencyInstaller
 
+        if self.installer is not None:  # one dialog, so one pip run into the folder at a time
+            try:
+                self.installer.show()
+                self.installer.raise_()
+                return self.installer
+            except RuntimeError:  # its C++ object is gone
+                self.installer = None
         self.installer = DependencyInstaller(self.missing, self.iface.mainWindow())
         self.installer.show()
         return self.installer
@@ -116,9 +123,19 @@ class DespeckNetPlugin:
         if self.installer is not None:
             self.installer.close()
             self.installer = None
+        if self.iface is not None and self.message is not None:
+            try:  # the "Install..." message of this instance: its button would open an unloaded plugin's dialog
+                self.iface.messageBar().popWidget(self.message)
+            except RuntimeError:  # already closed by the user
+                pass
+            self.message = None
         if self.iface is not None and self.action is not None:
             self.iface.mapCanvas().unsetMapTool(self.tool)
             self.iface.removePluginRasterMenu("deSpeckNet", self.action)
             if self.toolbar is not None:
                 self.toolbar.deleteLater()
+            # parented to the main window and the canvas: without this each reload left one more behind
+            self.iface.mapCanvas().scene().removeItem(self.tool.band)  # a canvas item, not a child QObject
+            self.tool.deleteLater()
+            self.action.deleteLater()
             self.action = self.tool = self.toolbar = None

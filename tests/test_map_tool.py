@@ -57,3 +57,38 @@ def test_specklestats_reports_every_band_with_the_polygons(provider, tmp_path):
     # the polygons come with their statistics, to be mapped beside the rasters
     assert result["OUTPUT"].crs().authid() == "EPSG:32631"
     assert rows[0].geometry().area() == pytest.approx(500.0 * 500.0)
+
+
+def test_drawn_polygons_are_kept_in_the_scratch_layer_s_crs_and_a_removed_layer_is_made_again(qgis_iface):
+    """After Project > New (or the layer removed) every polygon raised 'wrapped C/C++ object ... deleted';
+    after the canvas CRS changed, polygons were stored untransformed, about 1,200 km away."""
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    from despecknet_qgis.gui.homogeneous_area_tool import LAYER_NAME, HomogeneousAreaTool
+
+    canvas = qgis_iface.mapCanvas()
+    utm, web = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:3857")
+    square = [QgsPointXY(500000, 4000000), QgsPointXY(500260, 4000000), QgsPointXY(500260, 3999740),
+              QgsPointXY(500000, 3999740)]
+    tool = HomogeneousAreaTool(canvas)
+    project = QgsProject.instance()
+    try:
+        canvas.setDestinationCrs(utm)
+        tool.points = list(square)
+        tool.finish()
+        first = tool.layer
+        assert first.crs() == utm and first.featureCount() == 1
+        project.removeMapLayer(first.id())  # deleted with the project's layers
+        tool.points = list(square)
+        tool.finish()
+        assert tool.layer.name() == LAYER_NAME and tool.layer.featureCount() == 1
+        canvas.setDestinationCrs(web)
+        to_web = QgsCoordinateTransform(utm, web, project)
+        tool.points = [to_web.transform(p) for p in square]
+        tool.finish()
+        kept = [f.geometry().centroid().asPoint() for f in tool.layer.getFeatures()]
+        assert len(kept) == 2 and abs(kept[1].x() - kept[0].x()) < 1 and abs(kept[1].y() - kept[0].y()) < 1
+    finally:
+        if tool.layer is not None:
+            project.removeMapLayer(tool.layer.id())
+        canvas.setDestinationCrs(utm)

@@ -43,3 +43,44 @@ def test_gui_adds_a_checkable_action_that_activates_the_map_tool(qgis_iface, qgi
         assert plugin.domain_box.currentText() == "intensity"
     finally:
         plugin.unload()
+
+
+def test_reloading_the_plugin_leaves_one_action_one_tool_and_no_stale_message(qgis_iface, qgis_processing,
+                                                                             monkeypatch):
+    """Each reload left one more QAction and map tool behind, and the "Install..." message of an unloaded
+    plugin stayed (its button opened that plugin's installer)."""
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from despecknet_qgis import classFactory
+    from despecknet_qgis.core import dependencies
+    from despecknet_qgis.gui.homogeneous_area_tool import HomogeneousAreaTool
+
+    try:
+        from qgis.PyQt.QtGui import QAction
+    except ImportError:
+        from qgis.PyQt.QtWidgets import QAction
+    canvas, window = qgis_iface.mapCanvas(), qgis_iface.mainWindow()
+    monkeypatch.setattr(dependencies, "missing", lambda *a, **k: [dependencies.Requirement("torch", "torch", "training")])
+
+    def ours():
+        QApplication.processEvents()
+        from qgis.PyQt.QtCore import QCoreApplication, QEvent
+
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        return (len([a for a in window.findChildren(QAction) if a.text() == "ENL / Cx of a homogeneous area"]),
+                len(canvas.findChildren(HomogeneousAreaTool)))
+
+    before = ours()
+    for _ in range(2):
+        plugin = classFactory(qgis_iface)
+        plugin.initGui()
+        assert plugin.message is not None and ours() == (before[0] + 1, before[1] + 1)
+        first = plugin.open_installer()
+        assert plugin.open_installer() is first  # one dialog, so never two pip runs into one folder
+        message = plugin.message
+        plugin.unload()
+        assert ours() == before and plugin.message is None
+        try:
+            assert not message.isVisible()
+        except RuntimeError:  # deleted with the bar's item: gone as well
+            pass

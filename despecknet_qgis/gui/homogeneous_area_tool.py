@@ -99,6 +99,15 @@ def format_stats(results) -> str:
     )
 
 
+def visible_layers(canvas) -> list:
+    """The canvas's layers, the members of "render as group" layers included (QGIS 3.24+ returns the
+    group itself unless asked to expand it; 3.22 has no such groups and no argument)."""
+    try:
+        return canvas.layers(True)
+    except TypeError:
+        return canvas.layers()
+
+
 class HomogeneousAreaTool(QgsMapTool):
     def __init__(self, canvas, domain_getter=lambda: "intensity", message_bar=None, keep_polygons=True,
                  band_getter=lambda: 1):
@@ -150,7 +159,7 @@ class HomogeneousAreaTool(QgsMapTool):
         geometry = QgsGeometry.fromPolygonXY([self.points])
         crs = self.canvas.mapSettings().destinationCrs()
         self.reset()
-        self.last_results = stats_for_visible_rasters(geometry, crs, self.canvas.layers(), self.domain_getter(),
+        self.last_results = stats_for_visible_rasters(geometry, crs, visible_layers(self.canvas), self.domain_getter(),
                                                       band=int(self.band_getter()))
         text = format_stats(self.last_results)
         QgsMessageLog.logMessage(text, "deSpeckNet", Qgis.Info)
@@ -160,11 +169,25 @@ class HomogeneousAreaTool(QgsMapTool):
             self._keep(geometry, crs)
         return self.last_results
 
-    def _keep(self, geometry, crs):
+    def _scratch_layer(self, crs):
+        """The layer that keeps the drawn polygons; a new one when the project dropped the last (Project >
+        New, the layer removed): the Python wrapper of a deleted layer raises on any call."""
         project = QgsProject.instance()
-        if self.layer is None or project.mapLayer(self.layer.id()) is None:
-            self.layer = QgsVectorLayer(f"Polygon?crs={crs.authid()}&field=id:integer", LAYER_NAME, "memory")
+        try:
+            alive = self.layer is not None and project.mapLayer(self.layer.id()) is self.layer
+        except RuntimeError:  # wrapped C/C++ object has been deleted
+            alive = False
+        if not alive:
+            self.layer = QgsVectorLayer("Polygon?field=id:integer", LAYER_NAME, "memory")
+            self.layer.setCrs(crs)  # also a CRS without an authority id (a custom projection)
             project.addMapLayer(self.layer)
+        return self.layer
+
+    def _keep(self, geometry, crs):
+        layer = self._scratch_layer(crs)
+        if layer.crs() != crs:  # the canvas CRS changed since the layer was made: store in the layer's CRS
+            geometry = QgsGeometry(geometry)
+            geometry.transform(QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()))
         feature = QgsFeature(self.layer.fields())
         feature.setGeometry(geometry)
         feature.setAttributes([self.layer.featureCount() + 1])
