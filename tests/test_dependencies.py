@@ -256,3 +256,30 @@ def test_a_file_that_is_not_onnx_still_gets_onnxruntimes_message(tmp_path):
 
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         Despeckler(str(bad), "cpu", with_noise=False)
+
+
+def test_a_numpy_1_that_the_installer_put_in_the_folder_wins_over_an_earlier_numpy_2(tmp_path):
+    """Appended to sys.path, the folder's numpy<2 lost to the numpy 2 that broke GDAL: the installer was
+    offered again at every start. Only numpy is taken from the folder first; other packages are not."""
+    import subprocess
+
+    def fake(folder, name, version):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"__version__ = '{version}'\n")
+        (folder / f"{name}-{version}.dist-info").mkdir()
+
+    early, plugin_dir = tmp_path / "user_site", tmp_path / "plugin_packages"
+    fake(early, "numpy", "2.0.2")
+    fake(early, "jinja2", "3.1.0")
+    fake(plugin_dir, "numpy", "1.26.4")
+    fake(plugin_dir, "jinja2", "9.9.9")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from despecknet_qgis.core import dependencies as d; d.activate_packages_dir(sys.argv[2]); "
+            "import numpy, jinja2; print(numpy.__version__, jinja2.__version__)")
+    out = subprocess.run([sys.executable, "-c", code, str(early), str(plugin_dir)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert out.stdout.split() == ["1.26.4", "3.1.0"], out.stderr
+    (plugin_dir / "numpy-1.26.4.dist-info").rename(plugin_dir / "numpy-2.1.0.dist-info")  # a numpy 2 there: appended
+    out = subprocess.run([sys.executable, "-c", code, str(early), str(plugin_dir)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert out.stdout.split()[0] == "2.0.2", out.stderr

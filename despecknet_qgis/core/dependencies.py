@@ -134,14 +134,46 @@ def packages_dir() -> str:
 
 
 def activate_packages_dir(path: str | None = None) -> bool:
-    """Put the plugin's package folder on sys.path (after the system's own packages) if it exists."""
+    """Put the plugin's package folder on sys.path (after the system's own packages) if it exists.
+
+    One exception: a numpy below 2 in the folder (the installer puts one there only where numpy was
+    missing or too new for GDAL) is imported before any other numpy, and only numpy is: appended, it
+    lost to the numpy 2 that broke GDAL, and the installer was offered again at every start.
+    """
     path = path or packages_dir()
     if not os.path.isdir(path):
         return False
     if path not in sys.path:
         sys.path.append(path)
+    if _numpy_1_in(path) and not any(isinstance(f, _NumpyFrom) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NumpyFrom(path))  # takes effect unless numpy is imported already (then: restart)
     importlib.invalidate_caches()
     return True
+
+
+def _numpy_1_in(folder: str) -> bool:
+    import glob
+
+    for info in glob.glob(os.path.join(folder, "numpy-*.dist-info")):
+        version = os.path.basename(info)[len("numpy-"):].split(".dist-info")[0]
+        if version.split(".")[0].isdigit() and int(version.split(".")[0]) < 2:
+            return os.path.isdir(os.path.join(folder, "numpy"))
+    return False
+
+
+class _NumpyFrom:
+    """A meta path finder for the top-level numpy package only, from one folder (its submodules follow
+    the package's own __path__); every other import is left to the normal path."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "numpy":
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(fullname, [self.folder])
 
 
 def _identity(executable: str) -> tuple | None:
