@@ -166,3 +166,64 @@ def test_bf16_one_network_used_by_two_threads_at_once_keeps_each_result(tiny_mod
         together = list(pool.map(net.predict, inputs * 2))
     for k, result in enumerate(together):
         np.testing.assert_array_equal(result, alone[k % len(inputs)])
+
+
+def _chain_model(path, final_relu=False, layers=3, pads=True, receptive_field="35"):
+    """A small deSpeckNet-like ONNX model (both branches a chain of 3x3 convolutions), deSpeckNet metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for branch in ("clean", "noise"):
+        x = "y"
+        for i in range(layers):
+            cin, cout = (1 if i == 0 else 8), (1 if i == layers - 1 else 8)
+            w = (rng.standard_normal((cout, cin, 3, 3)) * 0.2).astype(np.float32)
+            inits += [numpy_helper.from_array(w, f"{branch}{i}.w")]
+            last = i == layers - 1
+            out = branch if last and not final_relu else f"{branch}{i}.c"
+            nodes.append(helper.make_node("Conv", [x, f"{branch}{i}.w"], [out], kernel_shape=[3, 3],
+                                          **({"pads": [1, 1, 1, 1]} if pads else {})))
+            x = out
+            if not last or final_relu:
+                relu_out = branch if last else f"{branch}{i}.r"
+                nodes.append(helper.make_node("Relu", [x], [relu_out]))
+                x = relu_out
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("clean", "noise")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"format": "despecknet-onnx/1", "model_version": "test", "domain": "log_intensity", "log_scale": "2.0",
+            "z_limit": "10.0", "receptive_field": receptive_field, "training": "{}"}
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_graphs_the_bf16_path_would_compute_wrongly_go_to_fp32_under_auto(tmp_path):
+    """A final ReLU was dropped (4.8 dB off, silently, under auto), a Conv without pads ran as a same-size
+    one, and a one-convolution branch failed on every tile."""
+    from despecknet_qgis.core.model_info import FORMAT
+
+    z = np.random.default_rng(1).standard_normal((40, 50)).astype(np.float32)
+    for name, kw in (("final_relu", dict(final_relu=True)), ("one_conv", dict(layers=1)), ("no_pads", dict(pads=False))):
+        path = _chain_model(tmp_path / f"{name}.onnx", **kw)
+        assert FORMAT == "despecknet-onnx/1"
+        with pytest.raises(ModelError, match="bf16 path|precision"):
+            Despeckler(path, "cpu", with_noise=False, precision="bf16")
+        auto = Despeckler(path, "cpu", with_noise=False, precision="auto")
+        assert auto.precision == "fp32"
+        if name != "no_pads":  # ONNX Runtime itself refuses the shrinking graph, with a clear ModelError
+            np.testing.assert_array_equal(auto.predict(z)[0],
+                                          Despeckler(path, "cpu", with_noise=False, precision="fp32").predict(z)[0])
+
+
+def test_a_receptive_field_in_the_metadata_that_cannot_be_is_refused(tmp_path):
+    """-5 left every output pixel nodata without an error."""
+    for value in ("-5", "0", "34", "100001"):
+        with pytest.raises(ModelError, match=f"states a receptive field of {value} pixels"):
+            Despeckler(_chain_model(tmp_path / f"rf{value}.onnx", receptive_field=value), "cpu")

@@ -390,3 +390,20 @@ def test_classic_filter_temporal_label_and_ratio_outputs_carry_band_names_and_pr
         if algorithm != "despecknet:quality":
             assert meta["MISSION_ID"] == "S1A"  # the input's own metadata is kept
     assert not despecknet_output(dates[0])
+
+
+def test_an_output_says_where_point_targets_were_not_restored_because_the_looks_are_unknown(despeckler, tmp_path):
+    """With no fully valid 16x16 block the looks cannot be estimated and the point-target step is skipped:
+    the metadata said "kept" all the same."""
+    y, _ = speckled_scene(96, seed=11)
+    y[::12, :] = -1.0  # nodata every 12 rows: no fully valid 16x16 block
+    src = write_tif(tmp_path / "holes.tif", y, nodata=-1.0)
+    messages = []
+    from despecknet_qgis.core.progress import Progress
+
+    despeckle_raster(src, str(tmp_path / "out.tif"), despeckler, progress=Progress(log=messages.append))
+    meta = gdal.Open(str(tmp_path / "out.tif")).GetMetadata()
+    assert meta["DESPECKNET_POINT_TARGETS"] == "kept, except band(s) 1 (looks unknown)"
+    assert any("point targets are not restored" in m for m in messages)
+    despeckle_raster(src, str(tmp_path / "given.tif"), despeckler, looks=1.0)
+    assert gdal.Open(str(tmp_path / "given.tif")).GetMetadata()["DESPECKNET_POINT_TARGETS"] == "kept"

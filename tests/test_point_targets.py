@@ -130,3 +130,14 @@ def test_window_minimum_equals_scipys_minimum_filter_with_reflected_edges():
     values[0, 0], values[30, 20] = np.inf, 0.0
     for size in (3, 5, 7):
         np.testing.assert_array_equal(window_minimum(values, size), ndimage.minimum_filter(values, size, mode="reflect"))
+
+
+def test_a_constant_fill_area_is_not_taken_for_speckle_when_the_looks_are_estimated():
+    """A 96x96 area of one undeclared fill value made the estimate 1e5 looks: the multi-look model was
+    chosen and a third of the speckle was kept as "point targets"."""
+    rng = np.random.default_rng(5)
+    y = rng.gamma(1.0, 1.0, (256, 256))
+    y[80:176, 80:176] = 0.37
+    estimator = pt.LooksEstimator()
+    estimator.add(y, np.ones(y.shape, bool))
+    assert estimator.looks() == pytest.approx(1.0, rel=0.15)

@@ -196,7 +196,8 @@ class BF16Network:
         try:
             with torch.inference_mode():
                 x = torch.zeros((1, 1, height, width), dtype=torch.bfloat16)
-                x[0, 0, :, :columns] = torch.from_numpy(np.ascontiguousarray(z, np.float32))
+                # a fresh array: a mirrored 1-pixel-wide view keeps a negative stride through ascontiguousarray
+                x[0, 0, :, :columns] = torch.from_numpy(np.array(z, np.float32, order="C"))
                 # Two buffers, each layer reading one and writing the other: a layer's rows are its
                 # carried rows (its previous band's last 2 pad rows) then those just computed.
                 capacity = band + (len(pads) + 2) * max(pads)
@@ -269,6 +270,11 @@ def load_branch(model: bytes, output: str, threads: int | None = None) -> BF16Ne
     if not layers:
         raise ModelError(f"The model's '{output}' output is not a plain chain of convolutions and ReLUs, which the "
                          "bf16 path needs: use `precision` fp32 for this model.")
+    # The bf16 network runs body layers (conv + ReLU) and a last convolution without one: other shapes
+    # would be computed wrongly (a final ReLU was dropped: 4.8 dB off) or not at all (a single conv).
+    if len(layers) < 2 or layers[-1][2]:
+        raise ModelError(f"The model's '{output}' branch is not convolutions with ReLUs ending in one convolution "
+                         "without a ReLU, which the bf16 path runs: use `precision` fp32 for this model.")
     # oneDNN's fused ReLU turns NaN into 0: corrupt weights would give a finite, wrong image
     # here where ONNX Runtime's output shows the NaN and despeckling stops.
     if not all(np.isfinite(w).all() and np.isfinite(b).all() for w, b, _ in layers):

@@ -56,6 +56,9 @@ def bundled_files() -> list[str]:
             if stem == GENERAL_MODEL or os.path.isfile(os.path.join(_MODELS, stem + ext))]
 
 
+MAX_RECEPTIVE_FIELD = 1025  # pixels: a tile must hold it, and 4096 is the largest tile
+
+
 def plugin_version() -> str:
     """The plugin's version, from its metadata.txt (written into every output's provenance)."""
     path = os.path.join(os.path.dirname(_MODELS), "metadata.txt")
@@ -92,7 +95,7 @@ class ModelInfo:
         if meta.get("domain") != "log_intensity":
             raise ModelError(f"{source} works in an unsupported domain {meta.get('domain')!r}.")
         try:
-            return cls(
+            info = cls(
                 version=meta.get("model_version", "?"),
                 description=meta.get("description", ""),
                 log_scale=float(meta["log_scale"]),
@@ -102,6 +105,13 @@ class ModelInfo:
             )
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{source} has incomplete deSpeckNet metadata ({exc}).") from exc
+        # The tiles' overlap comes from it: too small gives seams, negative leaves every pixel nodata.
+        rf = info.receptive_field
+        if rf < 1 or rf % 2 == 0 or rf > MAX_RECEPTIVE_FIELD:
+            raise ModelError(f"{source} states a receptive field of {rf} pixels; a deSpeckNet model's is an odd "
+                             f"number from 1 to {MAX_RECEPTIVE_FIELD} (the bundled models': 35). Export the model "
+                             "again with despecknet:train or despecknet:finetune.")
+        return info
 
 
 def provenance(algorithm: str, source: str, **items) -> dict[str, str]:

@@ -234,11 +234,15 @@ def conv_chain(model: bytes, output: str):
         half = weight.shape[2] // 2
         expected = {"kernel_shape": [weight.shape[2]] * 2, "pads": [half] * 4, "strides": [1, 1], "dilations": [1, 1],
                     "group": [1]}
+        seen = set()
         for attribute in [p for n, _, _, p in fields(node) if n == NODE_ATTRIBUTE]:
             key = _name(attribute, ATTRIBUTE_NAME)
             values = _integers(attribute, ATTRIBUTE_INTS) or _integers(attribute, ATTRIBUTE_INT)
             if key not in expected or values != expected[key]:
                 return None  # auto_pad, asymmetric pads, strides...: not a same-size convolution
+            seen.add(key)
+        if half and "pads" not in seen:
+            return None  # ONNX's default padding is 0: the output is smaller than the input
         layers.append((weight, bias, relu))
         relu, name = False, node_inputs[0]
     if relu or not layers:

@@ -102,6 +102,9 @@ def speckle_quantile(looks: float, pfa: float = DEFAULT_PFA) -> float:
 # --- looks, estimated from the image while it is read window by window ---------------------------------------
 
 
+FLATNESS_MIN = 1e-4  # coefficient of variation of a block's cell means below which it is not speckle
+
+
 class LooksEstimator:
     """The equivalent number of looks of an intensity image, from its flattest blocks, streamed.
 
@@ -133,13 +136,17 @@ class LooksEstimator:
         cells = values.reshape(h, w // 4, 4).sum(axis=2).reshape(h // 4, 4, w // 4).sum(axis=1) / 16.0
         cells = cells.reshape(h // b, b // 4, w // b, b // 4).transpose(0, 2, 1, 3)[ok].reshape(int(ok.sum()), -1)
         flatness = cells.std(axis=1) / cells.mean(axis=1)
+        # A constant area (a fill value nobody declared nodata) is no speckle: ranked flattest, it made the
+        # estimate 1e5 looks, chose the multi-look model and kept a third of the speckle as "point targets".
+        # Even 10^4-look speckle leaves 16-pixel cell means a spread of about 1e-2.
+        flatness = np.where(flatness < FLATNESS_MIN, np.inf, flatness)
         # Only blocks that can enter the kept set need their log variance (the logarithm of every
         # pixel was two thirds of this pass's time): this window's `kept` flattest, and of those
         # the ones flatter than the worst kept so far. Only those are copied out of the window.
         block_rows, block_cols = np.nonzero(ok)  # the order of `cells` (row-major, like [ok])
-        chosen = np.arange(len(flatness))
+        chosen = np.flatnonzero(np.isfinite(flatness))
         if len(chosen) > self.kept:
-            chosen = np.argpartition(flatness, self.kept - 1)[:self.kept]
+            chosen = chosen[np.argpartition(flatness[chosen], self.kept - 1)[:self.kept]]
         if len(self._heap) >= self.kept:
             chosen = chosen[flatness[chosen] <= -self._heap[0][0]]
         if not chosen.size:

@@ -138,9 +138,17 @@ def despeckle_raster(
                  for i, b in enumerate(bands)]
         # The bundled models: the multi-look one for bands with enough looks (model_info).
         networks = [despeckler.for_looks(looks or st.looks) for st in stats]
+        # The point-target test needs the looks: where they cannot be estimated it is not run, and the
+        # output says so (it said "kept" while none was).
+        unknown = [st.band for st in stats if not (looks or st.looks)] if point_targets else []
+        for b in unknown:
+            progress.info(f"Warning: band {b}: its looks cannot be estimated (no fully valid 16x16 block), so bright "
+                          "point targets are not restored there; give `looks` to restore them.")
+        targets = ("off" if not point_targets else "kept" if not unknown else
+                   f"kept, except band(s) {', '.join(map(str, unknown))} (looks unknown)")
         layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path,
                                [n.path for n in networks], [n.info.version for n in networks],
-                               point_targets=point_targets, algorithm=algorithm,
+                               point_targets=targets, algorithm=algorithm,
                                precision=despeckler.precision, self_ensemble=despeckler.self_ensemble)
         nodata = layout["nodata"]
 
@@ -195,7 +203,7 @@ def despeckle_raster(
 
 def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
                   model_path: str | list[str], model_version: str | list[str], model_sha256: str | None = None,
-                  point_targets: bool = True, algorithm: str = "despecknet:despeckle", precision: str = "fp32",
+                  point_targets: bool | str = True, algorithm: str = "despecknet:despeckle", precision: str = "fp32",
                   self_ensemble: bool = False) -> dict:
     """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
 
@@ -230,7 +238,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
         self_ensemble="4 mirrored passes" if self_ensemble else "off",
         input_domain="complex, read as |z|^2" if complex_bands else domain,
         output_domain=output_domain,
-        point_targets="kept" if point_targets else "off",
+        point_targets=point_targets if isinstance(point_targets, str) else "kept" if point_targets else "off",
         zero_is_nodata="yes" if zero_is_nodata else "no",
     ))
     return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata}
