@@ -407,3 +407,20 @@ def test_an_output_says_where_point_targets_were_not_restored_because_the_looks_
     assert any("point targets are not restored" in m for m in messages)
     despeckle_raster(src, str(tmp_path / "given.tif"), despeckler, looks=1.0)
     assert gdal.Open(str(tmp_path / "given.tif")).GetMetadata()["DESPECKNET_POINT_TARGETS"] == "kept"
+
+
+def test_each_band_of_a_multi_band_output_names_its_model_and_looks(tmp_path):
+    """The dataset's metadata listed each model once: which band got which was only in the log."""
+    from despecknet_qgis.core.inference import Despeckler
+    from despecknet_qgis.core.simulate import simulate_speckle
+
+    rng = np.random.default_rng(12)
+    x = np.full((128, 128), 0.1)
+    bands = [x * simulate_speckle(x.shape, 1.0, 0.0, rng), x * simulate_speckle(x.shape, 5.0, 0.0, rng)]
+    src = write_tif(tmp_path / "mixed.tif", bands)
+    despeckle_raster(src, str(tmp_path / "out.tif"), Despeckler(None, "cpu"))  # the bundled pair
+    out = gdal.Open(str(tmp_path / "out.tif"))
+    per_band = [out.GetRasterBand(b).GetMetadata() for b in (1, 2)]
+    assert [m["DESPECKNET_MODEL"] for m in per_band] == ["despecknet.onnx", "despecknet_multilook.onnx"]
+    assert float(per_band[0]["DESPECKNET_LOOKS"]) == pytest.approx(1.0, rel=0.2)
+    assert float(per_band[1]["DESPECKNET_LOOKS"]) == pytest.approx(5.0, rel=0.2)

@@ -141,7 +141,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         tmp = None
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
                   "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version,
-                  "model_path": despeckler.path,
+                  "model_path": despeckler.path, "looks": s["looks"] or st.looks,
                   "precision": despeckler.precision}
         _mark_done(job, result)
         return result
@@ -163,7 +163,7 @@ def _write(ds, index: int, win, data: np.ndarray) -> None:
 def write_split(job: dict, windows_done: list[dict]) -> dict:
     """The scene's outputs from its windows: job["windows"] lists (band index, y0, y1, part path)."""
     from ..core.raster import Outputs, RasterOutput, Window, gdal_cache_limit, open_raster
-    from ..core.tiled_predict import output_layout
+    from ..core.tiled_predict import band_provenance, output_layout
 
     started = time.perf_counter()
     failed = [w for w in windows_done if w.get("status") != "done"]
@@ -196,7 +196,10 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
         def output(path, argument, what):
             return RasterOutput(path, ds, len(bands), layout["nodata"], argument=argument,
                                 descriptions=layout["descriptions"],
-                                metadata={**layout["metadata"], "DESPECKNET_CONTENT": what})
+                                metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
+                                band_metadata=band_provenance([w.get("model_path") or job["model"] for w in used],
+                                                              [w.get("model_version", "?") for w in used],
+                                                              [w.get("looks") for w in used]))
 
         outputs = Outputs(lambda: output(job["output"], "output_path", "despeckled"),
                           (lambda: output(noise, "noise_path", "estimated speckle")) if noise else None)

@@ -151,13 +151,16 @@ def despeckle_raster(
                                point_targets=targets, algorithm=algorithm,
                                precision=despeckler.precision, self_ensemble=despeckler.self_ensemble)
         nodata = layout["nodata"]
+        per_band = band_provenance([n.path for n in networks], [n.info.version for n in networks],
+                                   [looks or st.looks for st in stats])
 
         tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
 
         def output(path, argument, what):
             return RasterOutput(path, ds, len(bands), nodata, data_type=output_type, argument=argument, region=region,
-                                descriptions=layout["descriptions"], metadata={**layout["metadata"], "DESPECKNET_CONTENT": what})
+                                descriptions=layout["descriptions"], metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
+                                band_metadata=per_band)
 
         outputs = Outputs(lambda: output(output_path, "output_path", "despeckled"),
                           (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
@@ -199,6 +202,12 @@ def despeckle_raster(
         tiles=len(tiles),
         network_seconds=getattr(despeckler, "network_seconds", 0.0) - network_before,
     )
+
+
+def band_provenance(model_paths: list, versions: list, looks: list) -> list[dict[str, str]]:
+    """Each band's model and looks, for its own metadata (the dataset's items list each model once)."""
+    return [{"DESPECKNET_MODEL": os.path.basename(p or ""), "DESPECKNET_MODEL_VERSION": str(v),
+             "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for p, v, n in zip(model_paths, versions, looks)]
 
 
 def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
