@@ -490,3 +490,16 @@ def test_an_output_folder_that_is_the_input_folder_reruns_without_taking_its_out
     second = run_batch(expand_inputs([str(folder)]), str(folder), model=tiny_model[0], in_process=True)
     assert second.skipped == [str(folder / "a_despeckled.tif")] and second.done == [] and second.failed == {}
     assert expand_inputs([str(folder)]) == [str(folder / "a.tif")]
+
+
+def test_a_split_band_whose_looks_are_unknown_says_its_point_targets_were_not_restored(client, tmp_path):
+    """The split path wrote "kept" for a band whose looks were unknown, where the point-target test never ran."""
+    from osgeo import gdal
+
+    y, _ = speckled_scene(256, seed=11)
+    y[::12, :] = -1.0  # nodata every 12 rows: no fully valid 16x16 block to estimate the looks on
+    src = write_tif(tmp_path / "holes.tif", y, nodata=-1.0)
+    report = run_batch([src], str(tmp_path / "out"), client=client, split_rows=1, split_min_pixels=1)
+    out = gdal.Open(report.done[0])
+    assert out.GetMetadataItem("DESPECKNET_POINT_TARGETS") == "kept, except band(s) 1 (looks unknown)"
+    assert out.GetRasterBand(1).GetMetadataItem("DESPECKNET_LOOKS") == "unknown"

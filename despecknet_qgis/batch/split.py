@@ -163,7 +163,7 @@ def _write(ds, index: int, win, data: np.ndarray) -> None:
 def write_split(job: dict, windows_done: list[dict]) -> dict:
     """The scene's outputs from its windows: job["windows"] lists (band index, y0, y1, part path)."""
     from ..core.raster import Outputs, RasterOutput, Window, gdal_cache_limit, open_raster
-    from ..core.tiled_predict import band_provenance, output_layout
+    from ..core.tiled_predict import output_layout
 
     started = time.perf_counter()
     failed = [w for w in windows_done if w.get("status") != "done"]
@@ -189,7 +189,7 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
                                job["input"], [w.get("model_path") or job["model"] for w in used],
                                [w.get("model_version", "?") for w in used],
                                job.get("model_sha256") if job["model"] else None, point_targets=s["point_targets"],
-                               precision=windows_done[0].get("precision", "fp32"))
+                               precision=windows_done[0].get("precision", "fp32"), looks=[w.get("looks") for w in used])
         noise = job.get("noise_output")
         step = job["tile_size"]
 
@@ -197,9 +197,7 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
             return RasterOutput(path, ds, len(bands), layout["nodata"], argument=argument,
                                 descriptions=layout["descriptions"],
                                 metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
-                                band_metadata=band_provenance([w.get("model_path") or job["model"] for w in used],
-                                                              [w.get("model_version", "?") for w in used],
-                                                              [w.get("looks") for w in used]))
+                                band_metadata=layout["band_metadata"])
 
         outputs = Outputs(lambda: output(job["output"], "output_path", "despeckled"),
                           (lambda: output(noise, "noise_path", "estimated speckle")) if noise else None)

@@ -138,21 +138,15 @@ def despeckle_raster(
                  for i, b in enumerate(bands)]
         # The bundled models: the multi-look one for bands with enough looks (model_info).
         networks = [despeckler.for_looks(looks or st.looks) for st in stats]
-        # The point-target test needs the looks: where they cannot be estimated it is not run, and the
-        # output says so (it said "kept" while none was).
-        unknown = [st.band for st in stats if not (looks or st.looks)] if point_targets else []
-        for b in unknown:
-            progress.info(f"Warning: band {b}: its looks cannot be estimated (no fully valid 16x16 block), so bright "
-                          "point targets are not restored there; give `looks` to restore them.")
-        targets = ("off" if not point_targets else "kept" if not unknown else
-                   f"kept, except band(s) {', '.join(map(str, unknown))} (looks unknown)")
         layout = output_layout(ds, bands, domain, output_domain, zero_is_nodata, input_path,
                                [n.path for n in networks], [n.info.version for n in networks],
-                               point_targets=targets, algorithm=algorithm,
-                               precision=despeckler.precision, self_ensemble=despeckler.self_ensemble)
+                               point_targets=point_targets, algorithm=algorithm,
+                               precision=despeckler.precision, self_ensemble=despeckler.self_ensemble,
+                               looks=[looks or st.looks for st in stats])
+        for b in layout["no_point_targets"]:
+            progress.info(f"Warning: band {b}: its looks cannot be estimated (no fully valid 16x16 block), so bright "
+                          "point targets are not restored there; give `looks` to restore them.")
         nodata = layout["nodata"]
-        per_band = band_provenance([n.path for n in networks], [n.info.version for n in networks],
-                                   [looks or st.looks for st in stats])
 
         tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
@@ -160,7 +154,7 @@ def despeckle_raster(
         def output(path, argument, what):
             return RasterOutput(path, ds, len(bands), nodata, data_type=output_type, argument=argument, region=region,
                                 descriptions=layout["descriptions"], metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
-                                band_metadata=per_band)
+                                band_metadata=layout["band_metadata"])
 
         outputs = Outputs(lambda: output(output_path, "output_path", "despeckled"),
                           (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
@@ -204,23 +198,21 @@ def despeckle_raster(
     )
 
 
-def band_provenance(model_paths: list, versions: list, looks: list) -> list[dict[str, str]]:
-    """Each band's model and looks, for its own metadata (the dataset's items list each model once)."""
-    return [{"DESPECKNET_MODEL": os.path.basename(p or ""), "DESPECKNET_MODEL_VERSION": str(v),
-             "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for p, v, n in zip(model_paths, versions, looks)]
-
-
 def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is_nodata: bool, source: str,
                   model_path: str | list[str], model_version: str | list[str], model_sha256: str | None = None,
-                  point_targets: bool | str = True, algorithm: str = "despecknet:despeckle", precision: str = "fp32",
-                  self_ensemble: bool = False) -> dict:
-    """What despecknet's outputs of `ds` carry besides pixels: per-band nodata and names, and metadata.
+                  point_targets: bool = True, algorithm: str = "despecknet:despeckle", precision: str = "fp32",
+                  self_ensemble: bool = False, looks: list[float | None] | None = None) -> dict:
+    """What despecknet's outputs of `ds` carry besides pixels: per-band nodata, names and metadata, and
+    the dataset's metadata.
 
     The input's dataset metadata is copied, and DESPECKNET_* items record the model (name,
     version, SHA-256), its precision and self-ensemble, the algorithm, the domains and the
     plugin version, where `gdalinfo` shows them. No timestamp, so that reruns give identical files.
     `model_path` and `model_version` may list each band's model (the bundled models are chosen
-    per band): each model is then named once, in band order, and separated by ", ".
+    per band): each model is then named once, in band order, and separated by ", "; each band's
+    own metadata names its model and its `looks` (given or estimated; None: unknown). The
+    point-target test needs the looks, so bands without them are listed in "no_point_targets"
+    and the metadata says they were skipped.
     """
     from .files import file_sha256
     from .model_info import provenance
@@ -235,6 +227,14 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     paths = [model_path] if isinstance(model_path, str) or model_path is None else list(model_path)
     versions = [model_version] if isinstance(model_version, str) else list(model_version)
     used = list(dict.fromkeys(zip(paths, versions)))  # each model once, in band order
+    looks = list(looks) if looks is not None else [None] * len(bands)
+    band_metadata = [{"DESPECKNET_MODEL": os.path.basename(paths[min(i, len(paths) - 1)] or ""),
+                      "DESPECKNET_MODEL_VERSION": str(versions[min(i, len(versions) - 1)]),
+                      "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for i, n in enumerate(looks)]
+    # it said "kept" for bands whose looks were unknown, where the test was not run
+    skipped = [b for b, n in zip(bands, looks) if not n] if point_targets else []
+    targets = ("off" if not point_targets else "kept" if not skipped else
+               f"kept, except band(s) {', '.join(map(str, skipped))} (looks unknown)")
     if model_sha256 is None:
         model_sha256 = ", ".join(file_sha256(p) if p and os.path.isfile(p) else "" for p, _ in used)
     metadata = dict(ds.GetMetadata() or {})
@@ -247,10 +247,11 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
         self_ensemble="4 mirrored passes" if self_ensemble else "off",
         input_domain="complex, read as |z|^2" if complex_bands else domain,
         output_domain=output_domain,
-        point_targets=point_targets if isinstance(point_targets, str) else "kept" if point_targets else "off",
+        point_targets=targets,
         zero_is_nodata="yes" if zero_is_nodata else "no",
     ))
-    return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata}
+    return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata, "band_metadata": band_metadata,
+            "no_point_targets": skipped}
 
 
 def despeckle_window(
