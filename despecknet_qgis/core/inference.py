@@ -60,16 +60,15 @@ def _nvidia_driver_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.name == "nt"
 
 
-def _check_receptive_field(path: str, stated: int) -> None:
+def _check_receptive_field(data: bytes, path: str, stated: int) -> None:
     """The tiles overlap by the stated receptive field: one smaller than the network's own gives seams
     (a chain of 17 3x3 convolutions stated as 3 gave up to 10.9 dB between tile sizes). Checked where
     the graph is a plain convolution chain (onnx_graph.conv_chain); other graphs keep their statement."""
     from .onnx_graph import WireFormatError, conv_chain
 
     try:
-        with open(path, "rb") as fh:
-            layers = conv_chain(fh.read(), ModelInfo.OUTPUTS[0])
-    except (OSError, WireFormatError):
+        layers = conv_chain(data, ModelInfo.OUTPUTS[0])
+    except WireFormatError:
         return
     if layers:
         actual = 1 + sum(w.shape[2] - 1 for w, _, _ in layers)
@@ -169,14 +168,16 @@ class Despeckler:
             raise ModelError(f"{path} has inputs {names_in} and outputs {names_out}, not a deSpeckNet graph.")
         if self.info.log_scale != LOG_SCALE or self.info.z_limit != Z_LIMIT:
             raise ModelError(f"{path} uses a normalisation this plugin version does not know.")
-        _check_receptive_field(path, self.info.receptive_field)
+        with open(path, "rb") as fh:  # read once: the receptive-field check and the bf16 path parse it
+            data = fh.read()
+        _check_receptive_field(data, path, self.info.receptive_field)
         self.path = path
         self.with_noise = with_noise
         self.self_ensemble = bool(self_ensemble)
         self._bf16: dict = {}
-        self.precision, self.precision_note = self._choose_precision(precision, threads)
+        self.precision, self.precision_note = self._choose_precision(precision, threads, data)
 
-    def _choose_precision(self, precision: str, threads: int | None) -> tuple[str, str]:
+    def _choose_precision(self, precision: str, threads: int | None, data: bytes) -> tuple[str, str]:
         """(precision in use, why), loading the bf16 branches when they are chosen."""
         from . import bf16
 
@@ -189,8 +190,6 @@ class Despeckler:
             if precision == "bf16":
                 raise ResourceError(f"`precision`=bf16 was asked for, but {reason}. Use precision auto or fp32.")
             return "fp32", f"bf16 not used: {reason}"
-        with open(self.path, "rb") as fh:
-            data = fh.read()
         try:
             for name in ModelInfo.OUTPUTS if self.with_noise else ModelInfo.OUTPUTS[:1]:
                 self._bf16[name] = bf16.load_branch(data, name, threads)
