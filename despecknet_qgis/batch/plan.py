@@ -77,14 +77,11 @@ def expand_inputs(items: list[str], lists: list[str] | None = None) -> list[str]
 
 def despecknet_output(path: str) -> bool:
     """Whether a raster is an output of this plugin (its provenance metadata says so)."""
-    from osgeo import gdal
+    from ..core.model_info import PROVENANCE_KEY
+    from ..core.raster import open_quietly
 
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-        return ds is not None and bool(ds.GetMetadataItem("DESPECKNET_ALGORITHM"))
-    finally:
-        gdal.PopErrorHandler()
+    ds = open_quietly(path)
+    return ds is not None and bool(ds.GetMetadataItem(PROVENANCE_KEY))
 
 
 def output_stem(name: str) -> str:
@@ -130,14 +127,10 @@ def fingerprint(name: str, checksum: bool = False) -> dict:
 
 def raster_shape(name: str) -> tuple[int, int, int] | None:
     """(bands, width, height) as the client sees the raster (None: not readable from here)."""
-    from osgeo import gdal
+    from ..core.raster import open_quietly
 
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
-        return (ds.RasterCount, ds.RasterXSize, ds.RasterYSize) if ds is not None and ds.RasterCount else None
-    finally:
-        gdal.PopErrorHandler()
+    ds = open_quietly(name)
+    return (ds.RasterCount, ds.RasterXSize, ds.RasterYSize) if ds is not None and ds.RasterCount else None
 
 
 def scene_key(scene: Scene, model_sha256: str, options: dict, device: str, precision: str = "auto") -> str:
@@ -159,19 +152,18 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
                 precision: str = "auto") -> list[Scene]:
     """One Scene per input, with output names checked: distinct, never an input."""
     scenes = []
-    by_output: dict[str, str] = {}
-    by_folded: dict[str, str] = {}  # the same paths without case
+    by_output: dict[str, str] = {}  # output path without case -> its input
     for name in inputs:
         stem = output_stem(name)
         output = os.path.join(output_dir, f"{stem}{suffix}.tif")
         noise_output = os.path.join(output_dir, f"{stem}_speckle.tif") if noise else None
         for path in filter(None, (output, noise_output)):
             # compared without case: on Windows, macOS and many network shares A.tif and a.tif are one file
-            clash = by_folded.get(os.path.normcase(path).lower())
-            if clash:
-                raise OutputError(f"{name} and {clash} would both be written to {path}: give inputs with "
+            folded = os.path.normcase(path).lower()
+            if folded in by_output:
+                raise OutputError(f"{name} and {by_output[folded]} would both be written to {path}: give inputs with "
                                   "different names, or run them into different `output_dir` folders.")
-            by_output[path] = by_folded[os.path.normcase(path).lower()] = name
+            by_output[folded] = name
         shape = raster_shape(name)
         count = shape[0] if shape else None
         chosen = bands
@@ -186,7 +178,7 @@ def plan_scenes(inputs: list[str], output_dir: str, bands: list[int] | None, noi
         scene.key = scene_key(scene, model_sha256, options, device, precision)
         scenes.append(scene)
     all_inputs = [f for s in scenes for f in ([e["path"] for e in s.fingerprint["files"] or []] or [s.input])]
-    for path in by_output:
+    for path in (p for s in scenes for p in (s.output, s.noise_output) if p):
         for f in all_inputs:
             if same_file(path, f):
                 raise OutputError(f"The output {path} would overwrite the input {f}: choose another `output_dir` "

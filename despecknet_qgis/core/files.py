@@ -75,14 +75,10 @@ def same_dataset(a: str, b: str) -> bool:
 def dataset_files(name: str) -> list[str]:
     """The files GDAL reads for a raster dataset name (a VRT's sources, a SAFE's measurements,
     sidecars), or [] where the name does not open as a raster."""
-    from osgeo import gdal
+    from .raster import open_quietly  # raster imports this module
 
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
-        return list(ds.GetFileList() or []) if ds is not None else []
-    finally:
-        gdal.PopErrorHandler()
+    ds = open_quietly(name)
+    return list(ds.GetFileList() or []) if ds is not None else []
 
 
 def protected_files() -> list[str]:
@@ -182,7 +178,8 @@ def check_outputs(outputs: dict, inputs: dict | None = None) -> None:
     inputs also a list of paths). Messages name the arguments, so a caller can map them.
     """
     given = [(a, p) for a, p in outputs.items() if p]
-    read = [(in_arg, in_path, [in_path, *dataset_files(in_path)]) for in_arg, in_path in _input_paths(inputs or {})]
+    read = [(in_arg, in_path, [in_path, *dataset_files(in_path)])  # what GDAL reads for each input, opened once
+            for in_arg, in_path in (_input_paths(inputs or {}) if given else [])]
     for argument, path in given:
         check_output_path(path, argument)
         for in_arg, in_path, files in read:

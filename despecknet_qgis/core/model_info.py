@@ -114,10 +114,13 @@ class ModelInfo:
         return info
 
 
+PROVENANCE_KEY = "DESPECKNET_ALGORITHM"  # in every raster output; a batch folder scan skips files that have it
+
+
 def provenance(algorithm: str, source: str, **items) -> dict[str, str]:
     """The DESPECKNET_* metadata every raster output carries: the algorithm, the plugin version, the
     input, and `items` (DESPECKNET_<NAME>). Also how a folder scan tells the plugin's outputs from inputs."""
-    meta = {"DESPECKNET_ALGORITHM": algorithm, "DESPECKNET_PLUGIN_VERSION": plugin_version(),
+    meta = {PROVENANCE_KEY: algorithm, "DESPECKNET_PLUGIN_VERSION": plugin_version(),
             "DESPECKNET_INPUT": os.path.basename(str(source).rstrip("/")) or str(source)}
     meta.update({f"DESPECKNET_{k.upper()}": str(v) for k, v in items.items()})
     return meta

@@ -42,12 +42,17 @@ def is_gdal_name(path: str) -> bool:
     return bool(path) and (path.startswith("/vsi") or (":" in path[2:] and not os.path.exists(path)))
 
 
+def open_quietly(name: str) -> gdal.Dataset | None:
+    """The raster dataset `name` read-only, or None, without GDAL printing why it cannot open it."""
+    with _quiet_gdal():
+        return gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY)
+
+
 def gdal_can_open(path: str) -> bool:
     """True when GDAL opens `path` as a raster (a file, a /vsi*/ name, a sub-dataset, a VRT)."""
     if not path or os.path.isdir(path):
         return False
-    with _quiet_gdal():
-        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    ds = open_quietly(path)
     return ds is not None and ds.RasterCount > 0
 
 
@@ -66,8 +71,7 @@ def open_raster(path: str) -> gdal.Dataset:
     path = resolved
     if os.path.isdir(path):
         raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
-    with _quiet_gdal():
-        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    ds = open_quietly(path)
     if ds is not None and ds.RasterCount > 0:
         if in_use is not None:
             weakref.finalize(ds, in_use.close)  # the product stays in the cache while this dataset lives

@@ -43,10 +43,10 @@ import numpy as np
 from . import domain as dm
 from .defaults import ZERO_IS_NODATA
 from .errors import DespeckNetError, InputError
+from .files import same_dataset
 from .model_info import provenance
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
-from .files import same_dataset
 
 RULES = ("speckle_test", "db_std", "paper", "omnibus")  # new rules go at the end: enum indices
 DEFAULT_RULE = "omnibus"
