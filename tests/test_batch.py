@@ -503,3 +503,29 @@ def test_a_split_band_whose_looks_are_unknown_says_its_point_targets_were_not_re
     out = gdal.Open(report.done[0])
     assert out.GetMetadataItem("DESPECKNET_POINT_TARGETS") == "kept, except band(s) 1 (looks unknown)"
     assert out.GetRasterBand(1).GetMetadataItem("DESPECKNET_LOOKS") == "unknown"
+
+
+def test_a_multi_band_scene_georeferenced_by_gcps_keeps_them_and_names_each_bands_model(client, tmp_path):
+    """The scene's bands were put together through a VRT that dropped GCPs: a Sentinel-1 GRD's output had no
+    georeferencing, and the dataset named band 1's model only, yet was reported done."""
+    from osgeo import gdal, osr
+
+    rng = np.random.default_rng(0)
+    src = str(tmp_path / "grd.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(src, 192, 192, 2, gdal.GDT_Float32)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds.SetGCPs([gdal.GCP(7 + 0.0003 * x, 45 + 0.0002 * y, 0, x, y) for x in (0, 191) for y in (0, 191)], srs)
+    for b, (name, looks) in enumerate((("VV", 1), ("VH", 8)), 1):  # 8 looks: the bundled multi-look model
+        ds.GetRasterBand(b).WriteArray((0.05 * rng.gamma(looks, 1 / looks, (192, 192))).astype(np.float32))
+        ds.GetRasterBand(b).SetDescription(name)
+    ds = None
+    report = run_batch([src], str(tmp_path / "out"), client=client)
+    out = gdal.Open(report.done[0])
+    assert out.GetGCPCount() == 4 and out.GetGCPSpatialRef() is not None
+    assert [(g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY) for g in out.GetGCPs()] == \
+        [(g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY) for g in gdal.Open(src).GetGCPs()]
+    models = [out.GetRasterBand(b).GetMetadataItem("DESPECKNET_MODEL") for b in (1, 2)]
+    assert models == ["despecknet.onnx", "despecknet_multilook.onnx"]
+    assert out.GetMetadataItem("DESPECKNET_MODEL") == "despecknet.onnx, despecknet_multilook.onnx"
+    assert out.GetMetadataItem("DESPECKNET_POINT_TARGETS") == "kept"

@@ -811,3 +811,36 @@ def test_the_same_date_under_two_spellings_is_refused_by_the_core_temporal_label
     with pytest.raises(InputError, match="are the same date: give each date once"):
         temporal_label([one, two, again], str(tmp_path / "label.tif"))
     assert not (tmp_path / "label.tif").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see which files this process holds open")
+def test_an_output_whose_dataset_another_reference_keeps_open_is_never_moved_into_place(tmp_path, monkeypatch):
+    # GDAL writes a TIFF's last blocks and its directory when the dataset closes, which is when its
+    # last reference goes. In threaded batches another thread held one: a product moved into place
+    # before that read as all zeros. Here a second reference stands in for that thread.
+    import threading
+
+    from despecknet_qgis.core import raster
+
+    like = gdal.GetDriverByName("MEM").Create("", 300, 300, 1, gdal.GDT_Float32)
+    data = np.arange(300 * 300, dtype=np.float32).reshape(300, 300) + 1
+    dest = str(tmp_path / "out.tif")
+
+    monkeypatch.setattr(raster, "CLOSE_WAIT_S", 0.5)
+    out = raster.RasterOutput(dest, like, 1, [0.0])
+    out.write(1, raster.Window(0, 0, 300, 300), data)
+    held = out.ds  # noqa: F841 - the dataset stays open while this lives
+    with pytest.raises(OutputError, match="still open"):
+        out.commit()
+    held = None
+    assert not os.path.exists(dest)
+
+    # Closed a moment later by the other holder: the commit waits for it, and the file is whole.
+    monkeypatch.setattr(raster, "CLOSE_WAIT_S", 10.0)
+    out = raster.RasterOutput(dest, like, 1, [0.0])
+    out.write(1, raster.Window(0, 0, 300, 300), data)
+    holder = {"ds": out.ds}
+    threading.Timer(0.2, holder.clear).start()
+    out.commit()
+    assert not holder
+    np.testing.assert_array_equal(gdal.Open(dest).ReadAsArray(), data)

@@ -94,7 +94,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
     from osgeo import gdal
 
-    from ..core.raster import Window, gdal_cache_limit, input_nodata, open_raster, output_nodata, windows
+    from ..core.raster import Window, gdal_cache_limit, input_nodata, open_raster, output_nodata, wait_until_closed, windows
     from ..core.tiled_predict import despeckle_window
 
     started = time.perf_counter()
@@ -135,6 +135,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
                     _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), speckle)
         out.FlushCache()
         out = None
+        wait_until_closed(tmp)  # its last blocks are written when GDAL really closes it
         if gdal.Open(tmp) is None:
             raise InputError(f"The window file {tmp} could not be read back: is the disk full?")
         os.replace(tmp, job["output"])

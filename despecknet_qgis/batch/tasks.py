@@ -182,10 +182,10 @@ def assemble(job: dict, parts: list[dict]) -> dict:
     if reused is not None:
         return reused
     try:
-        moves = [(_stack(job["parts"], job["output"]), job["output"])]
+        moves = [(_stack(job["parts"], job["output"], job["bands"]), job["output"])]
         if job.get("noise_output"):
             try:
-                moves.append((_stack(job["noise_parts"], job["noise_output"]), job["noise_output"]))
+                moves.append((_stack(job["noise_parts"], job["noise_output"], job["bands"]), job["noise_output"]))
             except BaseException:
                 remove_quietly(moves[0][0])
                 raise
@@ -202,11 +202,32 @@ def assemble(job: dict, parts: list[dict]) -> dict:
         return _failure(exc, started)
 
 
-def _stack(parts: list[str], output: str) -> str:
-    """A finished, read-back partial GeoTIFF beside `output` holding `parts` as its bands."""
+def merged_metadata(parts: list[dict], bands: list[int] | None = None) -> dict:
+    """The dataset metadata of a scene from its single-band parts' (tiled_predict.output_layout's).
+
+    An item that differs between parts (the model, where the bundled models are chosen per band)
+    names each value once, in band order, as output_layout does for a multi-band run; the
+    point-target status lists the scene's bands (`bands`, default 1..n) whose looks were unknown.
+    """
+    bands = list(bands or range(1, len(parts) + 1))
+    merged = dict(parts[0]) if parts else {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = list(dict.fromkeys(part[key] for part in parts if key in part))
+        merged[key] = ", ".join(values)
+    key = "DESPECKNET_POINT_TARGETS"
+    states = [part.get(key) for part in parts]
+    if any(states):
+        skipped = [str(b) for b, state in zip(bands, states) if state and state.startswith("kept, except")]
+        merged[key] = ("off" if all(state == "off" for state in states) else "kept" if not skipped else
+                       f"kept, except band(s) {', '.join(skipped)} (looks unknown)")
+    return merged
+
+
+def _stack(parts: list[str], output: str, bands: list[int] | None = None) -> str:
+    """A finished, read-back partial GeoTIFF beside `output` holding `parts` as its bands (the scene's `bands`)."""
     from osgeo import gdal
 
-    from ..core.raster import CREATION_OPTIONS, GdalErrorLog
+    from ..core.raster import CREATION_OPTIONS, GdalErrorLog, wait_until_closed
 
     remove_stale_partials(output)
     tmp = partial_path(output)
@@ -225,7 +246,9 @@ def _stack(parts: list[str], output: str) -> str:
         if out is None or errors.failures:
             raise OutputError(f"Writing {output} failed ({(errors.failures or [gdal.GetLastErrorMsg()])[0]}). "
                               "Is the disk full? A file already at that path is unchanged.")
-        meta = sources[0].GetMetadata()
+        if not out.GetGCPCount() and sources[0].GetGCPCount():  # BuildVRT(separate=True) drops GCPs
+            out.SetGCPs(sources[0].GetGCPs(), sources[0].GetGCPSpatialRef())
+        meta = merged_metadata([s.GetMetadata() or {} for s in sources], bands)
         if meta:
             out.SetMetadata(meta)
         for i, src in enumerate(sources, start=1):
@@ -242,12 +265,17 @@ def _stack(parts: list[str], output: str) -> str:
                 band.SetOffset(sband.GetOffset() or 0.0)
         out.FlushCache()
         out = None
+        wait_until_closed(tmp)  # its last blocks are written when GDAL really closes it
         if errors.failures:
             raise OutputError(f"Writing {output} failed ({errors.failures[0]}). Is the disk full? "
                               "A file already at that path is unchanged.")
         back = gdal.Open(tmp)
         if back is None or back.RasterCount != len(sources):
             raise OutputError(f"{output} could not be read back after writing; nothing was put in its place.")
+        if (back.GetGCPCount(), back.GetGeoTransform(can_return_null=True)) != \
+                (sources[0].GetGCPCount(), sources[0].GetGeoTransform(can_return_null=True)):
+            raise OutputError(f"{output} lost its georeferencing when its bands were put together; nothing was put "
+                              "in its place. Report this with the input's gdalinfo.")
         for i, src in enumerate(sources, start=1):
             if back.GetRasterBand(i).Checksum() != src.GetRasterBand(1).Checksum() or errors.failures:
                 raise OutputError(f"Band {i} of {output} did not read back as written; nothing was put in its place.")

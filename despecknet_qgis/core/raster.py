@@ -562,6 +562,56 @@ def driver_for(path: str, argument: str = "output") -> str:
                       "(Raster > Conversion > Translate) if another format is needed.")
 
 
+CLOSE_WAIT_S = 10.0
+
+
+def wait_until_closed(path: str, fail=None, timeout: float | None = None) -> None:
+    """Return once no descriptor of this process has `path` open (Linux's /proc; elsewhere at once).
+
+    GDAL writes a TIFF's last blocks and its directory when the dataset closes, and the dataset
+    closes when its last reference goes, not when `ds = None` runs. In a threaded batch another
+    thread was seen to hold one and close the file 10-50 ms later: a calibrated Sentinel-1 product
+    moved into place in between read as all zeros ("no valid pixel") in the task that opened it.
+    Calls `fail(reason)` when the file is still open after `timeout` seconds (None: CLOSE_WAIT_S);
+    without `fail`, raises OutputError.
+    """
+    import gc
+    import time
+
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):
+        return
+    timeout = CLOSE_WAIT_S if timeout is None else timeout
+    target = os.path.abspath(path)
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            return
+        open_here = False
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) == target:
+                    open_here = True
+                    break
+            except OSError:  # closed meanwhile
+                continue
+        if not open_here:
+            return
+        if time.monotonic() > deadline:
+            if fail is None:
+                raise OutputError(f"Writing {path} did not finish: the file is still open in this process "
+                                  f"{timeout:g} s after it was closed. Nothing was put in place; run it again.")
+            fail(f"the file is still open in this process {timeout:g} s after it was closed, so its last "
+                 "blocks may not be written")
+            return
+        gc.collect()  # a reference cycle that holds the dataset
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class RasterOutput:
     """A raster (Float32 unless told) written beside its destination under a hidden partial name.
 
@@ -663,6 +713,7 @@ class RasterOutput:
         failures = self.errors.since(self._mark)
         if failures:
             self._fail(failures[0])
+        wait_until_closed(self.tmp, self._fail)
         self._read_back()
         self.finished = True
         return self.tmp
