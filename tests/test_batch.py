@@ -529,3 +529,17 @@ def test_a_multi_band_scene_georeferenced_by_gcps_keeps_them_and_names_each_band
     assert models == ["despecknet.onnx", "despecknet_multilook.onnx"]
     assert out.GetMetadataItem("DESPECKNET_MODEL") == "despecknet.onnx, despecknet_multilook.onnx"
     assert out.GetMetadataItem("DESPECKNET_POINT_TARGETS") == "kept"
+
+
+def test_the_plugins_own_clusters_run_without_dasks_sampling_profiler():
+    """The profiler kept running tasks' frames, and with them GDAL datasets, alive in its event loop: files
+    were closed (their last blocks written) after being moved into place, and a reader saw zeros."""
+    from despecknet_qgis.batch.run import start_client
+
+    client, cluster = start_client(workers=1, threads_per_worker=2, processes=False, dashboard=False)
+    try:
+        callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+    finally:
+        client.close()
+        cluster.close()
+    assert callbacks and all("profile" not in names and "heartbeat" in names for names in callbacks.values())

@@ -844,3 +844,40 @@ def test_an_output_whose_dataset_another_reference_keeps_open_is_never_moved_int
     out.commit()
     assert not holder
     np.testing.assert_array_equal(gdal.Open(dest).ReadAsArray(), data)
+
+
+def test_overlapping_runs_in_threads_leave_gdals_cache_limit_as_they_found_it():
+    # Each run restored the limit it had found: with two overlapping runs (a threaded batch inside QGIS),
+    # the second restored the first one's bound, and QGIS's cache stayed at it after the batch.
+    import threading
+
+    from despecknet_qgis.core.raster import gdal_cache_limit
+
+    before = gdal.GetCacheMax()
+    gdal.SetCacheMax(512 * 2**20)
+    try:
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        seen = {}
+
+        def first():
+            with gdal_cache_limit(16 * 2**20):
+                first_in.set()
+                second_in.wait(5)
+            first_out.set()
+
+        def second():
+            first_in.wait(5)
+            with gdal_cache_limit(16 * 2**20):
+                second_in.set()
+                first_out.wait(5)
+                seen["inside after the first left"] = gdal.GetCacheMax()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert seen["inside after the first left"] == 16 * 2**20
+        assert gdal.GetCacheMax() == 512 * 2**20
+    finally:
+        gdal.SetCacheMax(before)

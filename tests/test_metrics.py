@@ -190,3 +190,29 @@ def test_quality_keeps_the_ratio_figures_when_the_reference_is_constant_or_is_th
     flat = quality_metrics(est, noisy, write_tif(tmp_path / "flat.tif", np.full((64, 64), 0.1)))
     assert math.isnan(flat.psnr_db) and math.isnan(flat.psnr_8bit) and math.isnan(flat.ssim_8bit)
     assert flat.mor > 0 and flat.vor > 0 and math.isfinite(flat.dg)
+
+
+def test_region_statistics_read_in_strips_equal_those_of_the_whole_sample(tmp_path, monkeypatch):
+    # The polygon's whole bounding window was read at once: about 29 bytes a pixel, 11 GB for a polygon over
+    # a 20000x20000 image. Now strips; the figures must not change.
+    from despecknet_qgis.core import region_stats
+
+    rng = np.random.default_rng(5)
+    y = (0.1 * rng.gamma(3.0, 1 / 3.0, (300, 260))).astype(np.float32)
+    y[40:60, :] = -1.0
+    path = write_tif(tmp_path / "y.tif", y, nodata=-1.0, origin=(0.0, 0.0), pixel=10.0)  # rows downwards
+    # a triangle and a far square, as one multipolygon: its window spans the image
+    wkt = "MULTIPOLYGON(((5 -5,2500 -5,5 -2900,5 -5)),((2300 -2700,2590 -2700,2590 -2990,2300 -2990,2300 -2700)))"
+    whole = region_statistics(path, [wkt], keep_values=True)[0]
+    monkeypatch.setattr(region_stats, "STRIP_PIXELS", 700)  # 2 rows a strip
+    monkeypatch.setattr(region_stats, "KEPT_VALUES", 1000)
+    strips = region_statistics(path, [wkt], keep_values=True)[0]
+    sample = whole.values
+    assert whole.pixels == strips.pixels == sample.size > 20000
+    assert strips.mean == pytest.approx(sample.mean(), rel=1e-12)
+    assert strips.std == pytest.approx(sample.std(ddof=1), rel=1e-10)
+    assert strips.enl == pytest.approx(mt.enl(sample), rel=1e-10)
+    assert strips.cv == pytest.approx(mt.coefficient_of_variation(sample), rel=1e-10)
+    assert strips.gamma_looks == pytest.approx(gamma_looks(sample), rel=1e-9)
+    assert 300 < strips.values.size <= 1000  # the histogram's sample is bounded
+    assert set(np.round(strips.values, 7)) <= set(np.round(sample, 7))

@@ -464,3 +464,35 @@ def test_two_calibration_vectors_on_one_line_give_the_later_one_not_nan():
     table = np.array([[1.0], [2.0], [3.0]])
     rows = lut_rows(np.array([0.0, 100.0, 100.0]), table, 99, 3).ravel()
     assert np.isfinite(rows).all() and rows[0] == pytest.approx(1.99) and rows[1] == rows[2] == 3.0
+
+
+def test_a_sentinel1_calibration_reports_progress_and_stops_when_cancelled_leaving_no_product(tmp_path):
+    # Calibration (a minute or more for a full IW GRD) neither reported progress nor checked for a cancel.
+    from despecknet_qgis.core.errors import Cancelled
+    from despecknet_qgis.core.progress import Progress
+
+    root, _ = build_safe(tmp_path / "download", shape=(700, 80))  # 3 strips a polarisation
+    seen = []
+    calibrated_raster(root, str(tmp_path / "done"), Progress(report=seen.append))
+    assert seen == sorted(seen) and len(seen) >= 6 and seen[-1] == 100.0
+
+    checks = []
+    with pytest.raises(Cancelled):
+        calibrated_raster(root, str(tmp_path / "cache"), Progress(is_cancelled=lambda: checks.append(1) or len(checks) >= 2))
+    assert len(checks) == 2
+    assert not [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tif")]
+
+
+def test_despeckle_of_a_sentinel1_product_cancelled_during_calibration_stops_there(provider, tiny_model, tmp_path):
+    import processing
+
+    root, _ = build_safe(tmp_path / "download", shape=(700, 80))
+    feedback = QgsProcessingFeedback()
+    values = []
+    feedback.progressChanged.connect(values.append)
+    feedback.progressChanged.connect(lambda p: feedback.cancel() if p > 20 else None)
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        processing.run("despecknet:despeckle", {"INPUT": root, "MODEL": tiny_model, "OUTPUT": str(tmp_path / "o.tif")},
+                       feedback=feedback)
+    assert values and max(values) < 100
+    assert not os.path.exists(tmp_path / "o.tif")

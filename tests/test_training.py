@@ -14,7 +14,7 @@ from despecknet_qgis.core.phases import train
 from despecknet_qgis.core.progress import Progress
 from despecknet_qgis.core.simulate import simulate_reflectivity, simulate_speckle
 from despecknet_qgis.core.tiled_predict import despeckle_raster
-from despecknet_qgis.core.training import load_checkpoint, step_learning_rate
+from despecknet_qgis.core.training import fit, load_checkpoint, step_learning_rate
 
 SMALL = dict(patch=24, stride=12, batch_size=16, lr=1e-3, lr_end=1e-3, lr_steps=1, validation_fraction=0.25)
 
@@ -310,3 +310,59 @@ def test_a_learning_rate_above_1_is_refused_before_training(tmp_path):
         with pytest.raises(DespeckNetError, match=r"`lr` must be .*1"):
             train([data], str(tmp_path / "m.onnx"), **{**SMALL, "lr": lr, "lr_end": 1e-3})
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _CancelAfter:
+    """Cancellation asked at the `n`-th check (0: never); counts the checks."""
+
+    def __init__(self, n=0):
+        self.n, self.checks = n, 0
+
+    def __call__(self):
+        self.checks += 1
+        return bool(self.n) and self.checks >= self.n
+
+
+def test_cancel_while_the_training_data_is_prepared_stops_at_the_next_block(tmp_path):
+    # The patch count read every block of the image (about 10 s for 6000x6000) without checking.
+    from despecknet_qgis.core.progress import Progress
+    from conftest import speckled_scene
+
+    y, clean = speckled_scene(256, seed=3)
+    noisy, label = write_tif(tmp_path / "y.tif", y), write_tif(tmp_path / "x.tif", clean.reflectivity)
+    pairs = [ImagePair(noisy, label=label)]
+    quiet = _CancelAfter()
+    source = RasterPatches(pairs, patch=40, stride=8, validation_fraction=0.2, progress=Progress(is_cancelled=quiet))
+    blocks = len(source.training_blocks) + len(source.validation_blocks)
+    assert blocks > 4
+    statistics_checks = quiet.checks - blocks  # the rest: one check per block counted
+    assert statistics_checks >= 1
+    cancel = _CancelAfter(statistics_checks + 2)
+    with pytest.raises(Cancelled):
+        RasterPatches(pairs, patch=40, stride=8, validation_fraction=0.2, progress=Progress(is_cancelled=cancel))
+    assert cancel.checks == statistics_checks + 2
+
+
+def test_cancel_during_a_validation_pass_stops_it_between_batches(tmp_path):
+    # Validation never checked: a pass over a large image's held-out blocks ran to its end (24 s for 2000x2000).
+    from despecknet_qgis.core.model import DeSpeckNet
+    from despecknet_qgis.core.progress import Progress
+    from conftest import speckled_scene
+
+    y, clean = speckled_scene(256, seed=4)
+    pairs = [ImagePair(write_tif(tmp_path / "y.tif", y), label=write_tif(tmp_path / "x.tif", clean.reflectivity))]
+
+    class Counted(RasterPatches):
+        drawn = 0
+
+        def batches(self, batch_size, rng, validation=False):
+            for batch in super().batches(batch_size, rng, validation=validation):
+                Counted.drawn += validation
+                yield batch
+
+    source = Counted(pairs, patch=40, stride=8, validation_fraction=0.5)
+    available = sum(1 for _ in RasterPatches.batches(source, 4, np.random.default_rng(0), validation=True))
+    assert available > 5
+    with pytest.raises(Cancelled):
+        fit(DeSpeckNet(), source, LossWeights(1.0, 0.01, 0.0), batch_size=4, progress=Progress(is_cancelled=_CancelAfter(1)))
+    assert Counted.drawn == 1

@@ -451,17 +451,24 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         except (FloatingPointError, ValueError, MemoryError) as exc:
             raise QgsProcessingException(self.message(translate(exc))) from exc
 
-    def raster_layer(self, parameters, name, context, calibrate=True):
+    def raster_layer(self, parameters, name, context, calibrate=True, feedback=None):
         """parameterAsRasterLayer, also for GDAL dataset names QGIS 3.22 does not load from a string
         (/vsizip/, /vsicurl/, sub-datasets). A Sentinel-1 product gives its calibrated sigma0, or
-        with `calibrate` False (the checks before a run) its own layer, checked but not calibrated."""
+        with `calibrate` False (the checks before a run) its own layer, checked but not calibrated.
+        With the run's `feedback`, a calibration shows its progress and can be cancelled (SIGTERM too)."""
+        import contextlib
+
+        from ..core.raster import gdal_cache_limit
+
         value = parameters.get(name)
-        if is_sentinel1_input(value):  # a SAFE product: its calibrated sigma0
-            return gdal_layer(value, name, context, calibrate)
-        layer = self.parameterAsRasterLayer(parameters, name, context)
-        if layer is None:
-            return gdal_layer(value, name, context, calibrate)
-        return calibrated_if_sentinel1(layer, name, context, calibrate)
+        progress = self.progress(feedback) if feedback is not None else None
+        with (terminate_as_cancel() if feedback is not None else contextlib.nullcontext()), gdal_cache_limit():
+            if is_sentinel1_input(value):  # a SAFE product: its calibrated sigma0
+                return gdal_layer(value, name, context, calibrate, progress)
+            layer = self.parameterAsRasterLayer(parameters, name, context)
+            if layer is None:
+                return gdal_layer(value, name, context, calibrate, progress)
+            return calibrated_if_sentinel1(layer, name, context, calibrate, progress)
 
     def parameterAsLayerList(self, parameters, name, context, calibrate=True):  # noqa: N802 - QGIS API
         """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given;

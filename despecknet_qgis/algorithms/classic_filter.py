@@ -84,7 +84,7 @@ class ClassicFilterAlgorithm(DespeckNetAlgorithm):
         return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = self.raster_layer(parameters, self.INPUT, context)
+        layer = self.raster_layer(parameters, self.INPUT, context, feedback=feedback)
         source = self.gdal_source(layer, f"INPUT {parameters.get(self.INPUT)!r}")
         method = cf.METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
         looks = self.parameterAsDouble(parameters, self.LOOKS, context) or None

@@ -100,8 +100,8 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("ONNX Runtime execution provider used")))
         self.addOutput(QgsProcessingOutputString(self.PRECISION, self.tr("Precision used (fp32 or bf16)")))
 
-    def input_layer(self, parameters, context, calibrate=True):
-        layer = self.raster_layer(parameters, self.INPUT, context, calibrate)
+    def input_layer(self, parameters, context, calibrate=True, feedback=None):
+        layer = self.raster_layer(parameters, self.INPUT, context, calibrate, feedback)
         self.gdal_source(layer, f"INPUT {parameters.get(self.INPUT)!r}")
         return layer
 
@@ -117,7 +117,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = self.input_layer(parameters, context)
+        layer = self.input_layer(parameters, context, feedback=feedback)
         source = layer.source()
         bands = self.parameterAsInts(parameters, self.BAND, context) or None
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]

@@ -99,7 +99,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         return looks or PHASE2_PRESETS[index].looks
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = self.raster_layer(parameters, self.INPUT, context)
+        layer = self.raster_layer(parameters, self.INPUT, context, feedback=feedback)
         source = self.gdal_source(layer, "INPUT")
         domain = DOMAINS[self.parameterAsEnum(parameters, self.INPUT_DOMAIN, context)]
         band = self.parameterAsInt(parameters, self.BAND, context) or 1

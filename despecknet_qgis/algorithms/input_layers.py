@@ -29,25 +29,27 @@ def sentinel1_problem(value, name):
     return None
 
 
-def gdal_layer(value, name="INPUT", context=None, calibrate=True):
+def gdal_layer(value, name="INPUT", context=None, calibrate=True, progress=None):
     """The raster layer of a Sentinel-1 product or of a GDAL dataset name; None for anything else.
     With a context, the context owns the layer, as it owns the layers QGIS loads.
 
     `calibrate` False (the parameter checks, which QGIS's dialog runs in its GUI thread): a
     product's own layer of digital numbers, checked but not calibrated; calibrating a full
-    GRD takes tens of seconds and belongs to the run, in its background task."""
-    layer = _layer(value, name) if calibrate or not is_sentinel1_input(value) else _uncalibrated_layer(value, name)
+    GRD takes tens of seconds and belongs to the run, in its background task, where `progress`
+    (core.progress.Progress) shows it and can cancel it."""
+    layer = (_layer(value, name, progress) if calibrate or not is_sentinel1_input(value)
+             else _uncalibrated_layer(value, name))
     if layer is not None and context is not None:
         context.temporaryLayerStore().addMapLayer(layer)
     return layer
 
 
-def calibrated_if_sentinel1(layer, name="INPUT", context=None, calibrate=True):
+def calibrated_if_sentinel1(layer, name="INPUT", context=None, calibrate=True, progress=None):
     """A layer QGIS opened on a Sentinel-1 product (its manifest.safe, or an UNCALIB sub-dataset
     chosen when the product was added to the project) gives way to the layer of its calibrated sigma0."""
     if layer is None or layer.providerType() != "gdal" or not is_sentinel1_input(layer.source()):
         return layer
-    return gdal_layer(layer.source(), name, context, calibrate)
+    return gdal_layer(layer.source(), name, context, calibrate, progress)
 
 
 def _uncalibrated_layer(value, name):
@@ -63,12 +65,12 @@ def _uncalibrated_layer(value, name):
     return QgsRasterLayer(source, os.path.basename(product.rstrip("/\\")) or product, "gdal")
 
 
-def _layer(value, name):
+def _layer(value, name, progress=None):
     if not isinstance(value, str) or not value:
         return None
     if is_sentinel1_input(value):
         try:
-            path = calibrated_raster(value, os.path.join(QgsProcessingUtils.tempFolder(), "sentinel1"))
+            path = calibrated_raster(value, os.path.join(QgsProcessingUtils.tempFolder(), "sentinel1"), progress)
         except DespeckNetError as exc:
             raise QgsProcessingException(f"{name}: {exc}") from exc
         label = os.path.basename(value.rstrip("/\\")) or value

@@ -71,7 +71,7 @@ class QualityAlgorithm(DespeckNetAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layer = self.raster_layer(parameters, self.INPUT, context)
         despeckled = self.gdal_source(layer, "INPUT")
-        noisy = self.gdal_source(self.raster_layer(parameters, self.NOISY, context), "NOISY")
+        noisy = self.gdal_source(self.raster_layer(parameters, self.NOISY, context, feedback=feedback), "NOISY")
         ref_layer = self.raster_layer(parameters, self.REFERENCE, context)
         reference = self.gdal_source(ref_layer, "REFERENCE") if ref_layer is not None else None
         points = self.pixel_points(parameters, context, layer, despeckled)

@@ -105,7 +105,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
                 raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
             for b in (range(1, layer.bandCount() + 1) if band == 0 else [band]):
                 stats = self.run_core(region_statistics, path, [w for _, w in polygons], b, domain,
-                                      keep_values=bool(html_path))
+                                      keep_values=bool(html_path), progress=self.progress(feedback).without_percent())
                 rows += self._rows(polygons, stats, layer.name(), b, layer.bandCount(), feedback)
             feedback.setProgress(90.0 * (k + 1) / len(layers))
         if rows and all(st.pixels == 0 for _, _, _, st in rows):

@@ -73,10 +73,16 @@ def start_client(scheduler: str | None = None, workers: int | None = None, threa
     workers = workers or max(1, cores // max(1, threads_per_worker))
     # worker processes talk over TCP on loopback; threads in this process over inproc (no socket at all)
     network = {"host": "127.0.0.1"} if processes else {}
-    cluster = distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-        dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=40, **network,
-    )
+    import dask
+
+    # Dask's sampling profiler keeps the frames of running tasks (and so their GDAL datasets) alive
+    # until its event loop drops them: a written file was closed, and its last blocks flushed, after
+    # it had been moved into place (raster.wait_until_closed now waits for that). Off for our clusters.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+            dashboard_address="127.0.0.1:0" if dashboard else None, silence_logs=40, **network,
+        )
     return distributed.Client(cluster), cluster
 
 

@@ -112,7 +112,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         st = stats["stats"]
         despeckler = despeckler.for_looks(s["looks"] or st.looks)  # the bundled multi-look model where it applies
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
-        ds = open_raster(job["input"])
+        ds = open_raster(job["input"], progress.without_percent())
         band = ds.GetRasterBand(job["band"])
         nd = output_nodata(input_nodata(band, s["domain"], s["zero_is_nodata"]), s["output_domain"])
         width, height = ds.RasterXSize, ds.RasterYSize

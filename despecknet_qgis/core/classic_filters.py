@@ -311,7 +311,7 @@ def classic_filter_raster(
     TILE_RANGE.check(tile_size, "tile_size", "pixels")
     _ndimage()  # scipy, before any work
     check_outputs({"output_path": output_path}, {"input_path": input_path})
-    ds = open_raster(input_path)
+    ds = open_raster(input_path, progress.without_percent())
     bands = check_bands(ds, bands, input_path)
     margin = margin_of(method, window_size)
     with gdal_cache_limit():

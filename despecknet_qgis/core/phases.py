@@ -16,6 +16,7 @@ from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, InputError, OutputError, TrainingError, translate_errors
 from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
+from .raster import gdal_cache_limit
 from .model_info import bundled_checkpoint_path
 from .patches import ImagePair, RasterPatches
 from .progress import SILENT, Progress
@@ -177,6 +178,7 @@ def _check_training_numbers(**values) -> None:
 
 
 @translate_errors
+@gdal_cache_limit()
 def train(
     pairs: list[ImagePair],
     onnx_path: str,
@@ -256,6 +258,7 @@ def _estimated_looks(image: str, band: int, domain: str, zero_is_nodata: bool, p
 
 
 @translate_errors
+@gdal_cache_limit()
 def fine_tune(
     image: str,
     onnx_path: str,

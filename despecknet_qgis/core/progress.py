@@ -91,6 +91,11 @@ class Progress:
         return Progress(report=lambda p: self.set(start + (end - start) * p / 100.0),
                         is_cancelled=self._is_cancelled, log=self._log)
 
+    def without_percent(self) -> "Progress":
+        """This job's cancellation and messages, without its percent (a preparatory step, such as
+        calibrating a Sentinel-1 product, that would otherwise move the bar back and forth)."""
+        return Progress(is_cancelled=self._is_cancelled, log=self._log)
+
     def check(self) -> None:
         if _terminated.is_set():
             raise Cancelled("Terminated (SIGTERM) and handled as a cancel; no output was written.")

@@ -23,7 +23,7 @@ from .errors import InputError, translate_errors
 from .files import check_outputs
 from .model_info import provenance
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, Window, check_bands, check_same_grid, open_raster, read_intensity, windows
+from .raster import Outputs, RasterOutput, Window, check_bands, gdal_cache_limit, check_same_grid, open_raster, read_intensity, windows
 
 MARGIN = mt.SSIM_RADIUS + 2
 
@@ -56,6 +56,7 @@ class _Band:
 
 
 @translate_errors
+@gdal_cache_limit()
 def quality_metrics(
     despeckled: str,
     noisy: str,
@@ -115,10 +116,13 @@ def quality_metrics(
 
     ratio = mt.RatioStats()
     sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
-    meta = provenance("despecknet:quality", despeckled, content="ratio image Y / X_hat",
-                      noisy=os.path.basename(str(noisy)), band=band)
+    # the input's own metadata (a product's mission, dates) without the despeckling's provenance items
+    meta = {k: v for k, v in (est.ds.GetMetadata() or {}).items() if not k.startswith("DESPECKNET_")}
+    meta.update(provenance("despecknet:quality", despeckled, content="ratio image Y / X_hat",
+                           noisy=os.path.basename(str(noisy)), band=band))
+    name = " ".join(["Y / X_hat", est.band.GetDescription()]).strip()  # "Y / X_hat VV", as temporallabel's "stable VV"
     outputs = Outputs((lambda: RasterOutput(ratio_output, est.ds, 1, [float("nan")], argument="ratio_output",
-                                            descriptions=["Y / X_hat"], metadata=meta)) if ratio_output else None)
+                                            descriptions=[name], metadata=meta)) if ratio_output else None)
     with outputs as (out,):
         for win in tiles:
             progress.check()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,17 +57,20 @@ def gdal_can_open(path: str) -> bool:
     return ds is not None and ds.RasterCount > 0
 
 
-def open_raster(path: str) -> gdal.Dataset:
-    """Opens any GDAL raster dataset name: a file, /vsizip/, /vsicurl/, a sub-dataset, a VRT."""
+def open_raster(path: str, progress: Progress | None = None) -> gdal.Dataset:
+    """Opens any GDAL raster dataset name: a file, /vsizip/, /vsicurl/, a sub-dataset, a VRT.
+
+    A Sentinel-1 product is calibrated first (sentinel1.resolve_input), `progress` checked for
+    cancellation meanwhile."""
     if not path:
         raise InputError("No input raster given: choose a raster file or a GDAL dataset name.")
     from .sentinel1 import hold_in_use, resolve_input
 
-    resolved = resolve_input(path)  # a Sentinel-1 product (folder, zip, manifest.safe): its calibrated sigma0
+    resolved = resolve_input(path, progress=progress)  # a Sentinel-1 product (folder, zip, manifest.safe): its sigma0
     in_use = hold_in_use(resolved) if resolved != path else None
     if in_use is not None and not os.path.exists(resolved):  # pruned by another task in between: once more
         in_use.close()
-        resolved = resolve_input(path)
+        resolved = resolve_input(path, progress=progress)
         in_use = hold_in_use(resolved)
     path = resolved
     if os.path.isdir(path):
@@ -124,17 +128,33 @@ class GdalErrorLog:
         return self.failures[mark:]
 
 
+_CACHE_LOCK = threading.Lock()
+_cache_users: list = []  # [previous limit, number of runs inside] while any run is inside
+
+
 @contextmanager
 def gdal_cache_limit(nbytes: int = GDAL_CACHE_BYTES):
-    """Bound GDAL's block cache for a run (its default, 5 % of RAM, grows with the image); restored after."""
-    previous = gdal.GetCacheMax()
-    if previous > nbytes:
-        gdal.SetCacheMax(nbytes)
+    """Bound GDAL's block cache for a run (its default, 5 % of RAM, grows with the image); restored after.
+
+    The limit is the process's: runs in several threads (a threaded batch) share one bound, and the
+    last one out restores the limit the first one found. Each restoring its own left QGIS's cache at
+    the bound when the runs overlapped."""
+    with _CACHE_LOCK:
+        if not _cache_users:
+            _cache_users[:] = [gdal.GetCacheMax(), 0]
+        _cache_users[1] += 1
+        if gdal.GetCacheMax() > nbytes:
+            gdal.SetCacheMax(nbytes)
     try:
         yield
     finally:
-        if gdal.GetCacheMax() != previous:
-            gdal.SetCacheMax(previous)
+        with _CACHE_LOCK:
+            _cache_users[1] -= 1
+            if _cache_users[1] == 0:
+                previous = _cache_users[0]
+                _cache_users.clear()
+                if gdal.GetCacheMax() != previous:
+                    gdal.SetCacheMax(previous)
 
 
 def check_bands(ds: gdal.Dataset, bands: list[int] | None, source: str) -> list[int]:
@@ -315,7 +335,7 @@ def statistics_of(path: str, band: int, domain: str, tile: int, progress: Progre
     For the callers that need nothing else from the raster (the batch path's statistics task, phase 2's
     choice of base model); tiled_predict keeps its dataset open and calls band_statistics itself.
     """
-    ds = open_raster(path)
+    ds = open_raster(path, progress.without_percent())
     check_bands(ds, [band], path)
     if receptive_field is not None:
         check_receptive_field(ds, receptive_field, path)
@@ -582,7 +602,7 @@ def wait_until_closed(path: str, fail=None, timeout: float | None = None) -> Non
     if not os.path.isdir(fd_dir):
         return
     timeout = CLOSE_WAIT_S if timeout is None else timeout
-    target = os.path.abspath(path)
+    target = os.path.realpath(path)  # as /proc shows it: symbolic links in the folder resolved
     deadline = time.monotonic() + timeout
     pause = 0.002
     while True:

@@ -14,10 +14,10 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from . import domain as dm
-from . import metrics as mt
 from .defaults import ZERO_IS_NODATA
 from .errors import InputError, translate_errors
-from .raster import Window, check_bands, input_nodata, open_raster, read, scaled, valid_mask, values_as_intensity, world_to_pixel
+from .progress import SILENT, Progress
+from .raster import Window, check_bands, gdal_cache_limit, input_nodata, open_raster, read, scaled, valid_mask, values_as_intensity, world_to_pixel
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -41,13 +41,17 @@ class RegionStats:
 
 def gamma_looks(values: np.ndarray) -> float:
     """Maximum-likelihood shape L of a Gamma law with free mean (L = looks for speckle)."""
-    from scipy.special import digamma, polygamma
-
     v = np.asarray(values, dtype=np.float64)
     v = v[v > 0]
     if v.size < 2:
         return float("nan")
-    s = math.log(v.mean()) - float(np.log(v).mean())
+    return _gamma_shape(math.log(v.mean()) - float(np.log(v).mean()))
+
+
+def _gamma_shape(s: float) -> float:
+    """The Gamma shape whose ln(mean) - mean(ln) is `s` (Newton's method from Minka's start)."""
+    from scipy.special import digamma, polygamma
+
     if s <= 0:
         return float("inf")
     L = (3 - s + math.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s)  # Minka's starting point
@@ -114,15 +118,20 @@ def polygon_mask(pixel_polygon: ogr.Geometry, win: Window) -> np.ndarray:
 
 
 @translate_errors
+@gdal_cache_limit()
 def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domain: str = "intensity",
-                      keep_values: bool = False, zero_is_nodata: bool = ZERO_IS_NODATA) -> list[RegionStats]:
+                      keep_values: bool = False, zero_is_nodata: bool = ZERO_IS_NODATA,
+                      progress: Progress | None = None) -> list[RegionStats]:
     """Statistics of the intensity inside each polygon (WKT in the raster's CRS).
 
     Complex bands count as |z|²; zeros of a band that declares no nodata are nodata with
-    `zero_is_nodata` (raster.input_nodata), as in despeckle_raster.
+    `zero_is_nodata` (raster.input_nodata), as in despeckle_raster. The pixels are read in strips
+    (memory does not grow with the polygon); `progress` is checked for cancellation between them.
+    `keep_values` keeps a sample of at most KEPT_VALUES intensities per polygon for its histogram.
     """
     dm.check_domain(domain)
-    ds = open_raster(raster)
+    progress = progress or SILENT
+    ds = open_raster(raster, progress)
     b = ds.GetRasterBand(check_bands(ds, [band], raster)[0])
     nodata = input_nodata(b, domain, zero_is_nodata)
     to_pixel = world_to_pixel(ds)
@@ -133,20 +142,82 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
             raise InputError(f"Polygon {i + 1} has no usable geometry.")
         pixel_polygon = pixel_geometry(geometry, to_pixel)
         win = polygon_window(pixel_polygon, ds.RasterXSize, ds.RasterYSize)
-        if win is None:
-            sample = np.array([])
-        else:
-            values = read(b, win)
-            inside = polygon_mask(pixel_polygon, win) & valid_mask(values, nodata) & np.isfinite(values)
-            sample = values_as_intensity(scaled(b, values)[inside], domain, f"{raster} band {band}")
-        n = int(sample.size)
+        moments = _Moments()
+        kept = []
+        if win is not None:
+            # The polygon's bounding window in strips: a polygon over a whole image (or two small parts
+            # at opposite corners) needed about 29 bytes a pixel of that window at once.
+            rows = max(1, STRIP_PIXELS // win.w)
+            every = max(1, -(-win.w * win.h // KEPT_VALUES))  # the histogram's sample: at most KEPT_VALUES
+            for y in range(win.y, win.y + win.h, rows):
+                progress.check()
+                strip = Window(win.x, y, win.w, min(rows, win.y + win.h - y))
+                values = read(b, strip)
+                inside = polygon_mask(pixel_polygon, strip) & valid_mask(values, nodata) & np.isfinite(values)
+                sample = values_as_intensity(scaled(b, values)[inside], domain, f"{raster} band {band}")
+                if keep_values and sample.size:
+                    kept.append(sample[(-moments.n) % every::every].copy())  # a copy: a view kept the strip
+                moments.add(sample)
+        n = moments.n
         results.append(RegionStats(
             raster=raster, polygon=i, pixels=n,
-            mean=float(sample.mean()) if n else float("nan"),
-            std=float(sample.std(ddof=1)) if n > 1 else float("nan"),
-            enl=mt.enl(sample) if n > 1 else float("nan"),
-            cv=mt.coefficient_of_variation(sample) if n > 1 else float("nan"),
-            gamma_looks=gamma_looks(sample) if n > 1 else float("nan"),
-            values=sample if keep_values else None,
+            mean=moments.mean if n else float("nan"),
+            std=moments.std if n > 1 else float("nan"),
+            enl=moments.enl if n > 1 else float("nan"),
+            cv=moments.cv if n > 1 else float("nan"),
+            gamma_looks=moments.gamma_looks if n > 1 else float("nan"),
+            values=(np.concatenate(kept) if kept else np.array([])) if keep_values else None,
         ))
     return results
+
+
+STRIP_PIXELS = 1 << 20  # pixels of a polygon's window read at once (about 30 MB of arrays)
+KEPT_VALUES = 1 << 20  # values kept for a polygon's histogram (keep_values): every k-th of the window's
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations (merged strip by strip, Chan et al.) and the mean log
+    of the positive values: what the mean, std, ENL, CV and the Gamma looks need, in constant memory."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.positive, self.positive_sum, self.log_sum = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        k = int(v.size)
+        if not k:
+            return
+        mu = float(v.mean())
+        m2 = float(((v - mu) ** 2).sum())
+        total = self.n + k
+        delta = mu - self.mean
+        self.mean += delta * k / total
+        self.m2 += m2 + delta * delta * self.n * k / total
+        self.n = total
+        p = v[v > 0]
+        self.positive += int(p.size)
+        self.positive_sum += float(p.sum())
+        self.log_sum += float(np.log(p).sum())
+
+    @property
+    def variance(self) -> float:
+        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.variance)
+
+    @property
+    def enl(self) -> float:  # as metrics.enl
+        return self.mean**2 / self.variance if self.variance > 0 else float("inf")
+
+    @property
+    def cv(self) -> float:  # as metrics.coefficient_of_variation
+        return self.std / self.mean if self.mean != 0 else float("nan")
+
+    @property
+    def gamma_looks(self) -> float:  # as gamma_looks
+        if self.positive < 2:
+            return float("nan")
+        return _gamma_shape(math.log(self.positive_sum / self.positive) - self.log_sum / self.positive)

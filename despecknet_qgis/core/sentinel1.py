@@ -290,17 +290,28 @@ def default_folder() -> str:
     return os.path.join(tempfile.gettempdir(), "despecknet-sentinel1")
 
 
-def resolve_input(path, folder: str | None = None):
+def resolve_input(path, folder: str | None = None, progress=None):
     """`path` itself, or for a Sentinel-1 product (folder, zip, manifest.safe, SENTINEL1_CALIB:
-    name) the GeoTIFF of its calibrated sigma0. The one call a reader of inputs needs."""
+    name) the GeoTIFF of its calibrated sigma0. The one call a reader of inputs needs.
+    `progress` (a progress.Progress) is checked for cancellation while a product is calibrated."""
     if not is_sentinel1_input(path):
         return path
-    return calibrated_raster(path, folder or default_folder())
+    return calibrated_raster(path, folder or default_folder(), progress)
 
 
 def calibrated_raster(path: str, folder: str, progress=None) -> str:
     """A GeoTIFF of the product's sigma0 (one band per polarisation, described VV, VH...) under
-    `folder`, written once per product and reused while the product is unchanged."""
+    `folder`, written once per product and reused while the product is unchanged.
+
+    `progress` (a progress.Progress, None: silent) reports the calibration's percent and is
+    checked for cancellation between strips: a full IW GRD takes a minute or more.
+
+    Raises:
+        InputError: the product is incomplete or damaged; Cancelled.
+    """
+    from .progress import SILENT
+
+    progress = progress or SILENT
     from osgeo import gdal
 
     polarisation, calibration = None, "SIGMA0"
@@ -327,6 +338,7 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
         if st is not None and st.st_mtime >= newest:
             os.utime(out, (time.time(), st.st_mtime))  # used now (relatime may not say so): pruned last
             return out  # written before by this or another process, product unchanged since
+        progress.info(f"Calibrating {product} to {calibration.lower()} (once; reused while the product is unchanged)")
         _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
     prune_calibrated(folder, keep=out)
     return out
@@ -471,6 +483,6 @@ def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, c
                 a = lut_rows(lines, table, first, count)
                 sigma0 = (dn.astype(np.float64) / a) ** 2
                 output.write(b, Window(0, first, width, count), sigma0.astype(np.float32))
-                if progress is not None:
-                    progress(100.0 * ((b - 1) * height + first + count) / (len(found) * height))
+                progress.check()
+                progress.set(100.0 * ((b - 1) * height + first + count) / (len(found) * height))
         output.commit()

@@ -46,7 +46,7 @@ from .errors import DespeckNetError, InputError
 from .files import same_dataset
 from .model_info import provenance
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, check_bands, check_same_grid, open_raster, read_intensity, same_file, windows
+from .raster import Outputs, RasterOutput, check_bands, check_same_grid, gdal_cache_limit, open_raster, read_intensity, same_file, windows
 
 RULES = ("speckle_test", "db_std", "paper", "omnibus")  # new rules go at the end: enum indices
 DEFAULT_RULE = "omnibus"
@@ -272,6 +272,7 @@ def _sample(tiles, dates, domain, datasets, rule, test_window=1):
     return raw, (np.concatenate(win) if win else np.array([]))
 
 
+@gdal_cache_limit()
 def temporal_label(
     inputs: list[str],
     output: str,

@@ -128,7 +128,7 @@ def despeckle_raster(
         raise InputError(f"`overlap` must be at least the model's receptive radius ({radius} pixels) for seamless tiles.")
     check_tile_size(tile_size, overlap, branches=2 if noise_path else 1)
 
-    ds = open_raster(input_path)
+    ds = open_raster(input_path, progress.without_percent())
     bands = check_bands(ds, bands, input_path)
     check_receptive_field(ds, despeckler.info.receptive_field, input_path)
     region = window_of_extent(ds, *extent, source=input_path) if extent is not None else None

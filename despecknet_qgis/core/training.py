@@ -278,8 +278,12 @@ def fit(
     best, bad_evals = BestWeights(), 0
 
     def validate():
-        batches = ((torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c))
-                   for a, b, c in source.batches(batch_size, rng, validation=True))
+        def batches():  # a validation pass can take minutes on a large image: cancellable between batches
+            for a, b, c in source.batches(batch_size, rng, validation=True):
+                progress.check()
+                yield torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+
+        batches = batches()
         return trainer.evaluate(batches)["total"]
 
     if has_validation:
