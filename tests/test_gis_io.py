@@ -423,3 +423,85 @@ def test_each_band_of_a_multi_band_output_names_its_model_and_looks(tmp_path):
     assert [m["DESPECKNET_MODEL"] for m in per_band] == ["despecknet.onnx", "despecknet_multilook.onnx"]
     assert float(per_band[0]["DESPECKNET_LOOKS"]) == pytest.approx(1.0, rel=0.2)
     assert float(per_band[1]["DESPECKNET_LOOKS"]) == pytest.approx(5.0, rel=0.2)
+
+
+def _masked_copy(tmp_path, name, values, mask):
+    """A GeoTIFF whose validity is an internal GDAL mask (no nodata value), as gdalwarp -dstalpha or COGs give."""
+    path = write_tif(tmp_path / name, values)
+    ds = gdal.Open(path, gdal.GA_Update)
+    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+    ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
+    ds = None
+    return path
+
+
+def test_pixels_under_a_gdal_mask_are_nodata_not_data(despeckler, tmp_path):
+    # Every function read masked pixels as data: a fill of 12345 under the mask was despeckled and filtered
+    # (its neighbours came out 11.6 times too bright), counted in statistics and called stable.
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+    from despecknet_qgis.core.region_stats import region_statistics
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    y, _ = speckled_scene(96, seed=21)
+    y = (50 * y).astype(np.float32)
+    mask = np.ones(y.shape, bool)
+    mask[:12] = False
+    filled = np.where(mask, y, 12345.0).astype(np.float32)
+    masked, as_nodata = _masked_copy(tmp_path, "masked.tif", filled, mask), write_tif(tmp_path / "nan.tif", np.where(mask, y, np.nan), nodata=float("nan"))
+    for run, name in ((lambda i, o: despeckle_raster(i, o, despeckler), "despeckle"),
+                      (lambda i, o: classic_filter_raster(i, o, "lee"), "lee")):
+        run(masked, str(tmp_path / f"{name}_masked.tif"))
+        run(as_nodata, str(tmp_path / f"{name}_nan.tif"))
+        (got,), ds = read_tif(tmp_path / f"{name}_masked.tif")
+        (want,), _ = read_tif(tmp_path / f"{name}_nan.tif")
+        nodata = ds.GetRasterBand(1).GetNoDataValue()  # 0: no value declared, zeros are nodata (GRD borders)
+        assert nodata is not None and (np.isnan(got[:12]).all() if math.isnan(nodata) else (got[:12] == nodata).all())
+        np.testing.assert_allclose(got[12:], want[12:], rtol=1e-5)
+    square = "POLYGON((500000 4000000,500800 4000000,500800 3999400,500000 3999400,500000 4000000))"  # rows 0-29
+    st, ref = region_statistics(masked, [square])[0], region_statistics(as_nodata, [square])[0]
+    assert st.pixels == ref.pixels == 18 * 40 and st.mean == pytest.approx(ref.mean)
+    rng = np.random.default_rng(3)
+    dates = [_masked_copy(tmp_path, f"d{k}.tif", np.where(mask, y * rng.gamma(4, 0.25, y.shape), 12345.0).astype(np.float32), mask)
+             for k in range(4)]
+    report = temporal_label(dates, str(tmp_path / "label.tif"), str(tmp_path / "stable.tif"))
+    assert report.valid_pixels == int(mask.sum())
+
+
+def test_bands_whose_nodata_differ_are_written_with_one_nodata_that_holds_for_all(despeckler, tmp_path):
+    # A GeoTIFF holds one nodata value: VV with nodata 0 and VH with NaN (stacked with gdalbuildvrt -separate)
+    # came out declaring NaN for both, VV's 0 fill then read as data; GDAL only warned.
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+
+    vv, _ = speckled_scene(96, seed=22)
+    vh, _ = speckled_scene(96, seed=23)
+    vv[:, :10] = 0.0
+    vh[:, :10] = np.nan
+    vrt = gdal.BuildVRT(str(tmp_path / "stack.vrt"), [write_tif(tmp_path / "vv.tif", vv, nodata=0.0),
+                                                     write_tif(tmp_path / "vh.tif", vh, nodata=float("nan"))], separate=True)
+    vrt = None
+    for name, run in (("despeckle", lambda o: despeckle_raster(str(tmp_path / "stack.vrt"), o, despeckler)),
+                      ("lee", lambda o: classic_filter_raster(str(tmp_path / "stack.vrt"), o, "lee"))):
+        run(str(tmp_path / f"{name}.tif"))
+        ds = gdal.Open(str(tmp_path / f"{name}.tif"))
+        for b in (1, 2):
+            band = ds.GetRasterBand(b)
+            assert math.isnan(band.GetNoDataValue())
+            assert np.isnan(band.ReadAsArray()[:, :10]).all() and np.isfinite(band.ReadAsArray()[:, 10:]).all()
+
+
+def test_a_nodata_value_that_float32_cannot_hold_exactly_still_marks_the_fill(despeckler, tmp_path):
+    # An ENVI or VRT nodata of 9999.9 was compared as a double with the stored float32 9999.900390625:
+    # the fill was despeckled as data (and -9999.9 was refused as "negative values" although declared).
+    y, _ = speckled_scene(96, seed=24)
+    for fill in (9999.9, -9999.9):
+        filled = np.where(np.arange(96)[:, None] < 10, fill, y).astype(np.float32)
+        src = write_tif(tmp_path / "raw.tif", filled)
+        vrt = gdal.Translate(str(tmp_path / "nd.vrt"), src, format="VRT")
+        vrt = None
+        text = (tmp_path / "nd.vrt").read_text()  # as written by hand or by other tools: the decimal value
+        (tmp_path / "nd.vrt").write_text(text.replace("<ColorInterp>", f"<NoDataValue>{fill}</NoDataValue><ColorInterp>", 1))
+        assert gdal.Open(str(tmp_path / "nd.vrt")).GetRasterBand(1).GetNoDataValue() == fill
+        despeckle_raster(str(tmp_path / "nd.vrt"), str(tmp_path / "out.tif"), despeckler)
+        (out,), _ = read_tif(tmp_path / "out.tif")
+        assert not np.isfinite(out[:10]).any() or (out[:10] == np.float32(fill)).all()
+        assert np.isfinite(out[10:]).all() and out[10:].max() < 100

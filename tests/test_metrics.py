@@ -216,3 +216,17 @@ def test_region_statistics_read_in_strips_equal_those_of_the_whole_sample(tmp_pa
     assert strips.gamma_looks == pytest.approx(gamma_looks(sample), rel=1e-9)
     assert 300 < strips.values.size <= 1000  # the histogram's sample is bounded
     assert set(np.round(strips.values, 7)) <= set(np.round(sample, 7))
+
+
+def test_negative_values_read_as_intensity_or_amplitude_are_refused_by_statistics_and_quality(tmp_path):
+    # despeckle, classic filters and temporal labels refused a dB raster read as intensity; speckle statistics
+    # and quality gave numbers (mean -15.06, ENL 8.1; MoR -170.8), or plausible ones for amplitude (ENL 1.62).
+    y, _ = speckled_scene(64, seed=31)
+    db = write_tif(tmp_path / "db.tif", 10 * np.log10(y))
+    square = "POLYGON((500000 4000000,500400 4000000,500400 3999600,500000 3999600,500000 4000000))"
+    for domain in ("intensity", "amplitude"):
+        with pytest.raises(DespeckNetError, match="negative values.*decibel"):
+            region_statistics(db, [square], domain=domain)
+        with pytest.raises(DespeckNetError, match="negative values.*decibel"):
+            quality_metrics(db, write_tif(tmp_path / "y.tif", y), domain=domain)
+    assert region_statistics(db, [square], domain="decibel")[0].pixels == 400

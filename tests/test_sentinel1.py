@@ -496,3 +496,24 @@ def test_despeckle_of_a_sentinel1_product_cancelled_during_calibration_stops_the
                        feedback=feedback)
     assert values and max(values) < 100
     assert not os.path.exists(tmp_path / "o.tif")
+
+
+def test_the_calibration_cache_is_each_users_own_and_pruning_clears_what_killed_runs_left(tmp_path):
+    # One folder for every user: a second user could not despeckle any product (and would have trusted
+    # files someone else wrote). A calibration killed midway left its partial file (1.7 GB a polarisation
+    # for an IW GRD) and lock files in the cache forever.
+    from despecknet_qgis.core.sentinel1 import default_folder, prune_calibrated
+
+    assert os.path.basename(default_folder()).endswith(str(os.getuid()))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    (cache / f".S1A_x_1234abcd_sigma0.partial-{dead}-0123abcd.tif").write_bytes(b"half a calibration")
+    (cache / ".S1A_x_1234abcd_sigma0.tif.writing.lock").write_text("")
+    (cache / ".S1A_x_1234abcd_sigma0.tif.use.lock").write_text("")
+    mine = cache / f".S1A_y_5678abcd_sigma0.partial-{os.getpid()}-89abcdef.tif"  # a calibration under way here
+    mine.write_bytes(b"being written")
+    kept = cache / "S1A_z_9abc0123_sigma0.tif"
+    kept.write_bytes(b"a calibrated product")
+    prune_calibrated(str(cache), keep=str(kept))
+    assert sorted(os.listdir(cache)) == sorted([mine.name, kept.name])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import read_tif, write_tif
+from conftest import read_tif, speckled_scene, write_tif
 from despecknet_qgis.core.errors import DespeckNetError
 from despecknet_qgis.core.simulate import db, simulate_reflectivity, simulate_speckle
 from despecknet_qgis.core.temporal_label import (
@@ -203,3 +203,16 @@ def test_mismatched_stacks_name_the_offending_layer(tmp_path):
     with pytest.raises(DespeckNetError, match="crs.tif has another CRS"):
         temporal_label(paths + [other_crs], str(tmp_path / "l.tif"))
     assert not (tmp_path / "l.tif").exists()
+
+
+def test_looks_the_stability_tests_cannot_use_are_refused_with_what_to_give(tmp_path):
+    # 1e-9 looks escaped as a raw "f(a) and f(b) must have different signs"; 1e-3 gave a NaN threshold that
+    # called nothing stable, reported as success.
+    from despecknet_qgis.core.errors import InputError
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    dates = [write_tif(tmp_path / f"d{k}.tif", speckled_scene(48, seed=40 + k)[0]) for k in range(3)]
+    for looks, rule in ((1e-9, "omnibus"), (1e-3, "speckle_test"), (1e12, "omnibus")):
+        with pytest.raises(InputError, match="`looks` must be from"):
+            temporal_label(dates, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), rule=rule, looks=looks)
+    assert temporal_label(dates, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), looks=1.0).valid_pixels > 0

@@ -36,7 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from despecknet_qgis.core import domain as dm  # noqa: E402
+from despecknet_qgis.core.errors import OutputError  # noqa: E402
 from despecknet_qgis.core.export import export_onnx  # noqa: E402
+from despecknet_qgis.core.files import partial_path, remove_quietly, writing_lock  # noqa: E402
 from despecknet_qgis.core.losses import PHASE1_BUNDLED  # noqa: E402
 from despecknet_qgis.core.model import DeSpeckNet  # noqa: E402
 from despecknet_qgis.core.simulate import SimulatedPatches, patch_cutter  # noqa: E402
@@ -174,10 +176,15 @@ def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50)
 
 
 def atomic_save(obj, path: str) -> None:
+    """Save whole or not at all, under a name of this process's own (one shared `.partial` let two runs
+    interleave their writes: a state with one run's step and the other's weights)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".partial"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = partial_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        remove_quietly(tmp)
 
 
 def write_candidate(model, record: TrainingRecord, stage: dict, log: dict, folder: str) -> None:
@@ -238,7 +245,14 @@ def main() -> None:
     ap.add_argument("--as", dest="publish_as", choices=["general", "multilook"], default="general",
                     help="with --publish: the bundled model it becomes (multilook: the one for 3 looks or more)")
     args = ap.parse_args()
+    try:  # one run per state file: a second one crashed the first's saves or mixed their states
+        with writing_lock(args.state, "a training run with this state file"):
+            run(args)
+    except OutputError as exc:
+        sys.exit(str(exc))
 
+
+def run(args) -> None:
     if args.publish:
         from despecknet_qgis.core.model_info import GENERAL_MODEL, MULTILOOK_MODEL
 

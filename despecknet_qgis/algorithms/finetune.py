@@ -1,4 +1,6 @@
 """despecknet:finetune - phase 2, one-epoch unsupervised adaptation to the user's own image."""
+import contextlib
+
 from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -13,7 +15,7 @@ from qgis.core import (
 
 from ..core.defaults import PHASE2_PRESETS, PHASE2_TRAINING, RANGES
 from ..core.domain import DOMAINS
-from ..core.files import KeepPrevious, check_outputs
+from ..core.files import KeepPrevious, check_outputs, writing_lock
 from ..core.inference import DEVICES, Despeckler, check_device
 from ..core.losses import LossWeights
 from ..core.phases import bundled_checkpoint_path, checkpoint_path_for, fine_tune, training_device
@@ -123,6 +125,15 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         if output:
             # tuning takes most of the time; despeckling the rest
             train_feedback = self.progress_part(feedback, 0.0, 70.0)
+        # The model's writing lock for the whole job: restoring the previous pair after a failed despeckling
+        # step undid another run's finished fine-tune into the same name.
+        with contextlib.ExitStack() as job:
+            self.run_core(job.enter_context, writing_lock(onnx_path, "a fine-tune"))  # its refusal in QGIS's terms
+            return self._tune(parameters, context, feedback, source, band, domain, weights, looks, base, onnx_path,
+                              output, device, patience, choices, train_feedback)
+
+    def _tune(self, parameters, context, feedback, source, band, domain, weights, looks, base, onnx_path, output,
+              device, patience, choices, train_feedback):
         previous = KeepPrevious(onnx_path, checkpoint_path_for(onnx_path)) if output else None
         with terminate_as_cancel():
             try:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.files import partial_path, remove_quietly
+from ..core.files import partial_path, remove_dead_partials, remove_quietly
 from ..core.progress import Progress
 from .tasks import _cancel_check, _failure, _mark_done, _reuse, clear_marker, load_despeckler, worker_name
 
@@ -94,7 +94,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
     from osgeo import gdal
 
-    from ..core.raster import Window, gdal_cache_limit, input_nodata, open_raster, output_nodata, wait_until_closed, windows
+    from ..core.raster import Window, gdal_cache_limit, open_raster, output_nodata_of, wait_until_closed, windows
     from ..core.tiled_predict import despeckle_window
 
     started = time.perf_counter()
@@ -114,10 +114,11 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
         ds = open_raster(job["input"], progress.without_percent())
         band = ds.GetRasterBand(job["band"])
-        nd = output_nodata(input_nodata(band, s["domain"], s["zero_is_nodata"]), s["output_domain"])
+        nd = output_nodata_of(ds, [job["band"]], s["domain"], s["output_domain"], s["zero_is_nodata"])[0]
         width, height = ds.RasterXSize, ds.RasterYSize
         y0, y1 = job["y0"], job["y1"]
         os.makedirs(os.path.dirname(job["output"]), exist_ok=True)
+        remove_dead_partials(os.path.dirname(job["output"]))  # window files of killed tasks were never removed
         tmp = partial_path(job["output"])
         out = gdal.GetDriverByName("GTiff").Create(tmp, width, y1 - y0, 2 if noise else 1, gdal.GDT_Float32,
                                                    ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"])

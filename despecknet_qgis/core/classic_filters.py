@@ -43,8 +43,8 @@ from .errors import InputError, translate_errors
 from .files import check_outputs
 from .model_info import provenance
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, input_nodata, open_raster
-from .raster import output_nodata
+from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, open_raster
+from .raster import output_nodata_of
 from .raster import read_intensity, windows, with_nodata
 
 METHODS = ("boxcar", "lee", "refined_lee", "lee_sigma", "gamma_map", "frost")
@@ -328,7 +328,7 @@ def classic_filter_raster(
         for b, n in zip(bands, used):
             if n:
                 progress.info(f"band {b}: {'given' if looks else 'estimated'} equivalent number of looks {n:.2f}")
-        nodata = [output_nodata(input_nodata(ds.GetRasterBand(b), domain, zero_is_nodata), domain) for b in bands]
+        nodata = output_nodata_of(ds, bands, domain, domain, zero_is_nodata)
         tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
         metadata = {**(ds.GetMetadata() or {}), **provenance(

@@ -17,8 +17,15 @@ import glob
 import hashlib
 import os
 import re
+import threading
 import time
 import uuid
+from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not serialised there
+    fcntl = None
 
 from .errors import OutputError
 from .model_info import bundled_files
@@ -107,6 +114,31 @@ def _still_running(pid: int, partial: str) -> bool:
         return time.time() - os.path.getmtime(partial) < STALE_AFTER_S
     except OSError:
         return True
+
+
+def remove_dead_partials(folder: str) -> list[str]:
+    """Delete the partial files in `folder` (any destination) whose writing process is gone; returns them.
+
+    For work folders (the Sentinel-1 cache, the batch's parts): a killed run's partial there is never
+    written again under its destination's name, so remove_stale_partials would never see it."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _PARTIAL_NAME.search(name)
+        if not name.startswith(".") or m is None or not m.group(1):
+            continue
+        candidate = os.path.join(folder, name)
+        if int(m.group(1)) == os.getpid() or _still_running(int(m.group(1)), candidate):
+            continue
+        try:
+            os.remove(candidate)
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
 
 
 def remove_stale_partials(path: str) -> list[str]:
@@ -211,6 +243,71 @@ def _copy_aside(dest: str, previous: str) -> None:
                           "or write into another folder.") from exc
 
 
+_HELD: dict = {}  # (lock file, thread) -> [open lock file, depth]: a thread may take a lock it holds again
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def writing_lock(path: str, what: str = "a run", wait: float = 0.0):
+    """An exclusive lock on writing `path`, across processes and threads (a hidden `.NAME.lock` beside it,
+    removed on release). The thread that holds it may take it again (a job, then its commit).
+
+    Raises:
+        OutputError: another run holds it after `wait` seconds.
+    """
+    if fcntl is None:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    lock = os.path.join(folder, f".{name}.lock")
+    key = (lock, threading.get_ident())
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+    if held is not None:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                held[1] -= 1
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fh = open(lock, "a")
+        except OSError:  # a folder this process cannot write: the write itself fails with its own message
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            if time.monotonic() >= deadline:
+                raise OutputError(f"Another run is writing {path} now ({what}): wait until it has finished, or "
+                                  "choose another name.") from None
+            time.sleep(0.05)
+            continue
+        try:  # the previous holder may have removed the file between our open and our lock
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino:
+                break
+        except OSError:
+            pass
+        fh.close()
+    with _HELD_GUARD:
+        _HELD[key] = [fh, 1]
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            del _HELD[key]
+        try:
+            os.remove(lock)
+        except OSError:
+            pass
+        fh.close()
+
+
 def commit_files(moves: list[tuple[str, str]]) -> None:
     """Move each finished partial file onto its destination, all or none.
 
@@ -218,8 +315,20 @@ def commit_files(moves: list[tuple[str, str]]) -> None:
     file system has no hard links) until every move
     succeeded; if one fails, the destinations moved so far get their previous files back
     (or are removed if they had none) and OutputError is raised. Partial files are removed
-    on failure.
+    on failure. Two runs committing sets to the same names take turns (a lock on the first name):
+    interleaved, they left one run's .onnx beside the other's .pt, both reported done.
     """
+    if len(moves) > 1:
+        with writing_lock(moves[0][1] + ".commit", "moving its files into place", wait=COMMIT_WAIT_S):
+            _commit(moves)
+    else:
+        _commit(moves)
+
+
+COMMIT_WAIT_S = 60.0
+
+
+def _commit(moves: list[tuple[str, str]]) -> None:
     kept: list[tuple[str, str | None]] = []  # (destination, its previous file kept aside or None)
     try:
         for tmp, dest in moves:

@@ -14,7 +14,7 @@ from .defaults import PHASE2_TRAINING as P2
 from .defaults import RANGES, ZERO_IS_NODATA
 from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, InputError, OutputError, TrainingError, translate_errors
-from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials
+from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials, writing_lock
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
 from .raster import gdal_cache_limit
 from .model_info import bundled_checkpoint_path
@@ -79,8 +79,16 @@ def _write_failed(path: str, exc: BaseException) -> OutputError:
                        "A file that was already there is unchanged.")
 
 
-def _run(model, record, source, weights, onnx_path, version, description, progress, phase_info, before_export=None,
-         **fit_args):
+def _run(model, record, source, weights, onnx_path, *args, **kwargs):
+    """Train and commit under the model's writing lock: two runs into one name shared its unfinished
+    checkpoint (the one that finished deleted the other's), and a failed fine-tune put back the pair it had
+    found over the other's finished one."""
+    with writing_lock(onnx_path, "a training or fine-tune"):
+        return _train_and_commit(model, record, source, weights, onnx_path, *args, **kwargs)
+
+
+def _train_and_commit(model, record, source, weights, onnx_path, version, description, progress, phase_info,
+                      before_export=None, **fit_args):
     from .export import export_onnx
     from .training import TrainingRecord, fit
 

@@ -64,15 +64,10 @@ def open_raster(path: str, progress: Progress | None = None) -> gdal.Dataset:
     cancellation meanwhile."""
     if not path:
         raise InputError("No input raster given: choose a raster file or a GDAL dataset name.")
-    from .sentinel1 import hold_in_use, resolve_input
+    from .sentinel1 import resolve_input
 
-    resolved = resolve_input(path, progress=progress)  # a Sentinel-1 product (folder, zip, manifest.safe): its sigma0
-    in_use = hold_in_use(resolved) if resolved != path else None
-    if in_use is not None and not os.path.exists(resolved):  # pruned by another task in between: once more
-        in_use.close()
-        resolved = resolve_input(path, progress=progress)
-        in_use = hold_in_use(resolved)
-    path = resolved
+    # a Sentinel-1 product (folder, zip, manifest.safe): its sigma0, held against pruning while `ds` lives
+    path, in_use = resolve_input(path, progress=progress, hold=True)
     if os.path.isdir(path):
         raise InputError(f"Input raster {path} is a folder: choose a raster file in it.")
     ds = open_quietly(path)
@@ -208,8 +203,40 @@ def scaled(band: gdal.Band, values: np.ndarray) -> np.ndarray:
 
 
 def nodata_of(band: gdal.Band) -> float | None:
+    """The band's declared nodata as its pixels hold it: a Float32 band's rounded to Float32, as GDAL
+    compares it (an ENVI or VRT nodata of 9999.9 never equals the stored 9999.900390625 as a double)."""
     nd = band.GetNoDataValue()
-    return None if nd is None else float(nd)
+    if nd is None:
+        return None
+    if band.DataType in (gdal.GDT_Float32, gdal.GDT_CFloat32) and math.isfinite(nd) and abs(nd) <= FLOAT32_MAX:
+        return float(np.float32(nd))
+    return float(nd)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def has_pixel_mask(band: gdal.Band) -> bool:
+    """Whether the band has a GDAL mask besides its nodata value: an internal or .msk mask, an alpha band."""
+    return not band.GetMaskFlags() & (gdal.GMF_ALL_VALID | gdal.GMF_NODATA)
+
+
+def pixel_mask(band: gdal.Band, win: Window) -> np.ndarray | None:
+    """The band's GDAL mask over `win` (True: data), or None where it has none besides its nodata
+    value, which valid_mask handles. Masked pixels were read as data (a fill of 12345 despeckled)."""
+    if not has_pixel_mask(band):
+        return None
+    mask = band.GetMaskBand().ReadAsArray(win.x, win.y, win.w, win.h)
+    if mask is None:
+        raise InputError(f"Reading the mask of window {win} failed: {gdal.GetLastErrorMsg()}")
+    return mask > 0
+
+
+def band_valid(band: gdal.Band, win: Window, values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels of a window that carry data: not nodata (valid_mask), not masked by the band's GDAL mask."""
+    valid = valid_mask(values, nodata)
+    mask = pixel_mask(band, win)
+    return valid if mask is None else valid & mask
 
 
 def is_complex(band: gdal.Band) -> bool:
@@ -249,10 +276,22 @@ def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bo
     values = read(band, win)
     if not np.iscomplexobj(values):
         values = values.astype(np.float64)
-    valid = valid_mask(values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
-    intensity = values_as_intensity(np.where(valid, scaled(band, values), 1.0), domain)
+    valid = band_valid(band, win, values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
+    physical = scaled(band, values)
+    check_not_negative(physical[valid], domain, source)
+    intensity = values_as_intensity(np.where(valid, physical, 1.0), domain)
     check_intensity_finite(intensity, valid, values, domain, source)
     return intensity, valid
+
+
+def check_not_negative(values: np.ndarray, domain: str, name: str) -> None:
+    """Intensities and amplitudes are never negative: a band that has some is in dB (or holds an
+    undeclared fill value). Speckle statistics and quality gave numbers for dB read as intensity."""
+    if domain in ("intensity", "amplitude") and not np.iscomplexobj(values) and values.size and (values < 0).any():
+        raise InputError(
+            f"{name} has negative values ({values.min():g}), impossible for {domain}. "
+            "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
+        )
 
 
 def check_intensity_finite(intensity: np.ndarray, valid: np.ndarray, values: np.ndarray, domain: str, name: str) -> None:
@@ -385,7 +424,7 @@ class _StatisticsPart:
         values = read(self.band, win)
         if not np.iscomplexobj(values):
             values = values.astype(np.float64)
-        valid = valid_mask(values, self.nodata)
+        valid = band_valid(self.band, win, values, self.nodata)
         values = scaled(self.band, values)
         v = values[valid]
         if not np.isfinite(v).all():
@@ -393,11 +432,7 @@ class _StatisticsPart:
                 f"{self.name} has NaN or infinite values that are not declared nodata. "
                 "Set the band's nodata value (e.g. with gdal_translate -a_nodata nan) or fill them."
             )
-        if self.domain in ("intensity", "amplitude") and not np.iscomplexobj(v) and (v < 0).any():
-            raise InputError(
-                f"{self.name} has negative values ({v.min():g}), impossible for {self.domain}. "
-                "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
-            )
+        check_not_negative(v, self.domain, self.name)
         intensity = values_as_intensity(values, self.domain, self.name)
         check_intensity_finite(intensity, valid, values, self.domain, self.name)
         self.log_mean.add(intensity, valid)
@@ -468,6 +503,25 @@ def with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> n
     if nodata is None:
         return values
     return np.where(keep, values, math.nan if math.isnan(nodata) else nodata)
+
+
+def output_nodata_of(ds: gdal.Dataset, bands: list[int], domain: str, output_domain: str,
+                     zero_is_nodata: bool = False) -> list[float | None]:
+    """The nodata value each output band of `bands` declares (output_nodata of the input's).
+
+    A band with a GDAL mask gets NaN, so that its masked pixels stay nodata. And where the dataset's
+    bands would get different values, all get NaN: a GeoTIFF holds one nodata value, and GDAL kept the
+    last band's for every band with a warning only (band 1's fill of 0 then read as data). Decided
+    over all of the dataset's bands, so that one-band runs of a scene (the batch) agree.
+    """
+    def one(band):
+        nd = output_nodata(input_nodata(band, domain, zero_is_nodata), output_domain)
+        return math.nan if nd is None and has_pixel_mask(band) else nd
+
+    every = [one(ds.GetRasterBand(b)) for b in range(1, ds.RasterCount + 1)]
+    if len({"nan" if v is not None and math.isnan(v) else v for v in every}) > 1:
+        return [math.nan] * len(bands)
+    return [every[b - 1] for b in bands]
 
 
 def output_nodata(nodata: float | None, output_domain: str) -> float | None:
@@ -664,6 +718,7 @@ class RasterOutput:
         self.bands = bands
         self.region = region or Window(0, 0, like.RasterXSize, like.RasterYSize)
         self.driver_name = driver_name
+        self.float32 = data_type == "Float32"
         self.size = (self.region.w, self.region.h)
         driver = gdal.GetDriverByName(driver_name)
         floating = data_type in ("Float32", "Float64")
@@ -706,6 +761,8 @@ class RasterOutput:
         return self.ds.GetRasterBand(i)
 
     def write(self, i: int, win: Window, data: np.ndarray) -> None:
+        if self.float32 and data.dtype == np.float64:
+            data = self._as_float32(data)
         try:
             status = self.band(i).WriteArray(data, win.x - self.region.x, win.y - self.region.y)
         except RuntimeError as exc:  # GDAL with exceptions enabled by someone else
@@ -715,6 +772,17 @@ class RasterOutput:
         failures = self.errors.since(self._mark)
         if failures:
             self._fail(failures[0])
+
+    def _as_float32(self, data: np.ndarray) -> np.ndarray:
+        """`data` as Float32, refused where values do not fit (they became inf or 0, reported as success)."""
+        with np.errstate(over="ignore", under="ignore"):
+            cast = data.astype(np.float32)
+        lost = np.isfinite(data) & (~np.isfinite(cast) | ((cast == 0) & (data != 0)))
+        if lost.any():
+            raise OutputError(
+                f"{self.path} cannot hold values such as {data[lost].flat[0]:g} as Float32 (from about 1.4e-45 to "
+                "3.4e38): nothing was written. Choose a Float64 output, or check the input's units and scale.")
+        return cast
 
     def _fail(self, detail: str) -> None:
         raise OutputError(

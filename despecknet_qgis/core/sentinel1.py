@@ -35,6 +35,7 @@ except ImportError:  # Windows: a file that is open cannot be deleted there, whi
 import numpy as np
 
 from .errors import InputError
+from .files import remove_dead_partials
 from .raster import RasterOutput, Window
 
 MANIFEST = "manifest.safe"
@@ -287,24 +288,29 @@ def lut_rows(lines: np.ndarray, table: np.ndarray, first: int, count: int) -> np
 
 def default_folder() -> str:
     """Where calibrated products go when the caller names no folder (the batch, the core)."""
-    return os.path.join(tempfile.gettempdir(), "despecknet-sentinel1")
+    # one per user: a folder another user made first (mode 0755) refused every product, and files that
+    # someone else wrote would have been trusted as calibrations
+    who = str(os.getuid()) if hasattr(os, "getuid") else re.sub(r"\W", "_", os.environ.get("USERNAME", "user"))
+    return os.path.join(tempfile.gettempdir(), f"despecknet-sentinel1-{who}")
 
 
-def resolve_input(path, folder: str | None = None, progress=None):
+def resolve_input(path, folder: str | None = None, progress=None, hold: bool = False):
     """`path` itself, or for a Sentinel-1 product (folder, zip, manifest.safe, SENTINEL1_CALIB:
     name) the GeoTIFF of its calibrated sigma0. The one call a reader of inputs needs.
-    `progress` (a progress.Progress) is checked for cancellation while a product is calibrated."""
+    `progress` (a progress.Progress) is checked for cancellation while a product is calibrated;
+    `hold` as in calibrated_raster ((path, None) for anything else)."""
     if not is_sentinel1_input(path):
-        return path
-    return calibrated_raster(path, folder or default_folder(), progress)
+        return (path, None) if hold else path
+    return calibrated_raster(path, folder or default_folder(), progress, hold=hold)
 
 
-def calibrated_raster(path: str, folder: str, progress=None) -> str:
+def calibrated_raster(path: str, folder: str, progress=None, hold: bool = False):
     """A GeoTIFF of the product's sigma0 (one band per polarisation, described VV, VH...) under
     `folder`, written once per product and reused while the product is unchanged.
 
     `progress` (a progress.Progress, None: silent) reports the calibration's percent and is
-    checked for cancellation between strips: a full IW GRD takes a minute or more.
+    checked for cancellation between strips: a full IW GRD takes a minute or more. With `hold`,
+    returns (path, the use lock of hold_in_use, which the reader closes when done with the file).
 
     Raises:
         InputError: the product is incomplete or damaged; Cancelled.
@@ -330,18 +336,22 @@ def calibrated_raster(path: str, folder: str, progress=None) -> str:
     newest = max((st.mtime for st in map(gdal.VSIStatL, files) if st is not None), default=0)
     # One calibration of a product at a time, across threads and processes (the batch runs a task per
     # band, each asking for the whole product): the others wait and then reuse it.
-    with _writing(out):
+    with _writing(out):  # pruning leaves a product alone while this lock or its use lock is held
         try:
             st = os.stat(out)
         except OSError:
             st = None
-        if st is not None and st.st_mtime >= newest:
+        reused = st is not None and st.st_mtime >= newest  # written before, product unchanged since
+        if reused:
             os.utime(out, (time.time(), st.st_mtime))  # used now (relatime may not say so): pruned last
-            return out  # written before by this or another process, product unchanged since
-        progress.info(f"Calibrating {product} to {calibration.lower()} (once; reused while the product is unchanged)")
-        _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
-    prune_calibrated(folder, keep=out)
-    return out
+        else:
+            progress.info(f"Calibrating {product} to {calibration.lower()} (once; reused while the product is unchanged)")
+            _write_sigma0(manifest, found, out, progress, calibration)  # whole or absent (raster.RasterOutput)
+        # held before the writing lock goes: a prune in between deleted the product before its reader held it
+        in_use = hold_in_use(out) if hold else None
+    if not reused:
+        prune_calibrated(folder, keep=out)
+    return (out, in_use) if hold else out
 
 
 def _lock_file(out: str, kind: str) -> str:
@@ -366,8 +376,7 @@ class _writing:
         self.thread_lock.acquire()
         if fcntl is not None:
             try:
-                self.fh = open(self.path, "a")
-                fcntl.flock(self.fh, fcntl.LOCK_EX)
+                self.fh = _locked(self.path, fcntl.LOCK_EX)
             except OSError:  # a file system without locks: threads are still serialised
                 self.fh = None
         return self
@@ -383,31 +392,56 @@ class _writing:
         self.thread_lock.release()
 
 
+def _locked(path: str, mode: int):
+    """`path` opened and flock-ed (waiting), on the file that is at `path` once locked: pruning removes
+    lock files, and a lock taken on a removed one protected nothing (a product was deleted under its reader)."""
+    while True:
+        fh = open(path, "a")
+        try:
+            fcntl.flock(fh, mode)
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        except OSError:
+            fh.close()
+            raise
+        fh.close()
+
+
 def hold_in_use(out: str):
     """A shared file lock on a calibrated product while a dataset reads it (close() releases it):
     prune_calibrated leaves a product that another task holds alone. None where there are no file locks."""
     if fcntl is None:
         return None
     try:
-        fh = open(_lock_file(out, "use"), "a")
-        fcntl.flock(fh, fcntl.LOCK_SH)
+        return _locked(_lock_file(out, "use"), fcntl.LOCK_SH)
     except OSError:
         return None
-    return fh
 
 
 def _remove_unused(name: str) -> bool:
-    """Delete a calibrated product unless a reader holds it (hold_in_use); True when deleted."""
-    fh = None
+    """Delete a calibrated product unless a reader holds it (hold_in_use) or a task is checking or
+    writing it (_writing: deleted between its check and its use, the task failed with a bare
+    FileNotFoundError); True when deleted."""
+    held = []
     if fcntl is not None:
-        try:
-            fh = open(_lock_file(name, "use"), "a")
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False  # in use by another task
-        except OSError:
-            fh = None
+        for kind in ("writing", "use"):
+            try:
+                fh = open(_lock_file(name, kind), "a")
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                current = os.fstat(fh.fileno()).st_ino == os.stat(_lock_file(name, kind)).st_ino
+            except OSError:
+                current = False
+            if not current:  # in use by another task, or its lock file was just replaced: leave it
+                fh.close()
+                for other in held:
+                    other.close()
+                return False
+            held.append(fh)
     try:
         os.remove(name)
         for kind in ("use", "writing"):
@@ -419,8 +453,25 @@ def _remove_unused(name: str) -> bool:
     except OSError:
         return False
     finally:
-        if fh is not None:
+        for fh in held:
             fh.close()
+
+
+def _remove_orphan_locks(folder: str) -> None:
+    """Lock files of products that are gone (a killed calibration's), unless someone holds them."""
+    if fcntl is None:
+        return
+    for n in os.listdir(folder):
+        m = re.fullmatch(r"\.(.+\.tif)\.(use|writing)\.lock", n)
+        if m is None or os.path.exists(os.path.join(folder, m.group(1))):
+            continue
+        path = os.path.join(folder, n)
+        try:
+            with open(path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.remove(path)
+        except OSError:
+            pass
 
 
 def prune_calibrated(folder: str, keep: str, products: int = CACHED_PRODUCTS) -> list[str]:
@@ -431,6 +482,8 @@ def prune_calibrated(folder: str, keep: str, products: int = CACHED_PRODUCTS) ->
     (raster.open_raster holds hold_in_use's lock while its dataset lives) is left for later, as is
     one that cannot be deleted now.
     """
+    remove_dead_partials(folder)  # a calibration killed midway left up to 1.7 GB a polarisation here
+    _remove_orphan_locks(folder)
     used = []
     for n in os.listdir(folder):
         if n.endswith(".tif") and not n.startswith("."):

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import domain as dm
 from .defaults import ZERO_IS_NODATA
-from .errors import DespeckNetError, InputError
+from .errors import DespeckNetError, InputError, translate_errors
 from .files import same_dataset
 from .model_info import provenance
 from .progress import SILENT, Progress
@@ -272,6 +272,10 @@ def _sample(tiles, dates, domain, datasets, rule, test_window=1):
     return raw, (np.concatenate(win) if win else np.array([]))
 
 
+LABEL_LOOKS = (0.1, 1e5)  # looks of one date that the stability tests can be computed for
+
+
+@translate_errors
 @gdal_cache_limit()
 def temporal_label(
     inputs: list[str],
@@ -309,6 +313,11 @@ def temporal_label(
                          f"({max(multilook, test_window)}): it is the size of the blocks the stack is read in.")
     if rule in ("speckle_test", "omnibus") and not 0 < alpha < 1:
         raise DespeckNetError("ALPHA must lie between 0 and 1.")
+    # The tests' thresholds have no solution far outside this (1e-9 looks: a raw "f(a) and f(b) must have
+    # different signs"; 1e-3: a NaN threshold that called nothing stable, reported as success).
+    if looks is not None and not LABEL_LOOKS[0] <= looks <= LABEL_LOOKS[1]:
+        raise InputError(f"`looks` must be from {LABEL_LOOKS[0]:g} to {LABEL_LOOKS[1]:g} (got {looks:g}): the "
+                         "equivalent number of looks of one date, e.g. 1 for single-look, about 4.4 for GRD.")
     dates = _stack_dates(list(inputs), band)
     if len(dates) < 2:
         raise DespeckNetError("A temporal label needs at least 2 dates (the paper used 22 to 29).")

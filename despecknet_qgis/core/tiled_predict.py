@@ -20,8 +20,8 @@ from .files import check_outputs
 from . import point_targets as pt
 from .inference import Despeckler
 from .progress import SILENT, Progress
-from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, check_receptive_field, gdal_cache_limit, input_nodata, is_complex
-from .raster import open_raster, output_nodata, read_intensity, window_of_extent, windows, windows_in, with_nodata
+from .raster import BandStats, Outputs, RasterOutput, band_statistics, check_bands, check_receptive_field, gdal_cache_limit, is_complex
+from .raster import open_raster, output_nodata_of, read_intensity, window_of_extent, windows, windows_in, with_nodata
 
 OUTPUT_TYPES = ("Float32", "Float64")
 
@@ -217,10 +217,9 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     from .files import file_sha256
     from .model_info import provenance
 
-    nodata, descriptions, complex_bands = [], [], []
+    nodata, descriptions, complex_bands = output_nodata_of(ds, bands, domain, output_domain, zero_is_nodata), [], []
     for b in bands:
         band = ds.GetRasterBand(b)
-        nodata.append(output_nodata(input_nodata(band, domain, zero_is_nodata), output_domain))
         descriptions.append(band.GetDescription() or "")
         if is_complex(band):
             complex_bands.append(b)
@@ -281,18 +280,21 @@ def despeckle_window(
     context = win.grown(pt.MARGIN, band.XSize, band.YSize)
     near, inner = context.within(outer), win.within(context)
     keep = valid[near][inner]
+    _check_finite(clean[near][inner], keep, despeckler, "clean")  # the network's own output, before any scaling
+    if with_noise:
+        _check_finite(noise[near][inner], keep, despeckler, "noise")
     with np.errstate(over="ignore"):
         estimate = dm.denormalise(clean[near], stats.offset)
         band_looks = looks or stats.looks
         if point_targets and band_looks:
             estimate, _ = pt.preserve_point_targets(intensity[near], estimate, valid[near], band_looks)
         result = dm.from_intensity(estimate[inner], output_domain)
-    _check_finite(result, keep, despeckler, "clean")
+    _check_range(result, keep, despeckler, "clean")
     speckle = None
     if with_noise:
         with np.errstate(over="ignore"):
             speckle = dm.speckle_from_log(noise[near][inner], output_domain)
-        _check_finite(speckle, keep, despeckler, "noise")
+        _check_range(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
     return with_nodata(result, keep, nodata), speckle
 
@@ -321,10 +323,28 @@ def read_ahead(items: list, read):
             pending.cancel()
 
 
-def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
-    """A despeckled value of a valid pixel is a finite Float32 number; anything else is a broken model."""
+def _check_range(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
+    """The despeckled values of valid pixels are finite (as doubles: whether Float32 can hold them is the
+    output's concern, raster.RasterOutput; a Float64 output of 1e50 intensities blamed the model)."""
+    _check_finite(values, keep, despeckler, branch, np.float64)
+
+
+# The network sees z within +-Z_LIMIT; an output beyond this is the weights' doing, whatever the input.
+Z_OUTPUT_LIMIT = 4 * dm.Z_LIMIT
+
+
+def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str, dtype=np.float32) -> None:
+    """The network's output for a valid pixel is a finite number within reach of its input's range (z, see
+    Z_OUTPUT_LIMIT; `dtype` np.float64 for values scaled back, checked for finiteness only); anything else is
+    a broken model."""
+    if dtype is np.float32 and keep.any() and float(np.abs(values[keep]).max()) > Z_OUTPUT_LIMIT:
+        raise ModelError(
+            f"The model {despeckler.path} gave values far outside its input's range in its '{branch}' output "
+            f"(|z| up to {float(np.abs(values[keep]).max()):.3g}, the input lies within {dm.Z_LIMIT:g}): its weights "
+            "are corrupt or it was not trained for this data. Nothing was written; export the model again or use the "
+            "bundled one.")
     with np.errstate(over="ignore"):
-        bad = int((~np.isfinite(values[keep].astype(np.float32))).sum())
+        bad = int((~np.isfinite(values[keep].astype(dtype))).sum())
     if bad:
         raise ModelError(
             f"The model {despeckler.path} gave {bad} non-finite value(s) in its '{branch}' output on a tile of "
