@@ -432,7 +432,7 @@ def test_case7_sigterm_is_handled_like_a_cancel(profile, tiny_model, tmp_path):
     assert os.listdir(out.parent) == []
 
 
-def test_case7_partial_files_of_a_killed_run_are_removed_next_time(profile, tiny_model, tmp_path):
+def test_case7_partial_files_of_a_killed_run_are_removed_next_time(profile, provider, tiny_model, tmp_path):
     proc, out = _start_long_despeckle(profile, tiny_model, tmp_path)
     proc.kill()  # SIGKILL: nothing can clean up
     proc.communicate(timeout=60)

@@ -130,15 +130,19 @@ def remove_dead_partials(folder: str) -> list[str]:
         m = _PARTIAL_NAME.search(name)
         if not name.startswith(".") or m is None or not m.group(1):
             continue
-        candidate = os.path.join(folder, name)
-        if int(m.group(1)) == os.getpid() or _still_running(int(m.group(1)), candidate):
-            continue
-        try:
-            os.remove(candidate)
-            removed.append(candidate)
-        except OSError:
-            pass
+        _remove_if_dead(os.path.join(folder, name), int(m.group(1)), removed)
     return removed
+
+
+def _remove_if_dead(partial: str, pid: int | None, removed: list[str]) -> None:
+    """Delete a partial file unless its process (None: a version that wrote no pid) is this one or still runs."""
+    if pid is not None and (pid == os.getpid() or _still_running(pid, partial)):
+        return
+    try:
+        os.remove(partial)
+        removed.append(partial)
+    except OSError:
+        pass
 
 
 def remove_stale_partials(path: str) -> list[str]:
@@ -156,14 +160,7 @@ def remove_stale_partials(path: str) -> list[str]:
         m = _PARTIAL_NAME.match(rest)
         if m is None or rest[m.end():] not in (ext, ext + ".aux.xml"):
             continue  # the partial file of another output whose name starts like this one
-        pid = int(m.group(1)) if m.group(1) else None  # no pid: written by a version before this one
-        if pid is not None and (pid == os.getpid() or _still_running(pid, candidate)):
-            continue
-        try:
-            os.remove(candidate)
-            removed.append(candidate)
-        except OSError:
-            pass
+        _remove_if_dead(candidate, int(m.group(1)) if m.group(1) else None, removed)  # no pid: an earlier version's
     old = os.path.abspath(path) + ".partial"  # the partial checkpoint name of earlier versions
     if os.path.isfile(old):
         try:
