@@ -967,3 +967,23 @@ def test_a_second_make_model_on_the_same_state_file_is_refused(tmp_path):
     finally:
         holder.release()
     assert proc.returncode != 0 and "Another run is writing" in proc.stderr and not state.exists()
+
+
+def test_a_raster_output_that_is_not_geotiff_is_refused_before_any_work(provider, tiny_model, tmp_path):
+    # The GeoTIFF-only rule was applied when the raster was written: a fine-tune into x.gpkg tuned the whole
+    # model first (then threw it away), a temporal label computed the whole label; a model's check passed.
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    y = write_tif(tmp_path / "y.tif", speckled_scene(64, seed=70)[0])
+    for alg, params in (("despecknet:finetune", {"INPUT": y, "MODEL": tiny_model[0].replace(".onnx", ".pt"),
+                                                 "OUTPUT_MODEL": str(tmp_path / "tuned.onnx"), "OUTPUT": str(tmp_path / "x.gpkg")}),
+                        ("despecknet:despeckle", {"INPUT": y, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "x.tif"),
+                                                  "OUTPUT_NOISE": str(tmp_path / "n.vrt")}),
+                        ("despecknet:classicfilter", {"INPUT": y, "OUTPUT": "ogr:dbname='" + str(tmp_path / "x.gpkg") + "' table=t"})):
+        algorithm = QgsApplication.processingRegistry().algorithmById(alg)
+        ok, message = algorithm.checkParameterValues(params, QgsProcessingContext())
+        assert not ok and "GeoTIFF only" in message
+        with pytest.raises(QgsProcessingException, match="GeoTIFF only"):
+            processing.run(alg, params, feedback=QgsProcessingFeedback())
+    assert sorted(os.listdir(tmp_path)) == ["y.tif"]

@@ -44,8 +44,9 @@ from qgis.core import (
 from ..core.defaults import RANGES, Range, TrainingDefaults
 from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError, rename_arguments, translate
-from ..core.files import check_outputs, same_file
+from ..core.files import backing_file, check_outputs, same_file
 from ..core.inference import DEVICES, PRECISIONS
+from ..core.model_info import bundled_files
 from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
 from ..core.sentinel1 import is_sentinel1_input
@@ -244,6 +245,19 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
 
     def check_values(self, parameters, context):
         """A message saying what is wrong with the parameters, or None. Runs before any work."""
+        # The format first, before any input is opened; unless the output would overwrite an input or the
+        # bundled model, which the output check below says first.
+        destinations = {d.name() for d in self.destinationParameterDefinitions()}
+        named = {os.path.abspath(backing_file(v)) for k, value in parameters.items() if k not in destinations
+                 for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str) and v}
+        named |= {os.path.abspath(f) for f in bundled_files()}
+        formats = []
+        for d in self.parameterDefinitions():
+            if isinstance(d, QgsProcessingParameterRasterDestination) and parameters.get(d.name()) is not None:
+                message = self._check_raster_format(d, parameters, context)
+                if message and os.path.abspath(self.parameterAsOutputLayer(parameters, d.name(), context)) not in named:
+                    return message
+                formats.append(message)
         inputs, outputs = {}, {}
         for d in self.parameterDefinitions():
             name, value = d.name(), parameters.get(d.name())
@@ -275,7 +289,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             check_outputs(outputs, inputs)
         except DespeckNetError as exc:
             return rename_arguments(str(exc), {})
-        return None
+        return next((m for m in formats if m), None)
 
     @staticmethod
     def _check_number(d, value):
@@ -400,6 +414,19 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                     f"impossible in its CRS {crs.authid()} (degrees of longitude and latitude). A GeoJSON file "
                     "without a 'crs' member is read as WGS 84: give the layer its real CRS (e.g. save it as a "
                     "GeoPackage in that CRS).")
+        return None
+
+    def _check_raster_format(self, d, parameters, context):
+        """GeoTIFF only, said before any work (a fine-tune into x.gpkg tuned the whole model, then refused)."""
+        from ..core.raster import driver_for
+
+        value = self.parameterAsOutputLayer(parameters, d.name(), context)
+        if not value or value == QgsProcessing.TEMPORARY_OUTPUT:
+            return None
+        try:
+            driver_for(value, d.name())
+        except DespeckNetError as exc:
+            return rename_arguments(str(exc), {})
         return None
 
     def _destination_path(self, d, parameters, context):
