@@ -268,19 +268,24 @@ def values_as_intensity(values: np.ndarray, domain: str, source: str = "the inpu
 
 
 def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bool = False,
-                   source: str = "The input") -> tuple[np.ndarray, np.ndarray]:
+                   source: str = "The input", checked: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1.
 
     Complex bands are read as |z|²; `zero_is_nodata` makes zeros nodata where none is declared.
+    Negative and overflowing values are refused, unless `checked`: the band's statistics pass
+    (band_statistics) has already scanned every pixel for them (despeckle's windows).
     """
     values = read(band, win)
     if not np.iscomplexobj(values):
         values = values.astype(np.float64)
     valid = band_valid(band, win, values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
     physical = scaled(band, values)
-    check_not_negative(physical[valid], domain, source)
+    if not checked and domain in ("intensity", "amplitude") and not np.iscomplexobj(physical) \
+            and ((physical < 0) & valid).any():
+        check_not_negative(physical[valid], domain, source)
     intensity = values_as_intensity(np.where(valid, physical, 1.0), domain)
-    check_intensity_finite(intensity, valid, values, domain, source)
+    if not checked:
+        check_intensity_finite(intensity, valid, values, domain, source)
     return intensity, valid
 
 
@@ -777,6 +782,8 @@ class RasterOutput:
         """`data` as Float32, refused where values do not fit (they became inf or 0, reported as success)."""
         with np.errstate(over="ignore", under="ignore"):
             cast = data.astype(np.float32)
+        if np.isfinite(cast).all() and cast.all():  # the usual case, two passes
+            return cast
         lost = np.isfinite(data) & (~np.isfinite(cast) | ((cast == 0) & (data != 0)))
         if lost.any():
             raise OutputError(

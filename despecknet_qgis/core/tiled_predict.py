@@ -167,7 +167,7 @@ def despeckle_raster(
             def read_job(job):
                 win, _, b, _, _, _ = job
                 return read_intensity(band_of[b], win.grown(overlap, ds.RasterXSize, ds.RasterYSize), domain,
-                                      zero_is_nodata)
+                                      zero_is_nodata, checked=True)
 
             # Post-processing and writing stay in this thread, where GDAL's error handler sees write
             # failures. Running them beside the next window's network pass was slower on two cores
@@ -273,7 +273,7 @@ def despeckle_window(
     """
     outer = win.grown(overlap, band.XSize, band.YSize)
     output_domain = output_domain or domain
-    intensity, valid = window_data or read_intensity(band, outer, domain, zero_is_nodata)
+    intensity, valid = window_data or read_intensity(band, outer, domain, zero_is_nodata, checked=True)  # stats scanned it
     clean, noise = despeckler.predict(dm.network_input(intensity, valid, stats.offset), with_noise=with_noise)
     # Back to intensity and the point-target test on the window and the test's own margin only
     # (the network's margin is 17 pixels more): the same values, 12 % less work at tile 512.
@@ -337,14 +337,14 @@ def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, 
     """The network's output for a valid pixel is a finite number within reach of its input's range (z, see
     Z_OUTPUT_LIMIT; `dtype` np.float64 for values scaled back, checked for finiteness only); anything else is
     a broken model."""
-    if dtype is np.float32 and keep.any() and float(np.abs(values[keep]).max()) > Z_OUTPUT_LIMIT:
+    if dtype is np.float32 and keep.any() and float(np.abs(np.where(keep, values, 0.0)).max()) > Z_OUTPUT_LIMIT:
         raise ModelError(
             f"The model {despeckler.path} gave values far outside its input's range in its '{branch}' output "
             f"(|z| up to {float(np.abs(values[keep]).max()):.3g}, the input lies within {dm.Z_LIMIT:g}): its weights "
             "are corrupt or it was not trained for this data. Nothing was written; export the model again or use the "
             "bundled one.")
     with np.errstate(over="ignore"):
-        bad = int((~np.isfinite(values[keep].astype(dtype))).sum())
+        bad = int((keep & ~np.isfinite(values.astype(dtype, copy=False))).sum())
     if bad:
         raise ModelError(
             f"The model {despeckler.path} gave {bad} non-finite value(s) in its '{branch}' output on a tile of "
