@@ -254,8 +254,9 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         formats = []
         for d in self.parameterDefinitions():
             if isinstance(d, QgsProcessingParameterRasterDestination) and parameters.get(d.name()) is not None:
-                message = self._check_raster_format(d, parameters, context)
-                if message and os.path.abspath(self.parameterAsOutputLayer(parameters, d.name(), context)) not in named:
+                value = self.parameterAsOutputLayer(parameters, d.name(), context)
+                message = self._check_raster_format(d, value)
+                if message and os.path.abspath(value) not in named:
                     return message
                 formats.append(message)
         inputs, outputs = {}, {}
@@ -416,11 +417,11 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                     "GeoPackage in that CRS).")
         return None
 
-    def _check_raster_format(self, d, parameters, context):
+    @staticmethod
+    def _check_raster_format(d, value):
         """GeoTIFF only, said before any work (a fine-tune into x.gpkg tuned the whole model, then refused)."""
         from ..core.raster import driver_for
 
-        value = self.parameterAsOutputLayer(parameters, d.name(), context)
         if not value or value == QgsProcessing.TEMPORARY_OUTPUT:
             return None
         try:

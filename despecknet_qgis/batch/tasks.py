@@ -210,7 +210,7 @@ def merged_metadata(parts: list[dict], bands: list[int] | None = None) -> dict:
     point-target status lists the scene's bands (`bands`, default 1..n) whose looks were unknown.
     """
     bands = list(bands or range(1, len(parts) + 1))
-    merged = dict(parts[0]) if parts else {}
+    merged = {}
     for key in dict.fromkeys(k for part in parts for k in part):
         values = list(dict.fromkeys(part[key] for part in parts if key in part))
         merged[key] = ", ".join(values)

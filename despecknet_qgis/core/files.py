@@ -240,6 +240,28 @@ def _copy_aside(dest: str, previous: str) -> None:
                           "or write into another folder.") from exc
 
 
+def locked_file(path: str, mode: int):
+    """`path` opened and flock-ed with `mode` (fcntl.LOCK_SH or LOCK_EX; with LOCK_NB, None at once where
+    another holds it), on the file that is at `path` once locked: lock files are removed by their holders,
+    and a lock taken on a removed one protected nothing. Raises OSError where it cannot be opened or locked."""
+    while True:
+        fh = open(path, "a")
+        try:
+            fcntl.flock(fh, mode)
+        except BlockingIOError:
+            fh.close()
+            return None
+        except OSError:
+            fh.close()
+            raise
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()
+
+
 _HELD: dict = {}  # (lock file, thread) -> [open lock file, depth]: a thread may take a lock it holds again
 _HELD_GUARD = threading.Lock()
 
@@ -272,25 +294,16 @@ def writing_lock(path: str, what: str = "a run", wait: float = 0.0):
     deadline = time.monotonic() + wait
     while True:
         try:
-            fh = open(lock, "a")
-        except OSError:  # a folder this process cannot write: the write itself fails with its own message
+            fh = locked_file(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a folder this process cannot write, or no locks there: the write itself says what fails
             yield
             return
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            if time.monotonic() >= deadline:
-                raise OutputError(f"Another run is writing {path} now ({what}): wait until it has finished, or "
-                                  "choose another name.") from None
-            time.sleep(0.05)
-            continue
-        try:  # the previous holder may have removed the file between our open and our lock
-            if os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino:
-                break
-        except OSError:
-            pass
-        fh.close()
+        if fh is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise OutputError(f"Another run is writing {path} now ({what}): wait until it has finished, or "
+                              "choose another name.")
+        time.sleep(0.05)
     with _HELD_GUARD:
         _HELD[key] = [fh, 1]
     try:

@@ -280,21 +280,24 @@ def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bo
         values = values.astype(np.float64)
     valid = band_valid(band, win, values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
     physical = scaled(band, values)
-    if not checked and domain in ("intensity", "amplitude") and not np.iscomplexobj(physical) \
-            and ((physical < 0) & valid).any():
-        check_not_negative(physical[valid], domain, source)
+    if not checked:
+        check_not_negative(physical, domain, source, valid)
     intensity = values_as_intensity(np.where(valid, physical, 1.0), domain)
     if not checked:
         check_intensity_finite(intensity, valid, values, domain, source)
     return intensity, valid
 
 
-def check_not_negative(values: np.ndarray, domain: str, name: str) -> None:
+def check_not_negative(values: np.ndarray, domain: str, name: str, valid: np.ndarray | None = None) -> None:
     """Intensities and amplitudes are never negative: a band that has some is in dB (or holds an
-    undeclared fill value). Speckle statistics and quality gave numbers for dB read as intensity."""
-    if domain in ("intensity", "amplitude") and not np.iscomplexobj(values) and values.size and (values < 0).any():
+    undeclared fill value). Speckle statistics and quality gave numbers for dB read as intensity.
+    `valid`: the pixels of `values` to look at (all when None)."""
+    if domain not in ("intensity", "amplitude") or np.iscomplexobj(values) or not values.size:
+        return
+    negative = values < 0 if valid is None else (values < 0) & valid
+    if negative.any():
         raise InputError(
-            f"{name} has negative values ({values.min():g}), impossible for {domain}. "
+            f"{name} has negative values ({values[negative].min():g}), impossible for {domain}. "
             "If the values are in dB, set `domain` to decibel; otherwise declare them nodata."
         )
 

@@ -35,7 +35,7 @@ except ImportError:  # Windows: a file that is open cannot be deleted there, whi
 import numpy as np
 
 from .errors import InputError
-from .files import remove_dead_partials
+from .files import locked_file, remove_dead_partials, remove_quietly
 from .raster import RasterOutput, Window
 
 MANIFEST = "manifest.safe"
@@ -315,10 +315,11 @@ def calibrated_raster(path: str, folder: str, progress=None, hold: bool = False)
     Raises:
         InputError: the product is incomplete or damaged; Cancelled.
     """
+    from osgeo import gdal
+
     from .progress import SILENT
 
     progress = progress or SILENT
-    from osgeo import gdal
 
     polarisation, calibration = None, "SIGMA0"
     source = path
@@ -376,7 +377,7 @@ class _writing:
         self.thread_lock.acquire()
         if fcntl is not None:
             try:
-                self.fh = _locked(self.path, fcntl.LOCK_EX)
+                self.fh = locked_file(self.path, fcntl.LOCK_EX)
             except OSError:  # a file system without locks: threads are still serialised
                 self.fh = None
         return self
@@ -392,30 +393,13 @@ class _writing:
         self.thread_lock.release()
 
 
-def _locked(path: str, mode: int):
-    """`path` opened and flock-ed (waiting), on the file that is at `path` once locked: pruning removes
-    lock files, and a lock taken on a removed one protected nothing (a product was deleted under its reader)."""
-    while True:
-        fh = open(path, "a")
-        try:
-            fcntl.flock(fh, mode)
-            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
-                return fh
-        except FileNotFoundError:
-            pass
-        except OSError:
-            fh.close()
-            raise
-        fh.close()
-
-
 def hold_in_use(out: str):
     """A shared file lock on a calibrated product while a dataset reads it (close() releases it):
     prune_calibrated leaves a product that another task holds alone. None where there are no file locks."""
     if fcntl is None:
         return None
     try:
-        return _locked(_lock_file(out, "use"), fcntl.LOCK_SH)
+        return locked_file(_lock_file(out, "use"), fcntl.LOCK_SH)
     except OSError:
         return None
 
@@ -428,16 +412,10 @@ def _remove_unused(name: str) -> bool:
     if fcntl is not None:
         for kind in ("writing", "use"):
             try:
-                fh = open(_lock_file(name, kind), "a")
+                fh = locked_file(_lock_file(name, kind), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                current = os.fstat(fh.fileno()).st_ino == os.stat(_lock_file(name, kind)).st_ino
-            except OSError:
-                current = False
-            if not current:  # in use by another task, or its lock file was just replaced: leave it
-                fh.close()
+            if fh is None:  # in use by another task: leave it
                 for other in held:
                     other.close()
                 return False
@@ -467,11 +445,12 @@ def _remove_orphan_locks(folder: str) -> None:
             continue
         path = os.path.join(folder, n)
         try:
-            with open(path, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.remove(path)
+            fh = locked_file(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            pass
+            continue
+        if fh is not None:
+            with fh:
+                remove_quietly(path)
 
 
 def prune_calibrated(folder: str, keep: str, products: int = CACHED_PRODUCTS) -> list[str]:

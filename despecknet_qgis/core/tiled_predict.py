@@ -269,7 +269,8 @@ def despeckle_window(
     windows are bit-identical to despeckle_raster's.
 
     Raises:
-        ModelError: the network gave non-finite values for valid pixels.
+        ModelError: the network gave non-finite values for valid pixels, or values far outside its
+        input's range.
     """
     outer = win.grown(overlap, band.XSize, band.YSize)
     output_domain = output_domain or domain
@@ -280,21 +281,21 @@ def despeckle_window(
     context = win.grown(pt.MARGIN, band.XSize, band.YSize)
     near, inner = context.within(outer), win.within(context)
     keep = valid[near][inner]
-    _check_finite(clean[near][inner], keep, despeckler, "clean")  # the network's own output, before any scaling
+    _check_network_output(clean[near][inner], keep, despeckler, "clean")  # before any scaling
     if with_noise:
-        _check_finite(noise[near][inner], keep, despeckler, "noise")
+        _check_network_output(noise[near][inner], keep, despeckler, "noise")
     with np.errstate(over="ignore"):
         estimate = dm.denormalise(clean[near], stats.offset)
         band_looks = looks or stats.looks
         if point_targets and band_looks:
             estimate, _ = pt.preserve_point_targets(intensity[near], estimate, valid[near], band_looks)
         result = dm.from_intensity(estimate[inner], output_domain)
-    _check_range(result, keep, despeckler, "clean")
+    _check_finite(result, keep, despeckler, "clean")
     speckle = None
     if with_noise:
         with np.errstate(over="ignore"):
             speckle = dm.speckle_from_log(noise[near][inner], output_domain)
-        _check_range(speckle, keep, despeckler, "noise")
+        _check_finite(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
     return with_nodata(result, keep, nodata), speckle
 
@@ -323,28 +324,27 @@ def read_ahead(items: list, read):
             pending.cancel()
 
 
-def _check_range(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
-    """The despeckled values of valid pixels are finite (as doubles: whether Float32 can hold them is the
-    output's concern, raster.RasterOutput; a Float64 output of 1e50 intensities blamed the model)."""
-    _check_finite(values, keep, despeckler, branch, np.float64)
-
-
 # The network sees z within +-Z_LIMIT; an output beyond this is the weights' doing, whatever the input.
 Z_OUTPUT_LIMIT = 4 * dm.Z_LIMIT
 
 
-def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str, dtype=np.float32) -> None:
-    """The network's output for a valid pixel is a finite number within reach of its input's range (z, see
-    Z_OUTPUT_LIMIT; `dtype` np.float64 for values scaled back, checked for finiteness only); anything else is
-    a broken model."""
-    if dtype is np.float32 and keep.any() and float(np.abs(np.where(keep, values, 0.0)).max()) > Z_OUTPUT_LIMIT:
+def _check_network_output(z: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
+    """The network's own output (z) for the valid pixels: finite and within reach of its input's range."""
+    largest = float(np.abs(np.where(keep, z, 0.0)).max()) if keep.any() else 0.0
+    if largest > Z_OUTPUT_LIMIT:
         raise ModelError(
             f"The model {despeckler.path} gave values far outside its input's range in its '{branch}' output "
-            f"(|z| up to {float(np.abs(values[keep]).max()):.3g}, the input lies within {dm.Z_LIMIT:g}): its weights "
+            f"(|z| up to {largest:.3g}, the input lies within {dm.Z_LIMIT:g}): its weights "
             "are corrupt or it was not trained for this data. Nothing was written; export the model again or use the "
             "bundled one.")
-    with np.errstate(over="ignore"):
-        bad = int((keep & ~np.isfinite(values.astype(dtype, copy=False))).sum())
+    _check_finite(z, keep, despeckler, branch)
+
+
+def _check_finite(values: np.ndarray, keep: np.ndarray, despeckler: Despeckler, branch: str) -> None:
+    """Valid pixels are finite, in the network's output and once scaled back (as doubles: whether Float32
+    can hold them is the output's concern, raster.RasterOutput; a Float64 output of 1e50 intensities blamed
+    the model); anything else is a broken model."""
+    bad = int((keep & ~np.isfinite(values)).sum())
     if bad:
         raise ModelError(
             f"The model {despeckler.path} gave {bad} non-finite value(s) in its '{branch}' output on a tile of "
