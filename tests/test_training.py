@@ -116,9 +116,12 @@ def test_learning_rate_steps_like_the_paper():
 
 
 def test_training_lowers_validation_loss_and_exports_a_usable_model(tmp_path):
-    report = train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=3, seed=1, **SMALL)
+    # The paper's step decay: at a constant 1e-3 the last validation swung between 0.6 and 0.8 of the
+    # first with the precision (fp32 on CPUs without AMX, bf16 with), so the test hung on one epoch's noise.
+    settings = {**SMALL, "lr_end": 1e-4, "lr_steps": 3}
+    report = train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=3, seed=1, **settings)
     validation = [h["validation"] for h in report.history if "validation" in h]
-    assert validation[-1] < 0.7 * validation[0]
+    assert validation[-1] < 0.5 * validation[0]
     model, record = load_checkpoint(report.checkpoint_path)
     assert record.phases[-1]["phase"] == 1 and record.phases[-1]["weights"]["mu"] == 1.0
     assert isinstance(record.phases[-1]["bf16"], bool)
