@@ -216,3 +216,38 @@ def test_looks_the_stability_tests_cannot_use_are_refused_with_what_to_give(tmp_
         with pytest.raises(InputError, match="`looks` must be from"):
             temporal_label(dates, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), rule=rule, looks=looks)
     assert temporal_label(dates, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), looks=1.0).valid_pixels > 0
+
+
+@pytest.mark.parametrize("rule", ["omnibus", "speckle_test"])
+def test_a_cancel_stops_the_looks_sampling_pass_before_it_reads_every_sampled_window(tmp_path, monkeypatch, rule):
+    """The pass that estimates the looks read about 16 windows of every date before its first check."""
+    from despecknet_qgis.core import temporal_label as core
+    from despecknet_qgis.core.errors import Cancelled
+    from despecknet_qgis.core.progress import Progress
+
+    paths, _, _ = stack(tmp_path, dates=4, size=128, seed=3)
+    reads, checks = [], []
+    read_stack = core._read_stack
+    monkeypatch.setattr(core, "_read_stack", lambda *a: reads.append(1) or read_stack(*a))
+    cancel_after_first = Progress(is_cancelled=lambda: checks.append(1) or len(checks) > 1)
+    with pytest.raises(Cancelled):
+        temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), rule=rule, window=16,
+                       progress=cancel_after_first)
+    assert len(reads) <= 1
+    assert not (tmp_path / "l.tif").exists() and not (tmp_path / "m.tif").exists()
+
+
+def test_messages_name_the_cores_own_arguments(tmp_path):
+    """They named Processing parameters (LOOKS, MULTILOOK, INPUT_DOMAIN), which a core caller does not have,
+    and which the algorithm layer renames anyway."""
+    from despecknet_qgis.core.errors import InputError, arguments_in
+
+    paths, _, _ = stack(tmp_path, dates=3, size=64, seed=4)
+    for kwargs, argument in ((dict(multilook=2), "multilook"), (dict(test_window=4), "test_window"),
+                             (dict(rule="speckle_test", alpha=1.5), "alpha"), (dict(rule="x"), "rule")):
+        with pytest.raises(InputError) as err:
+            temporal_label(paths, str(tmp_path / "l.tif"), **kwargs)
+        assert arguments_in(str(err.value)) == [argument]
+    with pytest.raises(InputError, match="set `domain` to decibel"):
+        temporal_label([write_tif(tmp_path / f"n{i}.tif", np.full((32, 32), -12.0, np.float32)) for i in range(2)],
+                       str(tmp_path / "n.tif"))

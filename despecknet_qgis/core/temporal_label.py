@@ -42,7 +42,7 @@ import numpy as np
 
 from . import domain as dm
 from .defaults import ZERO_IS_NODATA
-from .errors import DespeckNetError, InputError, translate_errors
+from .errors import InputError, OutputError, translate_errors
 from .files import same_dataset
 from .model_info import provenance
 from .progress import SILENT, Progress
@@ -213,7 +213,7 @@ def _stack_dates(paths: list[str], band: int | None) -> list[Date]:
     if len(paths) == 1:
         ds = open_raster(paths[0])
         if ds.RasterCount < 2:
-            raise DespeckNetError("A single input must be a multi-band raster whose bands are the dates; give at least 2 dates.")
+            raise InputError("A single input of `inputs` must be a multi-band raster whose bands are the dates; give at least 2 dates.")
         return [Date(paths[0], b) for b in range(1, ds.RasterCount + 1)]
     dates = []
     for p in paths:
@@ -238,7 +238,7 @@ def _read_stack(dates, win, domain, datasets):
         valid = ok if valid is None else valid & ok
     stack = np.stack(stack)
     if domain in ("intensity", "amplitude") and (stack[:, valid] < 0).any():
-        raise DespeckNetError(f"The stack has negative {domain} values: if they are dB, set INPUT_DOMAIN to decibel.")
+        raise InputError(f"The stack has negative {domain} values: if they are dB, set `domain` to decibel.")
     return stack, valid
 
 
@@ -254,11 +254,12 @@ def _statistics(stack, rule):
         return mean, np.where(mean > 0, std**2 / mean**2, np.inf)
 
 
-def _sample(tiles, dates, domain, datasets, rule, test_window=1):
+def _sample(tiles, dates, domain, datasets, rule, test_window=1, progress: Progress = SILENT):
     """CV^2 of the raw stack, and (omnibus) of the full windows' geometric means, on a
     sample of windows spread over the image (bounded memory), to estimate numbers of looks."""
     raw, win = [], []
     for tile in tiles[:: max(1, len(tiles) // 16)]:
+        progress.check()  # about 16 windows of every date: seconds each on a long stack of large windows
         stack, valid = _read_stack(dates, tile, domain, datasets)
         cv2 = _statistics(stack, "speckle_test")[1][valid]
         raw.append(cv2[np.isfinite(cv2)][:: max(1, cv2.size // 20000)])
@@ -268,7 +269,8 @@ def _sample(tiles, dates, domain, datasets, rule, test_window=1):
             win.append(w[np.isfinite(w)][:: max(1, w.size // 20000)])
     raw = np.concatenate(raw) if raw else np.array([])
     if raw.size == 0:
-        raise DespeckNetError("The stack has no pixel valid on every date.")
+        raise InputError("The stack has no pixel valid on every date: check that the dates cover the same area and what "
+                         "their nodata values are.")
     return raw, (np.concatenate(win) if win else np.array([]))
 
 
@@ -303,16 +305,16 @@ def temporal_label(
     """
     dm.check_domain(domain)
     if rule not in RULES:
-        raise DespeckNetError(f"Unknown stability rule {rule!r}: use one of {', '.join(RULES)}.")
+        raise InputError(f"Unknown stability `rule` {rule!r}: use one of {', '.join(RULES)}.")
     if multilook < 1 or multilook % 2 == 0:
-        raise DespeckNetError("MULTILOOK must be an odd window size (1, 3, 5, ...).")
+        raise InputError("`multilook` must be an odd window size (1, 3, 5, ...).")
     if rule == "omnibus" and (test_window < 1 or test_window % 2 == 0):
-        raise DespeckNetError("TEST_WINDOW must be an odd window size (1, 3, 5, ...).")
+        raise InputError("`test_window` must be an odd window size (1, 3, 5, ...).")
     if window < max(multilook, test_window, 1):
         raise InputError(f"`window` ({window} pixels) must be at least the test and multilook windows "
                          f"({max(multilook, test_window)}): it is the size of the blocks the stack is read in.")
     if rule in ("speckle_test", "omnibus") and not 0 < alpha < 1:
-        raise DespeckNetError("ALPHA must lie between 0 and 1.")
+        raise InputError("`alpha` must lie between 0 and 1.")
     # The tests' thresholds have no solution far outside this (1e-9 looks: a raw "f(a) and f(b) must have
     # different signs"; 1e-3: a NaN threshold that called nothing stable, reported as success).
     if looks is not None and not LABEL_LOOKS[0] <= looks <= LABEL_LOOKS[1]:
@@ -320,7 +322,7 @@ def temporal_label(
                          "equivalent number of looks of one date, e.g. 1 for single-look, about 4.4 for GRD.")
     dates = _stack_dates(list(inputs), band)
     if len(dates) < 2:
-        raise DespeckNetError("A temporal label needs at least 2 dates (the paper used 22 to 29).")
+        raise InputError("A temporal label needs at least 2 dates in `inputs` (the paper used 22 to 29).")
     for i, a in enumerate(dates):
         for b in dates[i + 1:]:
             if same_dataset(a.path, b.path) and a.band == b.band:  # the same date twice would look perfectly stable
@@ -328,7 +330,7 @@ def temporal_label(
     for out in filter(None, (output, mask_output)):
         for d in dates:
             if same_file(out, d.path):
-                raise DespeckNetError(f"The output {out} is one of the inputs: choose another file.")
+                raise OutputError(f"The output {out} is one of the inputs: choose another file.")
     ref = _check_grid(dates)
     datasets = [open_raster(d.path) for d in dates]
     width, height = ref.RasterXSize, ref.RasterYSize
@@ -338,16 +340,12 @@ def temporal_label(
     full_looks = None
     if rule == "speckle_test":
         if looks is None:
-            looks = estimate_looks(_sample(tiles, dates, domain, datasets, rule)[0], M)
+            looks = estimate_looks(_sample(tiles, dates, domain, datasets, rule, 1, progress)[0], M)
             progress.info(f"estimated number of looks L = {looks:.2f}")
-        elif looks <= 0:
-            raise DespeckNetError("LOOKS must be positive.")
         threshold = cv2_quantile(M, looks, alpha)
     elif rule == "omnibus":
-        if looks is not None and looks <= 0:
-            raise DespeckNetError("LOOKS must be positive.")
         if looks is None or test_window > 1:
-            raw, win_cv2 = _sample(tiles, dates, domain, datasets, rule, test_window)
+            raw, win_cv2 = _sample(tiles, dates, domain, datasets, rule, test_window, progress)
             estimated = estimate_looks(raw, M)
             if looks is None:
                 looks = estimated
@@ -409,6 +407,7 @@ def temporal_label(
                 mask_out.write(1, win, np.where(v, s.astype(np.uint8), MASK_NODATA))
             progress.set(100.0 * (k + 1) / len(tiles))
         if valid_count == 0:
-            raise DespeckNetError("The stack has no pixel valid on every date: nothing to label.")
+            raise InputError("The stack has no pixel valid on every date: nothing to label. Check that the dates cover the "
+                             "same area and what their nodata values are.")
         outputs.commit()
     return LabelReport(stable_count / valid_count, valid_count, looks, float(threshold), rule, full_looks)
