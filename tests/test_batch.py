@@ -543,3 +543,28 @@ def test_the_plugins_own_clusters_run_without_dasks_sampling_profiler():
         client.close()
         cluster.close()
     assert callbacks and all("profile" not in names and "heartbeat" in names for names in callbacks.values())
+
+
+@pytest.mark.parametrize("geotransform", [(500000.0, 10.0, 0.0, 4000000.0, 0.0, 10.0),  # south-up
+                                          (500000.0, 9.0, 2.0, 4000000.0, 2.0, -9.0)],  # rotated
+                         ids=["south_up", "rotated"])
+def test_a_multi_band_scene_on_a_south_up_or_rotated_grid_is_put_together(client, tmp_path, geotransform):
+    """Its bands were despeckled, then the scene failed with "Received a NULL pointer": the VRT that put the
+    bands together refuses such grids."""
+    from osgeo import gdal, osr
+
+    rng = np.random.default_rng(1)
+    src = str(tmp_path / "scene.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(src, 96, 96, 2, gdal.GDT_Float32)
+    ds.SetGeoTransform(geotransform)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32631)
+    ds.SetProjection(srs.ExportToWkt())
+    for b in (1, 2):
+        ds.GetRasterBand(b).WriteArray((0.05 * rng.gamma(1.0, 1.0, (96, 96))).astype(np.float32))
+    ds = None
+    report = run_batch([src], str(tmp_path / "out"), client=client)
+    assert not report.failed and len(report.done) == 1
+    out = gdal.Open(report.done[0])
+    assert out.RasterCount == 2 and out.GetGeoTransform() == geotransform
+    assert out.GetSpatialRef().IsSame(gdal.Open(src).GetSpatialRef())

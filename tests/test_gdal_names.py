@@ -98,3 +98,35 @@ def test_a_band_with_scale_and_offset_is_despeckled_in_the_values_qgis_shows(des
     a, b = read_tif(tmp_path / "out_db_x100.tif")[0][0], read_tif(tmp_path / "out_db.tif")[0][0]
     assert -60 < a.min() and a.max() < 30  # decibels, not hundredths of them
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_one_date_spelled_two_ways_is_one_date(provider, tmp_path, monkeypatch):
+    """NETCDF:"d.nc":v and NETCDF:d.nc:v, an absolute and a relative /vsizip/ name, a zip and a link to it: one
+    date given twice passed as two and made the label look stable (looks 16.2 instead of 4.0, reported done)."""
+    import processing
+
+    from despecknet_qgis.core.files import same_dataset
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    dates = [write_tif(tmp_path / f"d{i}.tif", speckled_scene(48, seed=i)[0].astype(np.float32)) for i in range(3)]
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        for d in dates:
+            z.write(d, os.path.basename(d))
+    os.symlink(tmp_path / "z.zip", tmp_path / "link.zip")
+    gdal.Translate(str(tmp_path / "d0.nc"), dates[0], format="netCDF")
+    monkeypatch.chdir(tmp_path)
+    spellings = [(f'NETCDF:"{tmp_path}/d0.nc":Band1', f"NETCDF:{tmp_path}/d0.nc:Band1"),
+                 (f'NETCDF:"{tmp_path}/d0.nc":Band1', 'NETCDF:"d0.nc":Band1'),
+                 (f"/vsizip/{tmp_path}/z.zip/d0.tif", "/vsizip/z.zip/d0.tif"),
+                 (f"/vsizip/{tmp_path}/z.zip/d0.tif", f"/vsizip/{tmp_path}/link.zip/d0.tif")]
+    for a, b in spellings:
+        assert same_dataset(a, b), (a, b)
+        with pytest.raises(DespeckNetError, match="are the same date"):
+            temporal_label([a, b, dates[1]], str(tmp_path / "l.tif"))
+        with pytest.raises(QgsProcessingException, match="more than once"):
+            processing.run("despecknet:temporallabel", {"INPUTS": [a, b, dates[1]], "OUTPUT": str(tmp_path / "l.tif")},
+                           feedback=QgsProcessingFeedback())
+    # two members of one zip, two variables of one file: two dates
+    assert not same_dataset(f"/vsizip/{tmp_path}/z.zip/d0.tif", f"/vsizip/{tmp_path}/z.zip/d1.tif")
+    assert not same_dataset(f'NETCDF:"{tmp_path}/d0.nc":Band1', f'NETCDF:"{tmp_path}/d0.nc":Band2')
+    assert not (tmp_path / "l.tif").exists()

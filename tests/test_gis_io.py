@@ -207,14 +207,111 @@ def test_extent_on_a_raster_georeferenced_by_gcps_only(bundled, grd_with_zero_bo
     assert (corner.GCPPixel, corner.GCPLine) == (-50, -30)
 
 
-def test_extent_needs_a_georeferenced_raster(bundled, tmp_path):
+def test_a_raster_without_georeferencing_is_placed_as_qgis_shows_it(bundled, tmp_path):
+    """QGIS shows it with y upwards (row = -y): a polygon drawn over rows 20-29 was refused as outside,
+    a point over row 30 landed on row -31; an extent was refused outright."""
+    from despecknet_qgis.core.region_stats import region_statistics
+
     y, _ = speckled_scene(64, seed=1)
+    y[20:30, 10:20] = 7.0
     plain = str(tmp_path / "plain.tif")
     ds = gdal.GetDriverByName("GTiff").Create(plain, 64, 64, 1, gdal.GDT_Float32)
     ds.GetRasterBand(1).WriteArray(y)
     ds = None
-    with pytest.raises(InputError, match="neither a geotransform nor GCPs"):
-        despeckle_raster(plain, str(tmp_path / "out.tif"), bundled, extent=(0.0, -100.0, 100.0, 0.0))
+    stats = region_statistics(plain, ["POLYGON((10 -20, 20 -20, 20 -30, 10 -30, 10 -20))"])[0]
+    assert (stats.pixels, stats.mean) == (100, pytest.approx(7.0))
+    despeckle_raster(plain, str(tmp_path / "whole.tif"), bundled)
+    despeckle_raster(plain, str(tmp_path / "part.tif"), bundled, extent=(10.0, -30.0, 20.0, -20.0))
+    part = read_tif(tmp_path / "part.tif")[0][0]
+    np.testing.assert_array_equal(part, read_tif(tmp_path / "whole.tif")[0][0][20:30, 10:20])
+
+
+# An RPC model as ICEYE or TerraSAR-X GeoTIFFs carry one (linear here, exact to invert). RPCs count from pixel
+# centres, GDAL (and QGIS) from the corner: GDAL's column c, row r is at longitude 10 + (c - 48.5) / 4800 and
+# latitude 45 - (r - 48.5) / 4800.
+RPC = {"LINE_OFF": "48", "SAMP_OFF": "48", "LAT_OFF": "45.0", "LONG_OFF": "10.0", "HEIGHT_OFF": "0",
+       "LINE_SCALE": "48", "SAMP_SCALE": "48", "LAT_SCALE": "0.01", "LONG_SCALE": "0.01", "HEIGHT_SCALE": "100",
+       "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + ["0"] * 17), "LINE_DEN_COEFF": " ".join(["1"] + ["0"] * 19),
+       "SAMP_NUM_COEFF": " ".join(["0", "1"] + ["0"] * 18), "SAMP_DEN_COEFF": " ".join(["1"] + ["0"] * 19)}
+
+
+def _lonlat(col, row):
+    return 10 + (col - 48.5) / 4800, 45 - (row - 48.5) / 4800
+
+
+def _rpc_raster(path, values, rpc=RPC):
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), values.shape[1], values.shape[0], 1, gdal.GDT_Float32)
+    ds.GetRasterBand(1).WriteArray(values.astype(np.float32))
+    ds.SetMetadata(rpc, "RPC")
+    ds = None
+    return str(path)
+
+
+def test_a_raster_placed_by_rpcs_keeps_them_in_its_outputs_moved_with_an_extent(bundled, tmp_path):
+    """Every output dropped the RPCs: an ICEYE or TerraSAR-X image's result was placed nowhere."""
+    from despecknet_qgis.core.raster import world_to_pixel
+
+    y, _ = speckled_scene(96, seed=2)
+    src = _rpc_raster(tmp_path / "rpc.tif", y)
+    despeckle_raster(src, str(tmp_path / "whole.tif"), bundled)
+    whole = gdal.Open(str(tmp_path / "whole.tif"))
+    assert {k: float(v.split()[0]) for k, v in whole.GetMetadata("RPC").items() if k.endswith("_OFF")} == \
+        {k: float(v) for k, v in RPC.items() if k.endswith("_OFF")}
+    (x0, y1), (x1, y0) = _lonlat(20, 50), _lonlat(40, 30)
+    despeckle_raster(src, str(tmp_path / "part.tif"), bundled, extent=(x0, y0, x1, y1))
+    part = gdal.Open(str(tmp_path / "part.tif"))
+    assert (part.RasterXSize, part.RasterYSize) == (20, 20)
+    cols, rows = world_to_pixel(part)(*_lonlat(np.array([25.5]), np.array([35.5])))
+    assert (cols[0], rows[0]) == (pytest.approx(5.5, abs=1e-6), pytest.approx(5.5, abs=1e-6))
+    np.testing.assert_array_equal(part.ReadAsArray(), whole.ReadAsArray()[30:50, 20:40])
+
+
+def test_polygons_and_points_over_a_raster_placed_by_rpcs_land_on_their_pixels(tmp_path):
+    """They were read as pixel coordinates: C_NN was measured at the wrong pixel (0 dB for a 20 dB target) and
+    polygons were refused as outside the raster, with success or a wrong message."""
+    from despecknet_qgis.core.raster import world_to_pixel
+    from despecknet_qgis.core.region_stats import region_statistics
+
+    values = np.full((96, 96), 0.1)
+    values[30:40, 20:30] = 1.0
+    src = _rpc_raster(tmp_path / "rpc.tif", values)
+    corners = [_lonlat(c, r) for c, r in ((20, 30), (30, 30), (30, 40), (20, 40), (20, 30))]
+    stats = region_statistics(src, ["POLYGON((" + ", ".join(f"{x!r} {y!r}" for x, y in corners) + "))"])[0]
+    assert (stats.pixels, stats.mean) == (100, pytest.approx(1.0))
+    cols, rows = world_to_pixel(gdal.Open(src))(*_lonlat(np.array([20.5]), np.array([30.5])))
+    assert (math.floor(rows[0]), math.floor(cols[0])) == (30, 20)
+
+
+def test_rasters_placed_by_different_rpcs_are_not_one_grid(tmp_path):
+    """Dates placed 48 pixels apart by their RPCs (and nothing else) passed as one grid: a temporal label
+    and quality figures of misaligned pixels, reported as success."""
+    from despecknet_qgis.core.raster import check_same_grid
+
+    values = np.ones((96, 96))
+    a = gdal.Open(_rpc_raster(tmp_path / "a.tif", values))
+    check_same_grid(a, "a", gdal.Open(_rpc_raster(tmp_path / "a2.tif", values)), "a2")
+    other = gdal.Open(_rpc_raster(tmp_path / "b.tif", values, {**RPC, "LINE_OFF": "0"}))
+    with pytest.raises(InputError, match="other RPCs"):
+        check_same_grid(a, "a", other, "b")
+
+
+def test_grids_equal_but_for_rounding_are_one_grid_and_a_reprojected_extent_takes_no_extra_ring(tmp_path):
+    """Origins 1e-9 m apart were refused as another geotransform; the corners of a 10x10-pixel window given in
+    EPSG:4326 (2.3e-4 pixel beyond it once reprojected) gave a 12x12 output."""
+    from despecknet_qgis.core.raster import check_same_grid, window_of_extent
+
+    def raster(name, gt):
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), 64, 64, 1, gdal.GDT_Float32)
+        ds.SetGeoTransform(gt)
+        return ds
+
+    a = raster("a.tif", (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
+    check_same_grid(a, "a", raster("b.tif", (500000.0 + 1e-9, 10.0, 0.0, 4000000.0 - 1e-9, 0.0, -10.0)), "b")
+    with pytest.raises(InputError, match="another geotransform"):
+        check_same_grid(a, "a", raster("c.tif", (500005.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)), "c")
+    over = 2.3e-4 * 10.0
+    win = window_of_extent(a, 500200.0 - over, 3999600.0 - over, 500300.0 + over, 3999700.0 + over)
+    assert (win.x, win.y, win.w, win.h) == (20, 30, 10, 10)
 
 
 # --- the same choices as Processing parameters, in QGIS and in qgis_process ------------------------

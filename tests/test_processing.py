@@ -209,3 +209,15 @@ def test_no_output_is_reported_written_in_a_format_kept_in_sidecar_files(provide
     expect_error({"INPUT": src, "MODEL": tiny_model[0], "DEVICE": 1, "OUTPUT": out}, r"OUTPUT .*GeoTIFF only", tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["y.tif"]
     assert provider.supportedOutputRasterLayerExtensions() == ["tif", "tiff"]
+
+
+def test_a_folder_whose_name_holds_a_pipe_is_a_folder(provider, tmp_path):
+    """The path was cut at the "|" as QGIS's layer options are: the output was refused as "the input" (both
+    cut to the same folder name)."""
+    import processing
+
+    folder = tmp_path / "a|b"
+    folder.mkdir()
+    src = write_tif(folder / "in.tif", speckled_scene(48, seed=7)[0].astype(np.float32))
+    out = processing.run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(folder / "out.tif")})["OUTPUT"]
+    assert out == str(folder / "out.tif") and np.isfinite(read_tif(out)[0][0]).all()

@@ -207,3 +207,28 @@ def test_modeler_offers_the_trained_model_to_despeckle_model(tmp_path):
 def test_modeler_offers_nothing_but_onnx_models_to_despeckle_model(tmp_path):
     """Not the label or mask rasters, nor the .pt checkpoint."""
     assert modeler_choices_for_despeckle_model(tmp_path) == ["“Trained model (ONNX)” from algorithm “Train deSpeckNet”"]
+
+
+def test_a_model_takes_the_gdal_dataset_names_its_algorithms_take(provider, tmp_path):
+    """QGIS 3.22's own check of a model loads plain files only: a /vsizip/ raster (or a sub-dataset, or a
+    zipped SAFE product) that despeckle and specklestats take alone was refused by the model ("Could not
+    load source layer for INPUT")."""
+    import zipfile
+
+    import processing
+
+    src = write_tif(tmp_path / "in.tif", speckled_scene(64, seed=5)[0].astype(np.float32))
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(src, "in.tif")
+    ring = [[500200, 3999800], [500800, 3999800], [500800, 3999200], [500200, 3999200], [500200, 3999800]]
+    polygons = tmp_path / "field.geojson"
+    polygons.write_text(json.dumps({
+        "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    out = tmp_path / "despeckled.tif"
+    results = processing.run("despecknet:despeckle_stats", {
+        "INPUT": f"/vsizip/{tmp_path / 'z.zip'}/in.tif", "POLYGONS": str(polygons), "despeckle:DESPECKLED": str(out),
+        "stats:STATISTICS": "TEMPORARY_OUTPUT"})
+    assert results["despeckle:DESPECKLED"] == str(out)
+    (x,), _ = read_tif(out)
+    assert x.shape == (64, 64) and np.isfinite(x).all()

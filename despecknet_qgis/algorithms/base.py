@@ -44,7 +44,7 @@ from qgis.core import (
 from ..core.defaults import RANGES, Range, TrainingDefaults
 from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError, rename_arguments, translate
-from ..core.files import backing_file, check_outputs, same_file
+from ..core.files import backing_file, check_outputs, same_dataset
 from ..core.inference import DEVICES, PRECISIONS
 from ..core.model_info import bundled_files
 from ..core.progress import Progress, terminate_as_cancel
@@ -281,6 +281,8 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                     message = self._check_unique(d, inputs[name]) or self._check_features(d, parameters, context)
             elif isinstance(d, (QgsProcessingParameterRasterDestination, QgsProcessingParameterFileDestination,
                                 QgsProcessingParameterFeatureSink)):
+                if isinstance(d, QgsProcessingParameterFileDestination):
+                    message = self._check_file_destination(d, parameters, context)
                 path = self._destination_path(d, parameters, context)
                 if path:
                     outputs[name] = path
@@ -355,7 +357,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                 if problem:
                     return problem
                 continue
-            path = v.split("|")[0]
+            path = source_path(v)
             if os.path.exists(path) or QgsProcessingUtils.mapLayerFromString(v, context, False) is not None:
                 continue
             if gdal_can_open(v):
@@ -379,7 +381,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         paths = []
         for layer in layers:
             if layer is not None and layer.providerType() in ("gdal", "ogr"):
-                paths.append(layer.source().split("|")[0])
+                paths.append(source_path(layer.source()))
         values = parameters.get(d.name())
         # a SAFE product's layer is its calibrated copy: the product itself is an input too
         paths += [v for v in (values if isinstance(values, (list, tuple)) else [values]) if is_sentinel1_input(v)]
@@ -389,8 +391,8 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         if d.name() not in self.UNIQUE_LAYERS:
             return None
         for i, p in enumerate(paths):
-            # two GDAL names in one zip are two inputs: same_file stands them both for the zip
-            if any(p == q if is_gdal_name(p) or is_gdal_name(q) else same_file(p, q) for q in paths[i + 1:]):
+            # two GDAL names in one zip are two inputs, one name spelled two ways is one (same_dataset)
+            if any(same_dataset(p, q) for q in paths[i + 1:]):
                 return f"{d.name()} lists {p} more than once: give each file once."
         return None
 
@@ -430,19 +432,17 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             return rename_arguments(str(exc), {})
         return None
 
+    def _check_file_destination(self, d, parameters, context):
+        """A report or a model is a file: a layer source (memory:, a database) was written as a file of that name
+        in the current folder, reported done."""
+        value = self.parameterAsFileOutput(parameters, d.name(), context)
+        if value and (value.startswith(("memory:", "postgres:", "dbname=", "ogr:", "PG:")) or "://" in value):
+            return (f"{d.name()} = {value!r} is not a file: '{d.description()}' is written as a file, not as a "
+                    "layer. Give a file path" + (", or leave it empty." if d.flags() & QgsProcessingParameterDefinition.FlagOptional else "."))
+        return None
+
     def _destination_path(self, d, parameters, context):
-        if isinstance(d, QgsProcessingParameterFileDestination):
-            value = self.parameterAsFileOutput(parameters, d.name(), context)
-        else:
-            value = self.parameterAsOutputLayer(parameters, d.name(), context)
-        if not value or value.startswith("memory:") or value == QgsProcessing.TEMPORARY_OUTPUT:
-            return None
-        if value.startswith("ogr:"):
-            m = re.search(r"dbname='([^']*)'", value)
-            return m.group(1) if m else None
-        if "://" in value or value.startswith(("postgres:", "dbname=")):
-            return None
-        return value.split("|")[0]
+        return destination_path(self, d, parameters, context)
 
     # --- running the core --------------------------------------------------------------------
 
@@ -502,12 +502,12 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         """QGIS's layer list, also for GDAL dataset names and SAFE products (in the order given;
         `calibrate` as in raster_layer)."""
         values = parameters.get(name)
-        if not isinstance(values, (list, tuple)) or not any(_needs_gdal(v) for v in values):
+        if not isinstance(values, (list, tuple)) or not any(needs_gdal(v) for v in values):
             layers = super().parameterAsLayerList(parameters, name, context)
             return [calibrated_if_sentinel1(layer, name, context, calibrate) for layer in layers]
         layers = []
         for v in values:
-            layer = gdal_layer(v, name, context, calibrate) if _needs_gdal(v) else None
+            layer = gdal_layer(v, name, context, calibrate) if needs_gdal(v) else None
             layers.extend([layer] if layer is not None else super().parameterAsLayerList({name: [v]}, name, context))
         return [calibrated_if_sentinel1(layer, name, context, calibrate) for layer in layers]
 
@@ -518,12 +518,19 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                 f"{what} is not a readable raster layer: choose an existing GeoTIFF (or another raster GDAL "
                 "reads) holding SAR intensity, amplitude or dB values."
             )
+        named = what if repr(layer.name()) in what else f"{what} '{layer.name()}'"
         if layer.providerType() != "gdal":
             raise QgsProcessingException(
-                f"{what} '{layer.name()}' comes from the '{layer.providerType()}' provider; deSpeckNet reads "
+                f"{named} comes from the '{layer.providerType()}' provider; deSpeckNet reads "
                 "files through GDAL. Save the layer as a GeoTIFF first."
             )
-        return layer.source()
+        source = layer.source()
+        if "|option:" in source:  # QGIS opens it with GDAL open options, which the core's GDAL calls would not get
+            options = ", ".join(o.split(":", 1)[1] for o in source.split("|")[1:] if o.startswith("option:"))
+            raise QgsProcessingException(
+                f"{named} is opened with GDAL open options ({options}), which deSpeckNet does not pass "
+                f"on: give the file itself ({source_path(source)}), or save the layer as a GeoTIFF first.")
+        return source
 
     # --- declaring parameters --------------------------------------------------------------
 
@@ -562,7 +569,37 @@ def number_decimals(definition):
     return math.ceil(-math.log10(min(abs(v) for v in smallest))) + 2 if smallest else None
 
 
-def _needs_gdal(value) -> bool:
+def destination_path(alg, d, parameters, context):
+    """The file a destination parameter of `alg` (an algorithm or a model) writes, or None (a memory layer, a
+    database, a temporary output)."""
+    if isinstance(d, QgsProcessingParameterFileDestination):
+        value = alg.parameterAsFileOutput(parameters, d.name(), context)
+    else:
+        value = alg.parameterAsOutputLayer(parameters, d.name(), context)
+    if not value or value.startswith("memory:") or value == QgsProcessing.TEMPORARY_OUTPUT:
+        return None
+    if value.startswith("ogr:"):
+        m = re.search(r"dbname='([^']*)'", value)
+        return m.group(1) if m else None
+    if "://" in value or value.startswith(("postgres:", "dbname=")):
+        return None
+    return source_path(value)
+
+
+# What QGIS appends to a file's path in a layer source: "|layername=roads", "|option:KEY=VALUE", ...
+_SOURCE_OPTION = re.compile(r"\|(layername|layerid|subset|geometrytype|uniqueGeometryType|option:)", re.IGNORECASE)
+
+
+def source_path(value: str) -> str:
+    """The file of a layer source or destination, without QGIS's "|layername=..." options (a "|" in a folder or
+    file name is part of the path: cutting at it named the folder as the input)."""
+    if os.path.exists(value):
+        return value
+    found = _SOURCE_OPTION.search(value)
+    return value[:found.start()] if found else value
+
+
+def needs_gdal(value) -> bool:
     """A layer value QGIS 3.22 does not load itself: a SAFE product or a GDAL name that is no plain file."""
     return isinstance(value, str) and (is_sentinel1_input(value) or (is_gdal_name(value) and gdal_can_open(value)))
 
@@ -584,6 +621,14 @@ def geometries_in_crs(source, crs, context):
                     f"Feature {feature.id()} cannot be reprojected from {source.sourceCrs().authid()} to "
                     f"{crs.authid()} ({exc}): check the layer's CRS."
                 ) from exc
+            box = geom.boundingBox()
+            if not all(math.isfinite(v) for v in (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())):
+                # e.g. a GeoPackage layer written without a CRS: "Undefined geographic SRS" holding metres
+                name = source.sourceCrs().authid() or source.sourceCrs().description() or "no CRS"
+                raise QgsProcessingException(
+                    f"Feature {feature.id()} has no finite coordinates once reprojected from the layer's CRS ({name}) "
+                    f"to the raster's ({crs.authid() or crs.description() or 'no CRS'}): the layer's CRS is probably "
+                    "wrong or undefined. Set the layer's CRS (Layer Properties > Source), then run again.")
         yield feature.id(), geom
 
 

@@ -24,7 +24,7 @@ from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError
 from ..core.inference import DEVICES, PRECISIONS
 from . import output_options
-from .base import DOMAIN_LABELS, DespeckNetAlgorithm
+from .base import DOMAIN_LABELS, DespeckNetAlgorithm, source_path
 
 
 class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
@@ -119,7 +119,7 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
     def inputs(self, parameters, context) -> list:
         from ..batch.plan import expand_inputs
 
-        names = [layer.source().split("|")[0] for layer in self.parameterAsLayerList(parameters, self.INPUTS, context)]
+        names = [source_path(layer.source()) for layer in self.parameterAsLayerList(parameters, self.INPUTS, context)]
         folder = self.parameterAsFile(parameters, self.INPUT_FOLDER, context)
         if folder:
             names.append(folder)

@@ -19,7 +19,7 @@ import threading
 import time
 
 from ..core.errors import Cancelled, DespeckNetError, ModelError, OutputError
-from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
+from ..core.files import commit_files, partial_path, remove_quietly
 from ..core.progress import Progress
 from .options import core_function
 from .plan import WORK_DIR
@@ -167,9 +167,9 @@ def despeckle_band(job: dict, progress: Progress | None = None) -> dict:
 def assemble(job: dict, parts: list[dict]) -> dict:
     """Stack single-band parts (results of despeckle_band, in band order) into the scene's outputs.
 
-    The parts are copied value for value (GDAL VRT -> GeoTIFF, streamed block by block) with
-    each band's nodata, description and metadata and the dataset's metadata; every band is
-    read back and compared by checksum before the outputs take their names, together.
+    The parts are copied value for value, window by window (`_stack`), with each band's nodata,
+    description and metadata and the dataset's metadata; every output is read back before the
+    outputs take their names, together.
     """
     started = time.perf_counter()
     failed = [p for p in parts if p.get("status") != "done"]
@@ -224,66 +224,32 @@ def merged_metadata(parts: list[dict], bands: list[int] | None = None) -> dict:
 
 
 def _stack(parts: list[str], output: str, bands: list[int] | None = None) -> str:
-    """A finished, read-back partial GeoTIFF beside `output` holding `parts` as its bands (the scene's `bands`)."""
+    """A finished, read-back partial GeoTIFF beside `output` holding `parts` as its bands (the scene's `bands`).
+
+    Written through RasterOutput, as every other raster output: its georeferencing (geotransform,
+    GCPs or RPCs) from the first part, and each part's values window by window. (It went through
+    gdal.BuildVRT, which drops GCPs and returns nothing for rotated or south-up grids.)
+    """
     from osgeo import gdal
 
-    from ..core.raster import CREATION_OPTIONS, GdalErrorLog, wait_until_closed
+    from ..core.raster import RasterOutput, windows
 
-    remove_stale_partials(output)
-    tmp = partial_path(output)
-    vrt_name = f"/vsimem/despecknet-{os.getpid()}-{threading.get_ident()}.vrt"
-    errors = GdalErrorLog().push()
-    try:
-        sources = [gdal.Open(p) for p in parts]
-        if any(s is None for s in sources):
-            raise OutputError(f"A band part of {output} is missing or unreadable ({gdal.GetLastErrorMsg()}); "
-                              "run the batch again.")
-        vrt = gdal.BuildVRT(vrt_name, parts, separate=True)
-        dtype = gdal.GetDataTypeName(sources[0].GetRasterBand(1).DataType)
-        options = [o for o in CREATION_OPTIONS["GTiff"] if dtype == "Float32" or not o.startswith("PREDICTOR")]
-        out = gdal.Translate(tmp, vrt, format="GTiff", creationOptions=options)
-        vrt = None
-        if out is None or errors.failures:
-            raise OutputError(f"Writing {output} failed ({(errors.failures or [gdal.GetLastErrorMsg()])[0]}). "
-                              "Is the disk full? A file already at that path is unchanged.")
-        if not out.GetGCPCount() and sources[0].GetGCPCount():  # BuildVRT(separate=True) drops GCPs
-            out.SetGCPs(sources[0].GetGCPs(), sources[0].GetGCPSpatialRef())
-        meta = merged_metadata([s.GetMetadata() or {} for s in sources], bands)
-        if meta:
-            out.SetMetadata(meta)
-        for i, src in enumerate(sources, start=1):
-            band, sband = out.GetRasterBand(i), src.GetRasterBand(1)
-            nodata = sband.GetNoDataValue()
-            if nodata is not None:
-                band.SetNoDataValue(nodata)
-            if sband.GetDescription():
-                band.SetDescription(sband.GetDescription())
-            if sband.GetMetadata():
-                band.SetMetadata(sband.GetMetadata())
-            if sband.GetScale() not in (None, 1.0) or sband.GetOffset() not in (None, 0.0):
-                band.SetScale(sband.GetScale() or 1.0)
-                band.SetOffset(sband.GetOffset() or 0.0)
-        out.FlushCache()
-        out = None
-        wait_until_closed(tmp)  # its last blocks are written when GDAL really closes it
-        if errors.failures:
-            raise OutputError(f"Writing {output} failed ({errors.failures[0]}). Is the disk full? "
-                              "A file already at that path is unchanged.")
-        back = gdal.Open(tmp)
-        if back is None or back.RasterCount != len(sources):
-            raise OutputError(f"{output} could not be read back after writing; nothing was put in its place.")
-        if (back.GetGCPCount(), back.GetGeoTransform(can_return_null=True)) != \
-                (sources[0].GetGCPCount(), sources[0].GetGeoTransform(can_return_null=True)):
-            raise OutputError(f"{output} lost its georeferencing when its bands were put together; nothing was put "
-                              "in its place. Report this with the input's gdalinfo.")
-        for i, src in enumerate(sources, start=1):
-            if back.GetRasterBand(i).Checksum() != src.GetRasterBand(1).Checksum() or errors.failures:
-                raise OutputError(f"Band {i} of {output} did not read back as written; nothing was put in its place.")
-        back = None
-        return tmp
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    finally:
-        gdal.Unlink(vrt_name)
-        errors.pop()
+    sources = [gdal.Open(p) for p in parts]
+    if any(s is None for s in sources):
+        raise OutputError(f"A band part of {output} is missing or unreadable ({gdal.GetLastErrorMsg()}); "
+                          "run the batch again.")
+    first = sources[0]
+    src_bands = [s.GetRasterBand(1) for s in sources]
+    out = RasterOutput(output, first, len(sources), [b.GetNoDataValue() for b in src_bands],
+                       data_type=gdal.GetDataTypeName(src_bands[0].DataType),
+                       descriptions=[b.GetDescription() for b in src_bands],
+                       metadata=merged_metadata([s.GetMetadata() or {} for s in sources], bands),
+                       band_metadata=[b.GetMetadata() or {} for b in src_bands])
+    with out:
+        for i, band in enumerate(src_bands, start=1):
+            if band.GetScale() not in (None, 1.0) or band.GetOffset() not in (None, 0.0):
+                out.band(i).SetScale(band.GetScale() or 1.0)
+                out.band(i).SetOffset(band.GetOffset() or 0.0)
+            for win in windows(first.RasterXSize, first.RasterYSize, 1024):
+                out.write(i, win, band.ReadAsArray(win.x, win.y, win.w, win.h))
+        return out.hand_over()

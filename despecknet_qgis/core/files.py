@@ -71,12 +71,27 @@ def same_file(a: str, b: str) -> bool:
 
 def same_dataset(a: str, b: str) -> bool:
     """The same raster: the same file for plain paths (links and spellings alike); for GDAL names
-    (/vsizip/..., sub-datasets) the same name, since two rasters inside one zip share its file."""
+    (/vsizip/..., sub-datasets) the same file behind them and the same member or sub-dataset in it,
+    since two rasters inside one zip share its file."""
     from .raster import is_gdal_name
 
     if is_gdal_name(a) or is_gdal_name(b):
-        return os.path.normpath(a) == os.path.normpath(b)
+        return dataset_key(a) == dataset_key(b)
     return same_file(a, b)
+
+
+def dataset_key(name: str) -> tuple[str, str, str]:
+    """One key per GDAL dataset name however it is spelled: the real path of the local file behind it,
+    and what the name picks in that file, without quotes or braces (NETCDF:"d.nc":v and NETCDF:d.nc:v,
+    a relative and an absolute path, a zip and a link to it: one key each)."""
+    backing = backing_file(name)
+    at = name.find(backing) if backing and backing != name else -1
+    if at < 0:  # no local file behind it (/vsicurl/...), or a plain path
+        return (os.path.realpath(os.path.abspath(name)) if backing == name and os.path.exists(name) else name, "", "")
+    prefix = re.sub(r"/+", "/", name[:at].replace('"', "").replace("{", "")).upper()
+    member = name[at + len(backing):].replace('"', "").replace("}", "")
+    member = os.path.normpath(member) if member.startswith("/") else member
+    return (os.path.realpath(os.path.abspath(backing)), prefix, member)
 
 
 def dataset_files(name: str) -> list[str]:
@@ -197,7 +212,27 @@ def check_output_path(path: str, argument: str) -> str:
     for protected in protected_files():
         if same_file(path, protected):
             raise OutputError(f"`{argument}` {path} is the bundled model file, which is read-only: choose another file name.")
+    _check_name_length(path, argument)
     return path
+
+
+PID_DIGITS = 7  # the partial name holds the process id: room for the largest Linux allows
+
+
+def _check_name_length(path: str, argument: str) -> None:
+    """The hidden partial file written beside an output has a longer name than the output: a legal name near
+    the file system's limit failed only when written, after the work (train: after an epoch), as "disk full"."""
+    folder, name = os.path.split(path)
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not on Windows: its own limit is on the whole path
+        return
+    stem, ext = os.path.splitext(name)
+    longest = len(os.fsencode(f".{stem}{PARTIAL}{'9' * PID_DIGITS}-{'0' * 8}{ext}"))
+    if longest > limit:
+        raise OutputError(f"The file name of `{argument}` ({name[:40]}...) is too long: the hidden file written beside "
+                          f"it first has {longest} bytes in its name, beyond this file system's limit of {limit}. "
+                          f"Choose a name shorter by at least {longest - limit} bytes.")
 
 
 def check_outputs(outputs: dict, inputs: dict | None = None) -> None:

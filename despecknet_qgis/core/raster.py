@@ -489,21 +489,50 @@ def _gcps(ds: gdal.Dataset) -> list[tuple[float, float, float, float]]:
     return [(round(g.GCPPixel, 6), round(g.GCPLine, 6), round(g.GCPX, 9), round(g.GCPY, 9)) for g in ds.GetGCPs()]
 
 
+def _rpcs(ds: gdal.Dataset) -> dict:
+    return {} if georeferencing_of(ds) != "rpc" else {k: v.strip() for k, v in ds.GetMetadata("RPC").items()}
+
+
+GRID_TOLERANCE = 1e-4  # pixels: geotransforms closer than this at every corner are one grid (rounding in a round trip)
+
+
+def same_geotransform(a, b, width: int, height: int) -> bool:
+    """Whether two geotransforms place a width x height raster's corners within GRID_TOLERANCE pixels."""
+    if a is None or b is None:
+        return a is None and b is None
+    pixel = min(math.hypot(a[1], a[4]), math.hypot(a[2], a[5])) or 1.0
+    for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
+        ax, ay = a[0] + col * a[1] + row * a[2], a[3] + col * a[4] + row * a[5]
+        bx, by = b[0] + col * b[1] + row * b[2], b[3] + col * b[4] + row * b[5]
+        if not math.hypot(ax - bx, ay - by) <= GRID_TOLERANCE * pixel:
+            return False
+    return True
+
+
 def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other_name: str) -> None:
-    """Rasters used pixel by pixel together must share size, geotransform and CRS."""
+    """Rasters used pixel by pixel together must share size, geotransform (or GCPs, or RPCs) and CRS."""
     if (other.RasterXSize, other.RasterYSize) != (ref.RasterXSize, ref.RasterYSize):
         raise InputError(
             f"{other_name} is {other.RasterXSize}x{other.RasterYSize} pixels but {ref_name} is "
             f"{ref.RasterXSize}x{ref.RasterYSize}: they must cover the same pixel grid (co-register or resample)."
         )
-    if other.GetGeoTransform() != ref.GetGeoTransform():
+    if not same_geotransform(other.GetGeoTransform(can_return_null=True), ref.GetGeoTransform(can_return_null=True),
+                             ref.RasterXSize, ref.RasterYSize):
         raise InputError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
-    if _gcps(other) != _gcps(ref):  # rasters georeferenced by GCPs only (Sentinel-1 GRD)
+    if _gcps(other) != _gcps(ref) or not _same_srs(other.GetGCPSpatialRef() if _gcps(other) else None,
+                                                    ref.GetGCPSpatialRef() if _gcps(ref) else None):
+        # rasters georeferenced by GCPs only (Sentinel-1 GRD)
         raise InputError(f"{other_name} has other ground control points than {ref_name}: they are not on the same "
                          "pixel grid (despeckle or calibrate both from the same product, or warp both).")
-    a, b = other.GetSpatialRef(), ref.GetSpatialRef()
-    if (a is None) != (b is None) or (a is not None and not a.IsSame(b)):
+    if _rpcs(other) != _rpcs(ref):  # rasters georeferenced by RPCs only: each date has its own
+        raise InputError(f"{other_name} has other RPCs (rational polynomial coefficients) than {ref_name}: they are "
+                         "not on the same pixel grid (orthorectify or co-register both).")
+    if not _same_srs(other.GetSpatialRef(), ref.GetSpatialRef()):
         raise InputError(f"{other_name} has another CRS than {ref_name}: reproject it onto the same grid.")
+
+
+def _same_srs(a, b) -> bool:
+    return (a is None) == (b is None) and (a is None or bool(a.IsSame(b)))
 
 
 def with_nodata(values: np.ndarray, keep: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -548,11 +577,11 @@ def output_nodata(nodata: float | None, output_domain: str) -> float | None:
 def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ymax: float, source: str = "the input") -> Window:
     """The pixel window of `ds` that covers a rectangle in its CRS (every pixel it touches).
 
-    North-up rasters map the rectangle exactly; rotated ones and rasters georeferenced by GCPs
-    only (a Sentinel-1 GRD) through GDAL's transformer, on points along the rectangle's edges.
+    North-up rasters map the rectangle exactly; others (rotated, or georeferenced by GCPs or
+    RPCs only) through `world_to_pixel`, on points along the rectangle's edges.
 
     Raises:
-        InputError: the raster has no georeferencing, or the rectangle misses it.
+        InputError: the rectangle cannot be placed on the raster, or misses it.
     """
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has a coordinate that is not a finite "
@@ -561,23 +590,19 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
     if gt is not None and gt[2] == 0 and gt[4] == 0:
         cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
         rows = sorted(((ymin - gt[3]) / gt[5], (ymax - gt[3]) / gt[5]))
-    elif gt is not None or ds.GetGCPCount() >= 3:
-        with _quiet_gdal():
-            transformer = gdal.Transformer(ds, None, [])
+    else:
         steps = np.linspace(0.0, 1.0, 33)
         xs = np.concatenate([xmin + (xmax - xmin) * steps, np.full(33, xmax), xmax - (xmax - xmin) * steps, np.full(33, xmin)])
         ys = np.concatenate([np.full(33, ymin), ymin + (ymax - ymin) * steps, np.full(33, ymax), ymax - (ymax - ymin) * steps])
-        pixels = [transformer.TransformPoint(1, float(x), float(y)) for x, y in zip(xs, ys)]
-        pixels = [p for ok, p in pixels if ok]
-        if not pixels:
+        c, r = world_to_pixel(ds)(xs, ys)
+        placed = np.isfinite(c) & np.isfinite(r)
+        if not placed.any():
             raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) cannot be placed on {source}'s "
                              "georeferencing: give it in the raster's CRS, or warp the raster first.")
-        cols = (min(p[0] for p in pixels), max(p[0] for p in pixels))
-        rows = (min(p[1] for p in pixels), max(p[1] for p in pixels))
-    else:
-        raise InputError(f"`extent` needs a georeferenced raster, and {source} has neither a geotransform nor "
-                         "GCPs: georeference it first, or leave the extent empty.")
-    eps = 1e-6  # an edge exactly on a pixel boundary does not take the next pixel
+        cols, rows = (c[placed].min(), c[placed].max()), (r[placed].min(), r[placed].max())
+    # An edge on a pixel boundary does not take the next pixel, also when the extent was reprojected
+    # from another CRS (corners of a 10x10 window in EPSG:4326 overshot a UTM grid by 2.3e-4 pixel).
+    eps = 1e-3
     x0, x1 = max(0, math.floor(cols[0] + eps)), min(ds.RasterXSize, math.ceil(cols[1] - eps))
     y0, y1 = max(0, math.floor(rows[0] + eps)), min(ds.RasterYSize, math.ceil(rows[1] - eps))
     if x1 <= x0 or y1 <= y0:
@@ -586,27 +611,47 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
     return Window(x0, y0, x1 - x0, y1 - y0)
 
 
+# QGIS shows a raster without any georeferencing with this geotransform (y grows upwards, as on a map):
+# what is drawn over it is placed with it too (GDAL's own default is (0, 1, 0, 0, 0, 1)).
+QGIS_UNREFERENCED_GEOTRANSFORM = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def georeferencing_of(ds: gdal.Dataset) -> str:
+    """How the raster is placed on the map: "geotransform", "gcps", "rpc" or "none" (QGIS's order)."""
+    if ds.GetGeoTransform(can_return_null=True) is not None:
+        return "geotransform"
+    if ds.GetGCPCount() >= 3:
+        return "gcps"
+    if ds.GetMetadata("RPC"):
+        return "rpc"
+    return "none"
+
+
 def world_to_pixel(ds: gdal.Dataset):
-    """A function (xs, ys) -> (columns, rows) from the raster's CRS to fractional pixel coordinates.
+    """A function (xs, ys) -> (columns, rows) from where QGIS shows the raster to fractional pixel
+    coordinates (NaN where a point cannot be placed).
 
     Through the geotransform where there is one; rasters georeferenced by GCPs only (a
-    Sentinel-1 GRD, and the plugin's outputs of one), whose GDAL default geotransform is the
-    identity, through GDAL's GCP transformer, in the GCPs' CRS (the one QGIS shows them in).
-    Rasters with neither keep the identity (pixel coordinates).
+    Sentinel-1 GRD, and the plugin's outputs of one) through GDAL's GCP transformer, in the GCPs'
+    CRS, and by RPCs only (ICEYE, TerraSAR-X and other GeoTIFFs with rational polynomials) through
+    GDAL's RPC transformer, in longitude and latitude: QGIS shows them there. A raster with none of
+    these is placed as QGIS shows it, column = x and row = -y.
     """
-    gt = ds.GetGeoTransform(can_return_null=True)
-    if gt is None and ds.GetGCPCount() >= 3:
+    kind = georeferencing_of(ds)
+    if kind in ("gcps", "rpc"):
         with _quiet_gdal():
-            transformer = gdal.Transformer(ds, None, [])
+            transformer = gdal.Transformer(ds, None, ["SRC_METHOD=RPC"] if kind == "rpc" else [])
 
-        def through_gcps(xs, ys):
-            points, ok = transformer.TransformPoints(1, [(float(x), float(y)) for x, y in zip(xs, ys)])
+        def through_transformer(xs, ys):
+            xs, ys = np.atleast_1d(np.asarray(xs, float)), np.atleast_1d(np.asarray(ys, float))
+            with _quiet_gdal():
+                points, ok = transformer.TransformPoints(1, [(float(x), float(y)) for x, y in zip(xs, ys)])
             cols = np.array([p[0] if k else np.nan for p, k in zip(points, ok)])
             rows = np.array([p[1] if k else np.nan for p, k in zip(points, ok)])
             return cols, rows
 
-        return through_gcps
-    inv = gdal.InvGeoTransform(gt or ds.GetGeoTransform())
+        return through_transformer
+    inv = gdal.InvGeoTransform(ds.GetGeoTransform() if kind == "geotransform" else QGIS_UNREFERENCED_GEOTRANSFORM)
 
     def affine(xs, ys):
         xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -694,6 +739,15 @@ def wait_until_closed(path: str, fail=None, timeout: float | None = None) -> Non
         pause = min(pause * 2, 0.1)
 
 
+def shifted_rpc(rpc: dict, x0: int, y0: int) -> dict:
+    """RPC metadata for the window of a raster that starts at column x0, row y0."""
+    rpc = dict(rpc)
+    for key, shift in (("SAMP_OFF", x0), ("LINE_OFF", y0)):
+        if shift and key in rpc:
+            rpc[key] = repr(float(rpc[key].split()[0]) - shift)
+    return rpc
+
+
 class RasterOutput:
     """A raster (Float32 unless told) written beside its destination under a hidden partial name.
 
@@ -722,7 +776,7 @@ class RasterOutput:
         self._own_errors = errors is None
         self.errors = (errors or GdalErrorLog()).push()
         self._mark = len(self.errors.failures)
-        self.finished = self.committed = False
+        self.finished = self.committed = self.handed_over = False
         self.bands = bands
         self.region = region or Window(0, 0, like.RasterXSize, like.RasterYSize)
         self.driver_name = driver_name
@@ -749,6 +803,9 @@ class RasterOutput:
         elif like.GetGCPCount():
             gcps = [gdal.GCP(g.GCPX, g.GCPY, g.GCPZ, g.GCPPixel - x0, g.GCPLine - y0, g.Info, g.Id) for g in like.GetGCPs()]
             self.ds.SetGCPs(gcps, like.GetGCPProjection())
+        rpc = like.GetMetadata("RPC")
+        if rpc:  # ICEYE, TerraSAR-X and other GeoTIFFs placed by rational polynomials: without them, nowhere
+            self.ds.SetMetadata(shifted_rpc(rpc, x0, y0), "RPC")
         if metadata:
             self.ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
         for i, nd in enumerate(nodata, start=1):
@@ -847,6 +904,18 @@ class RasterOutput:
         if failures:
             self._fail(failures[0])
 
+    def hand_over(self) -> str:
+        """Finish, and leave the partial file to the caller, who moves it into place together with
+        others (files.commit_files) or removes it."""
+        try:
+            self.finish()
+        except BaseException:
+            self.discard()
+            raise
+        self.handed_over = True
+        self._release()
+        return self.tmp
+
     def commit(self) -> str:
         if not self.finished:
             self.finish()
@@ -870,7 +939,7 @@ class RasterOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if not self.committed:
+        if not (self.committed or self.handed_over):
             self.discard()
         return False
 

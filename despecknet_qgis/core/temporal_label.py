@@ -14,7 +14,7 @@ is nodata in the label. Rules:
   given or estimated from the stack. Weak against gradual change (a few dB over the dates).
 - "omnibus" (the default): the omnibus likelihood-ratio test for equal Gamma means over the
   M dates (Conradsen et al. 2016, single-polarisation case) on the per-date geometric mean
-  of a TEST_WINDOW x TEST_WINDOW window, combined (Bonferroni, alpha/2 each) with a
+  of a `test_window` x `test_window` window, combined (Bonferroni, alpha/2 each) with a
   log-linear trend test on the same series. For M dates X_1..X_M of L-look intensity
   (Gamma, shape L, means mu_i), H0: all mu_i equal, the likelihood ratio is
       Q = M^{ML} prod X_i^L / (sum X_i)^{ML},  -2 ln Q = 2 L (M ln mean(X) - sum ln X_i),
@@ -31,7 +31,7 @@ is nodata in the label. Rules:
   cut by the image edge or by nodata use the ENL of that many pixels (interpolated).
   A pixel zero on some date is never stable, and is left out of its neighbours' windows.
 
-MULTILOOK k > 1 averages the label over the stable pixels of a k x k window (recommended
+`multilook` k > 1 averages the label over the stable pixels of a k x k window (recommended
 with few dates). Everything streams by windows: memory holds a few windows of the stack.
 """
 from __future__ import annotations
