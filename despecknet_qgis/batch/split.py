@@ -23,10 +23,8 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
-
 from ..core.errors import InputError
-from ..core.files import partial_path, remove_dead_partials, remove_quietly
+from ..core.files import remove_dead_partials, remove_quietly
 from ..core.progress import Progress
 from .tasks import _cancel_check, _failure, _mark_done, _reuse, clear_marker, load_despeckler, worker_name
 
@@ -92,9 +90,7 @@ def band_stats(job: dict) -> dict:
 
 def despeckle_window(job: dict, stats: dict) -> dict:
     """Rows job["y0"]:job["y1"] of one band, tile by tile as the core does, into a part file."""
-    from osgeo import gdal
-
-    from ..core.raster import Window, gdal_cache_limit, open_raster, output_nodata_of, wait_until_closed, windows
+    from ..core.raster import RasterOutput, Window, gdal_cache_limit, open_raster, output_nodata_of, windows
     from ..core.tiled_predict import despeckle_window
 
     started = time.perf_counter()
@@ -103,7 +99,6 @@ def despeckle_window(job: dict, stats: dict) -> dict:
     reused = _reuse(job)
     if reused is not None:
         return reused
-    tmp = None
     try:
         noise = bool(job.get("noise"))  # the speckle estimate goes to band 2 of the window file
         despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"), noise,
@@ -119,28 +114,19 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         y0, y1 = job["y0"], job["y1"]
         os.makedirs(os.path.dirname(job["output"]), exist_ok=True)
         remove_dead_partials(os.path.dirname(job["output"]))  # window files of killed tasks were never removed
-        tmp = partial_path(job["output"])
-        out = gdal.GetDriverByName("GTiff").Create(tmp, width, y1 - y0, 2 if noise else 1, gdal.GDT_Float32,
-                                                   ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"])
-        if out is None:
-            raise InputError(f"Cannot create the window file {tmp}: {gdal.GetLastErrorMsg()}")
-        with gdal_cache_limit():
+        # Written, read back and moved into place as every raster output is (RasterOutput).
+        with RasterOutput(job["output"], ds, 2 if noise else 1, [nd] * (2 if noise else 1), argument="window file",
+                          region=Window(0, y0, width, y1 - y0)) as out, gdal_cache_limit():
             for win in (w for w in windows(width, height, s["tile_size"]) if y0 <= w.y < y1):
                 progress.check()
                 result, speckle = despeckle_window(despeckler, band, win, s["overlap"], st, s["domain"], nd,
                                                    point_targets=s["point_targets"], looks=s["looks"],
                                                    with_noise=noise, zero_is_nodata=s["zero_is_nodata"],
                                                    output_domain=s["output_domain"])
-                _write(out, 1, Window(win.x, win.y - y0, win.w, win.h), result)
+                out.write(1, win, result)
                 if noise:
-                    _write(out, 2, Window(win.x, win.y - y0, win.w, win.h), speckle)
-        out.FlushCache()
-        out = None
-        wait_until_closed(tmp)  # its last blocks are written when GDAL really closes it
-        if gdal.Open(tmp) is None:
-            raise InputError(f"The window file {tmp} could not be read back: is the disk full?")
-        os.replace(tmp, job["output"])
-        tmp = None
+                    out.write(2, win, speckle)
+            out.commit()
         result = {"status": "done", "seconds": time.perf_counter() - started, "worker": worker_name(),
                   "provider": despeckler.provider, "part": job["output"], "model_version": despeckler.info.version,
                   "model_path": despeckler.path, "looks": s["looks"] or st.looks,
@@ -148,18 +134,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
         _mark_done(job, result)
         return result
     except Exception as exc:  # noqa: BLE001 - a result, not a crash
-        if tmp:
-            remove_quietly(tmp)
         return _failure(exc, started)
-
-
-def _write(ds, index: int, win, data: np.ndarray) -> None:
-    from osgeo import gdal
-
-    from ..core.errors import OutputError
-
-    if ds.GetRasterBand(index).WriteArray(data, win.x, win.y) != 0:
-        raise OutputError(f"Writing a window failed ({gdal.GetLastErrorMsg()}). Is the disk full?")
 
 
 def write_split(job: dict, windows_done: list[dict]) -> dict:
