@@ -268,17 +268,21 @@ def values_as_intensity(values: np.ndarray, domain: str, source: str = "the inpu
 
 
 def read_intensity(band: gdal.Band, win: Window, domain: str, zero_is_nodata: bool = False,
-                   source: str = "The input", checked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   source: str = "The input", checked: bool = False,
+                   within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A window as intensity (float64) and its validity (not nodata, finite); invalid pixels hold 1.
 
     Complex bands are read as |z|²; `zero_is_nodata` makes zeros nodata where none is declared.
     Negative and overflowing values are refused, unless `checked`: the band's statistics pass
     (band_statistics) has already scanned every pixel for them (despeckle's windows).
+    `within`: only these pixels of the window count (a polygon's), the others are invalid and unchecked.
     """
     values = read(band, win)
     if not np.iscomplexobj(values):
         values = values.astype(np.float64)
     valid = band_valid(band, win, values, input_nodata(band, domain, zero_is_nodata)) & np.isfinite(values)
+    if within is not None:
+        valid &= within
     physical = scaled(band, values)
     if not checked:
         check_not_negative(physical, domain, source, valid)

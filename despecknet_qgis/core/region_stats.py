@@ -17,8 +17,7 @@ from . import domain as dm
 from .defaults import ZERO_IS_NODATA
 from .errors import InputError, translate_errors
 from .progress import SILENT, Progress
-from .raster import Window, band_valid, check_bands, check_not_negative, gdal_cache_limit, input_nodata, open_raster, read, scaled
-from .raster import values_as_intensity, world_to_pixel
+from .raster import Window, check_bands, gdal_cache_limit, open_raster, read_intensity, world_to_pixel
 
 MIN_PIXELS = 30  # below this ENL and Cx are too noisy to mean much: warn
 
@@ -134,7 +133,6 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
     progress = progress or SILENT
     ds = open_raster(raster, progress)
     b = ds.GetRasterBand(check_bands(ds, [band], raster)[0])
-    nodata = input_nodata(b, domain, zero_is_nodata)
     to_pixel = world_to_pixel(ds)
     results = []
     for i, wkt in enumerate(polygons_wkt):
@@ -153,11 +151,9 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
             for y in range(win.y, win.y + win.h, rows):
                 progress.check()
                 strip = Window(win.x, y, win.w, min(rows, win.y + win.h - y))
-                values = read(b, strip)
-                inside = polygon_mask(pixel_polygon, strip) & band_valid(b, strip, values, nodata) & np.isfinite(values)
-                physical = scaled(b, values)[inside]
-                check_not_negative(physical, domain, f"{raster} band {band}")
-                sample = values_as_intensity(physical, domain, f"{raster} band {band}")
+                intensity, inside = read_intensity(b, strip, domain, zero_is_nodata, f"{raster} band {band}",
+                                                   within=polygon_mask(pixel_polygon, strip))
+                sample = intensity[inside]
                 if keep_values and sample.size:
                     kept.append(sample[(-moments.n) % every::every].copy())  # a copy: a view kept the strip
                 moments.add(sample)
