@@ -170,15 +170,19 @@ def test_bf16_one_network_used_by_two_threads_at_once_keeps_each_result(tiny_mod
         np.testing.assert_array_equal(result, alone[k % len(inputs)])
 
 
-def _chain_model(path, final_relu=False, layers=3, pads=True, receptive_field="35"):
-    """A small deSpeckNet-like ONNX model (both branches a chain of 3x3 convolutions), deSpeckNet metadata."""
+def _chain_model(path, final_relu=False, layers=3, pads=True, receptive_field="35", identity=False,
+                 input_shape=(1, 1, "h", "w"), input_type=None):
+    """A small deSpeckNet-like ONNX model (both branches a chain of 3x3 convolutions), deSpeckNet metadata.
+    `identity`: an Identity node after each branch's first convolution (a graph conv_chain cannot read)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     nodes, inits = [], []
+    if input_type is not None:  # the input in another type, cast to float for the convolutions
+        nodes.append(helper.make_node("Cast", ["y"], ["y.f"], to=TensorProto.FLOAT))
     for branch in ("clean", "noise"):
-        x = "y"
+        x = "y" if input_type is None else "y.f"
         for i in range(layers):
             cin, cout = (1 if i == 0 else 8), (1 if i == layers - 1 else 8)
             w = (rng.standard_normal((cout, cin, 3, 3)) * 0.2).astype(np.float32)
@@ -188,11 +192,15 @@ def _chain_model(path, final_relu=False, layers=3, pads=True, receptive_field="3
             nodes.append(helper.make_node("Conv", [x, f"{branch}{i}.w"], [out], kernel_shape=[3, 3],
                                           **({"pads": [1, 1, 1, 1]} if pads else {})))
             x = out
+            if identity and i == 0 and not last:
+                nodes.append(helper.make_node("Identity", [x], [f"{branch}{i}.id"]))
+                x = f"{branch}{i}.id"
             if not last or final_relu:
                 relu_out = branch if last else f"{branch}{i}.r"
                 nodes.append(helper.make_node("Relu", [x], [relu_out]))
                 x = relu_out
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("y", input_type or TensorProto.FLOAT,
+                                                                         list(input_shape))],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("clean", "noise")],
                               inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -241,3 +249,68 @@ def test_a_receptive_field_stated_smaller_than_the_network_s_own_is_refused(tmp_
     with pytest.raises(ModelError, match="states a receptive field of 3 pixels, but its clean branch sees 35"):
         Despeckler(path, "cpu")
     Despeckler(_chain_model(tmp_path / "right.onnx", layers=17, receptive_field="35"), "cpu")
+
+
+def test_a_receptive_field_stated_smaller_than_what_a_graph_of_other_operators_sees_is_refused(tmp_path):
+    """The structural check reads plain convolution chains only: weights in float16 behind Cast nodes, or any
+    other operator, kept a statement of 3 for 35 pixels (seams of 1.4 dB, whole tiles of nodata)."""
+    path = _chain_model(tmp_path / "other.onnx", layers=17, receptive_field="3", identity=True)
+    with pytest.raises(ModelError, match="states a receptive field of 3 pixels, but its output changes with pixels "
+                                         "farther away"):
+        Despeckler(path, "cpu", with_noise=False)
+    Despeckler(_chain_model(tmp_path / "true.onnx", layers=17, receptive_field="35", identity=True), "cpu",
+               with_noise=False)
+
+
+def test_a_model_with_a_fixed_tile_size_or_a_float16_input_is_refused_when_loaded(tmp_path):
+    """It failed on the first tile, after the whole statistics pass, in ONNX Runtime's words."""
+    from onnx import TensorProto
+
+    with pytest.raises(ModelError, match=r"shape \[1, 1, 64, 64\].* height and width are dynamic"):
+        Despeckler(_chain_model(tmp_path / "fixed.onnx", input_shape=(1, 1, 64, 64)), "cpu")
+    with pytest.raises(ModelError, match=r"takes tensor\(float16\) input"):
+        Despeckler(_chain_model(tmp_path / "half.onnx", input_type=TensorProto.FLOAT16), "cpu")
+
+
+def test_a_model_whose_weights_another_file_holds_is_refused_with_or_without_the_noise_branch(tmp_path):
+    """Its digest covered the .onnx alone: new weights in the .data file passed as the old model (a batch rerun
+    kept stale outputs as up to date); without the noise branch it was refused in ONNX Runtime's words."""
+    import onnx
+
+    path = str(tmp_path / "ext.onnx")
+    onnx.save(onnx.load(_chain_model(tmp_path / "one.onnx")), path, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    for with_noise in (False, True):
+        with pytest.raises(ModelError, match="in another file \\(ONNX external data\\).* save_as_external_data=False"):
+            Despeckler(path, "cpu", with_noise=with_noise)
+
+
+def test_outputs_name_the_digest_of_the_model_that_made_them(tiny_model, tmp_path):
+    """The digest was taken from the file after the statistics pass: a model replaced meanwhile (a training
+    committing into that name) was named for pixels another model made."""
+    import hashlib
+    import shutil
+
+    model = str(tmp_path / "m.onnx")
+    shutil.copy(tiny_model[0], model)
+    digest = hashlib.sha256(open(model, "rb").read()).hexdigest()
+    d = Despeckler(model, "cpu", with_noise=False)
+    with open(model, "ab") as fh:  # another model in its place (any other bytes)
+        fh.write(b"\0")
+    y, _ = speckled_scene(64, seed=2)
+    despeckle_raster(write_tif(tmp_path / "y.tif", y), str(tmp_path / "x.tif"), d)
+    assert gdal.Open(str(tmp_path / "x.tif")).GetMetadataItem("DESPECKNET_MODEL_SHA256") == digest == d.sha256
+
+
+def test_a_model_seeing_less_than_the_point_target_margin_writes_every_tile(tmp_path):
+    """A consistent 3-pixel model, point targets off, its own radius as overlap (the default): the windows were
+    cut with negative slices and every tile but the first was written as nodata, reported done."""
+    path = _chain_model(tmp_path / "small.onnx", layers=1, receptive_field="3")
+    d = Despeckler(path, "cpu", with_noise=False)
+    y, _ = speckled_scene(64, seed=3)
+    src = write_tif(tmp_path / "y.tif", y)
+    for tile in (16, 64):
+        despeckle_raster(src, str(tmp_path / f"x{tile}.tif"), d, tile_size=tile, point_targets=False)
+    small, whole = (gdal.Open(str(tmp_path / f"x{t}.tif")).ReadAsArray() for t in (16, 64))
+    assert np.isfinite(small).all() and (small > 0).all()
+    np.testing.assert_allclose(small, whole, rtol=1e-5)

@@ -230,3 +230,26 @@ def test_negative_values_read_as_intensity_or_amplitude_are_refused_by_statistic
         with pytest.raises(DespeckNetError, match="negative values.*decibel"):
             quality_metrics(db, write_tif(tmp_path / "y.tif", y), domain=domain)
     assert region_statistics(db, [square], domain="decibel")[0].pixels == 400
+
+
+def test_edge_and_structure_measures_leave_out_the_fill_beside_nodata(tmp_path):
+    """The reference's fill beside a nodata border (a GRD's swath edge) entered both images' Sobel gradients and
+    SSIM windows: EPI read 0.88 for an estimate whose edges keep 0.48 of the reference's gradient."""
+    x = np.full((256, 256), 0.01)
+    x[:, 128:] = 0.04
+    x[64:128, 64:192] = 0.1
+    y = x * np.random.default_rng(1).gamma(4.9, 1 / 4.9, x.shape)
+    xh = np.sqrt(x * 0.04)  # the contrast halved in dB: about half the gradient
+    valid = np.ones(x.shape, bool)
+    valid[:, :40] = False
+
+    def put(name, a, border):
+        return write_tif(tmp_path / name, (np.where(valid, a, -9999.0) if border else a[:, 40:]).astype(np.float32),
+                         nodata=-9999.0 if border else None)
+
+    with_border = quality_metrics(put("xh.tif", xh, True), put("y.tif", y, True), put("x.tif", x, True))
+    cut = quality_metrics(put("xh0.tif", xh, False), put("y0.tif", y, False), put("x0.tif", x, False))
+    direct = mt.epi_from_gradients(mt.sobel_magnitude(xh[:, 40:]).sum(), mt.sobel_magnitude(x[:, 40:]).sum())
+    assert with_border.epi == pytest.approx(direct, abs=0.01) and cut.epi == pytest.approx(direct, abs=0.01)
+    assert with_border.ssim_db == pytest.approx(cut.ssim_db, abs=0.02)
+    assert with_border.psnr_db == pytest.approx(cut.psnr_db, abs=1e-6)

@@ -221,3 +221,30 @@ def test_a_folder_whose_name_holds_a_pipe_is_a_folder(provider, tmp_path):
     src = write_tif(folder / "in.tif", speckled_scene(48, seed=7)[0].astype(np.float32))
     out = processing.run("despecknet:despeckle", {"INPUT": src, "OUTPUT": str(folder / "out.tif")})["OUTPUT"]
     assert out == str(folder / "out.tif") and np.isfinite(read_tif(out)[0][0]).all()
+
+
+def test_cnn_averages_the_points_both_images_measure(provider, tmp_path):
+    """One point over nodata made both C_NN outputs empty (NaN means), and the two means could come from
+    different points."""
+    import json
+
+    import processing
+
+    from despecknet_qgis.core.metrics import c_nn
+
+    x = np.full((64, 64), 0.05)
+    x[30, 30] = 5.0
+    xh = x * 1.1
+    for a in (x, xh):
+        a[:8] = -9999.0
+    paths = [write_tif(tmp_path / f"{n}.tif", a.astype(np.float32), nodata=-9999.0) for n, a in (("x", x), ("xh", xh))]
+    points = tmp_path / "points.geojson"
+    coords = [[500000 + 30.5 * 20, 4000000 - 30.5 * 20], [500000 + 20.5 * 20, 4000000 - 3.5 * 20]]  # target, nodata
+    points.write_text(json.dumps({
+        "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": c}}
+                     for c in coords]}))
+    result = processing.run("despecknet:quality", {"INPUT": paths[1], "NOISY": paths[0], "REFERENCE": paths[0],
+                                                   "POINTS": str(points)})
+    assert result["CNN"] == pytest.approx(c_nn(xh, 30, 30), abs=1e-4)
+    assert result["CNN_REFERENCE"] == pytest.approx(c_nn(x, 30, 30), abs=1e-4)

@@ -369,3 +369,55 @@ def test_cancel_during_a_validation_pass_stops_it_between_batches(tmp_path):
     with pytest.raises(Cancelled):
         fit(DeSpeckNet(), source, LossWeights(1.0, 0.01, 0.0), batch_size=4, progress=Progress(is_cancelled=_CancelAfter(1)))
     assert Counted.drawn == 1
+
+
+def test_a_cancelled_training_goes_on_from_its_kept_checkpoint_into_the_same_model(tmp_path):
+    """The cancel said to give the kept checkpoint as the initial model; doing so into the same model was
+    refused ("is the input"), and a despeckle given it pointed at m.unfinished.onnx, which no run writes."""
+    from despecknet_qgis.core.errors import ModelError
+
+    data = pair(tmp_path)
+
+    def cancel_in_second_epoch():
+        return (tmp_path / "m.unfinished.pt").exists()
+
+    with pytest.raises(Cancelled, match=r"m\.unfinished\.pt \(give it as the initial model to go on, into this model"):
+        train([data], str(tmp_path / "m.onnx"), epochs=3, seed=2, progress=Progress(is_cancelled=cancel_in_second_epoch),
+              **{**SMALL, "validation_fraction": 0.0})
+    with pytest.raises(ModelError, match=r"checkpoint a cancelled or failed training kept.* such as .*m\.onnx"):
+        Despeckler(str(tmp_path / "m.unfinished.pt"), "cpu")
+    report = train([data], str(tmp_path / "m.onnx"), epochs=1, seed=2, initial_model=str(tmp_path / "m.unfinished.pt"),
+                   **{**SMALL, "validation_fraction": 0.0})
+    phases = load_checkpoint(report.checkpoint_path)[1].phases
+    assert phases[0]["complete"] is False and phases[0]["epochs_done"] == 1 and len(phases) == 2
+    assert not (tmp_path / "m.unfinished.pt").exists() and (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("damage", ["training_none", "training_list", "phases_not_a_list", "state_dict_list",
+                                    "nan_weights", "other_architecture"])
+def test_a_malformed_or_corrupt_checkpoint_is_refused_before_any_training(tmp_path, damage):
+    """A TypeError or an AttributeError (after a whole epoch) escaped; NaN weights "diverged" and blamed the
+    learning rate; another architecture's message named none of the mismatched weights."""
+    from despecknet_qgis.core.errors import ModelError
+    from despecknet_qgis.core.model import DeSpeckNet
+    from despecknet_qgis.core.training import CHECKPOINT_FORMAT
+
+    state = DeSpeckNet().state_dict()
+    good = {"format": CHECKPOINT_FORMAT, "state_dict": state, "training": {"phases": []}}
+    bad = {
+        "training_none": {**good, "training": None},
+        "training_list": {**good, "training": []},
+        "phases_not_a_list": {**good, "training": {"phases": "abc"}},
+        "state_dict_list": {**good, "state_dict": []},
+        "nan_weights": {**good, "state_dict": {k: v * float("nan") if v.is_floating_point() else v for k, v in state.items()}},
+        "other_architecture": {**good, "state_dict": {**state, "clean.0.weight": torch.zeros(32, 1, 3, 3)}},
+    }[damage]
+    path = str(tmp_path / "c.pt")
+    torch.save(bad, path)
+    expected = {"nan_weights": "NaN or infinite weights", "other_architecture": r"size mismatch for clean\.0\.weight",
+                "state_dict_list": "malformed state_dict"}.get(damage, "malformed training record")
+    with pytest.raises(ModelError, match=expected):
+        train([pair(tmp_path)], str(tmp_path / "m.onnx"), epochs=1, initial_model=path, **SMALL)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.unfinished.pt").exists()
+    torch.save({**good, "training": {"phases": [], "schema": 2}}, path)  # a key a later version adds: loads
+    load_checkpoint(path)

@@ -46,7 +46,7 @@ from ..core.domain import DOMAINS
 from ..core.errors import DespeckNetError, rename_arguments, translate
 from ..core.files import backing_file, check_outputs, same_dataset
 from ..core.inference import DEVICES, PRECISIONS
-from ..core.model_info import bundled_files
+from ..core.model_info import bundled_files, checkpoint_instead_of_model
 from ..core.progress import Progress, terminate_as_cancel
 from ..core.raster import gdal_can_open, is_gdal_name
 from ..core.sentinel1 import is_sentinel1_input
@@ -338,8 +338,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         given = given.lower().lstrip(".")
         if ext and given != ext:
             if ext == "onnx" and given in ("pt", "pth"):
-                return (f"{d.name()} {path} is a PyTorch checkpoint; this needs the ONNX model written beside it by "
-                        f"Train or Fine-tune ({stem}.onnx).")
+                return f"{d.name()} {checkpoint_instead_of_model(path)}"
             if ext == "pt" and given == "onnx":
                 return (f"{d.name()} {path} is an ONNX model; this needs the .pt checkpoint written beside it by "
                         f"Train or Fine-tune ({stem}.pt).")

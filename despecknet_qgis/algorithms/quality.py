@@ -90,9 +90,15 @@ class QualityAlgorithm(DespeckNetAlgorithm):
                         feedback.pushWarning(f"C_NN of {what} at pixel (row {row}, column {col}) is {v}: "
                                              + ("the point or all its neighbours are nodata." if math.isnan(v) else
                                                 "the target or all its neighbours are 0."))
-            values["CNN"] = sum(c[2] for c in report.c_nn) / len(report.c_nn)
+            # Over the points finite in both images, the same points for both means (one point of nodata left
+            # both outputs empty, and the two means could come from different points).
+            usable = [c for c in report.c_nn if math.isfinite(c[2]) and (not reference or math.isfinite(c[3]))]
+            if len(usable) < len(report.c_nn):
+                feedback.pushWarning(f"C_NN: {len(report.c_nn) - len(usable)} of {len(report.c_nn)} points left out of "
+                                     "the means (see above).")
+            values["CNN"] = sum(c[2] for c in usable) / len(usable) if usable else math.nan
             if reference:
-                values["CNN_REFERENCE"] = sum(c[3] for c in report.c_nn) / len(report.c_nn)
+                values["CNN_REFERENCE"] = sum(c[3] for c in usable) / len(usable) if usable else math.nan
         results = {}
         for key, attr, label in NUMBERS:
             value = values.get(attr) if attr else values.get(key)

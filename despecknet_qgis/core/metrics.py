@@ -71,6 +71,13 @@ def epi_from_gradients(sum_grad_estimate: float, sum_grad_reference: float) -> f
     return float(1.0 - abs(1.0 - gp)) if gp < 2 else 0.0
 
 
+def valid_neighbourhood(valid: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels whose (2 radius + 1)^2 neighbourhood is all valid (the array's own edges repeat outwards, as
+    the filters' do: the raster's border is no nodata)."""
+    ndimage = import_module("scipy.ndimage", "Quality metrics")
+    return ndimage.minimum_filter(valid.astype(np.uint8), 2 * radius + 1, mode="nearest").astype(bool)
+
+
 def sobel_magnitude(image: np.ndarray) -> np.ndarray:
     ndimage = import_module("scipy.ndimage", "Quality metrics")  # imported where used: the provider loads without it
 

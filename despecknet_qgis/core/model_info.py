@@ -50,6 +50,24 @@ def bundled_checkpoint_path(looks: float | None = None) -> str:
     return _bundled(looks, ".pt")
 
 
+UNFINISHED = ".unfinished"  # NAME.unfinished.pt: the checkpoint a cancelled or failed training keeps
+
+
+def model_beside(checkpoint: str) -> str:
+    """The ONNX model training writes beside a checkpoint: NAME.pt (or NAME.unfinished.pt) -> NAME.onnx."""
+    stem = os.path.splitext(checkpoint)[0]
+    return (stem[:-len(UNFINISHED)] if stem.endswith(UNFINISHED) else stem) + ".onnx"
+
+
+def checkpoint_instead_of_model(checkpoint: str) -> str:
+    """What to say when a checkpoint is given where a model (.onnx) is needed."""
+    if os.path.splitext(checkpoint)[0].endswith(UNFINISHED):
+        return (f"{checkpoint} is the checkpoint a cancelled or failed training kept: no model was exported from it. "
+                f"Train on from it (as the initial model), or use a finished model such as {model_beside(checkpoint)}.")
+    return (f"{checkpoint} is a PyTorch checkpoint; despeckling needs the ONNX model written beside it by training or "
+            f"fine-tuning ({model_beside(checkpoint)}).")
+
+
 def bundled_files() -> list[str]:
     """Every bundled model file (ONNX and checkpoint, general and multi-look) that is present."""
     return [os.path.join(_MODELS, stem + ext) for stem in (GENERAL_MODEL, MULTILOOK_MODEL) for ext in (".onnx", ".pt")

@@ -150,6 +150,7 @@ ATTRIBUTE_NAME, ATTRIBUTE_INT, ATTRIBUTE_INTS = 1, 3, 8
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA, TENSOR_DATA_LOCATION = 1, 2, 4, 9, 14
 GRAPH_INPUT = 11
 _FLOAT = 1
+_EXTERNAL = 1  # TensorProto.DataLocation
 
 
 def _integers(message: bytes, number: int) -> list[int]:
@@ -184,6 +185,20 @@ def _float_tensor(message: bytes):
     if values.size != int(np.prod(dims)):
         return None
     return values.reshape(dims).astype(np.float32)
+
+
+def external_tensors(model: bytes) -> list[str]:
+    """The names of the graph's initializers whose values another file holds (ONNX external data).
+
+    Raises:
+        WireFormatError: `model` is not a protobuf message.
+    """
+    names = []
+    for graph in [p for n, w, _, p in fields(model) if n == MODEL_GRAPH and w == _BYTES]:
+        for n, w, _, payload in fields(graph):
+            if n == GRAPH_INITIALIZER and w == _BYTES and _integers(payload, TENSOR_DATA_LOCATION) == [_EXTERNAL]:
+                names.append(_name(payload, TENSOR_NAME) or "?")
+    return names
 
 
 def conv_chain(model: bytes, output: str):

@@ -14,7 +14,7 @@ from .defaults import PHASE2_TRAINING as P2
 from .defaults import RANGES, ZERO_IS_NODATA
 from .domain import LOG_SCALE, log_speckle_mean
 from .errors import Cancelled, InputError, OutputError, TrainingError, translate_errors
-from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials, writing_lock
+from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials, same_file, writing_lock
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
 from .raster import gdal_cache_limit
 from .model_info import bundled_checkpoint_path
@@ -49,8 +49,12 @@ def _check_output(onnx_path: str, inputs: dict) -> None:
     """Before any work: the model and its checkpoint can be written and overwrite no input."""
     if not str(onnx_path).lower().endswith(".onnx"):
         raise OutputError(f"`onnx_path` {onnx_path} must end with .onnx.")
+    unfinished = unfinished_checkpoint_path_for(onnx_path)
+    # Going on from the checkpoint a cancelled run into this very model kept, as its message says to: it is
+    # read before the first epoch replaces it (it was refused as "the input").
+    inputs = {k: v for k, v in inputs.items() if not (isinstance(v, str) and v and same_file(v, unfinished))}
     check_outputs({"onnx_path": onnx_path, "checkpoint_path": checkpoint_path_for(onnx_path),
-                   "unfinished_checkpoint_path": unfinished_checkpoint_path_for(onnx_path)}, inputs)
+                   "unfinished_checkpoint_path": unfinished}, inputs)
 
 
 def _save_checked(path: str, model, record) -> None:
@@ -106,7 +110,7 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
 
     def kept() -> str:
         return (f" The checkpoint of epoch {saved[-1]} is kept in {unfinished} (give it as the initial model to go "
-                f"on); {ckpt} and {onnx_path} are as they were." if saved else "")
+                f"on, into this model or another); {ckpt} and {onnx_path} are as they were." if saved else "")
 
     try:
         result = fit(model, source, weights, progress=progress, checkpoint=checkpoint, **fit_args)

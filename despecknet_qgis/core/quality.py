@@ -115,7 +115,8 @@ def quality_metrics(
         lo_db, hi_db = 10 * math.log10(lo), 10 * math.log10(hi)
 
     ratio = mt.RatioStats()
-    sums = dict(n=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0, grad_ref=0.0)
+    sums = dict(n=0, n_ssim=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0,
+                grad_ref=0.0)
     # the input's own metadata (a product's mission, dates) without the despeckling's provenance items
     meta = {k: v for k, v in (est.ds.GetMetadata() or {}).items() if not k.startswith("DESPECKNET_")}
     meta.update(provenance("despecknet:quality", despeckled, content="ratio image Y / X_hat",
@@ -144,17 +145,22 @@ def quality_metrics(
                 e8, x8 = mt.to_8bit(xh_f, lo, hi), mt.to_8bit(x, lo, hi)
                 edb, xdb = 10 * np.log10(np.maximum(xh_f, 1e-30)), 10 * np.log10(np.maximum(x, 1e-30))
                 keep = valid[inner]
-                s8 = mt.ssim_map(e8, x8, 255.0)[inner][keep]
-                sdb = mt.ssim_map(edb, xdb, hi_db - lo_db)[inner][keep]
+                # Local measures count only where their whole neighbourhood is valid: the reference's fill
+                # beside nodata (a GRD's swath edge) entered both images' gradients and SSIM windows and
+                # pulled EPI toward 1 (0.48 -> 0.88 beside a 40-column border).
+                near_sobel, near_ssim = (mt.valid_neighbourhood(valid, r)[inner] for r in (1, mt.SSIM_RADIUS))
+                s8 = mt.ssim_map(e8, x8, 255.0)[inner][near_ssim]
+                sdb = mt.ssim_map(edb, xdb, hi_db - lo_db)[inner][near_ssim]
                 sums["n"] += int(keep.sum())
+                sums["n_ssim"] += int(near_ssim.sum())
                 sums["se8"] += float(((e8 - x8)[inner][keep] ** 2).sum())
                 sums["sedb"] += float(((edb - xdb)[inner][keep] ** 2).sum())
                 sums["ssim8"] += float(s8.sum())
                 sums["ssimdb"] += float(sdb.sum())
                 sums["se_noisy"] += float(((y_f - x)[inner][keep] ** 2).sum())
                 sums["se_est"] += float(((xh_f - x)[inner][keep] ** 2).sum())
-                sums["grad_est"] += float(mt.sobel_magnitude(xh_f)[inner][keep].sum())
-                sums["grad_ref"] += float(mt.sobel_magnitude(x)[inner][keep].sum())
+                sums["grad_est"] += float(mt.sobel_magnitude(xh_f)[inner][near_sobel].sum())
+                sums["grad_ref"] += float(mt.sobel_magnitude(x)[inner][near_sobel].sum())
             done += 1
             progress.set(100.0 * done / steps)
         if ratio.count == 0:
@@ -167,10 +173,11 @@ def quality_metrics(
         if n == 0:
             raise InputError("`despeckled`, `noisy` and `reference` share no valid pixel.")
         # a constant reference has no range to scale to 8 bits: both 8-bit figures are undefined then
+        n_ssim = sums["n_ssim"]  # none: no valid pixel has a whole SSIM window of valid pixels around it
         report.psnr_8bit = mt.psnr(sums["se8"] / n) if hi > lo else math.nan
-        report.ssim_8bit = sums["ssim8"] / n if hi > lo else math.nan
+        report.ssim_8bit = sums["ssim8"] / n_ssim if hi > lo and n_ssim else math.nan
         report.psnr_db = mt.psnr(sums["sedb"] / n, hi_db - lo_db)
-        report.ssim_db = sums["ssimdb"] / n
+        report.ssim_db = sums["ssimdb"] / n_ssim if n_ssim else math.nan
         report.dg = mt.despeckling_gain(sums["se_noisy"] / n, sums["se_est"] / n)
         report.epi = mt.epi_from_gradients(sums["grad_est"], sums["grad_ref"])
     for row, col in points or []:

@@ -179,13 +179,27 @@ def load_checkpoint(path: str) -> tuple[DeSpeckNet, TrainingRecord]:
         raise ModelError(f"{path} is not a readable PyTorch checkpoint ({first}); {hint}") from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path} is not a deSpeckNet checkpoint (expected format {CHECKPOINT_FORMAT}); {hint}")
+    state, training = data.get("state_dict"), data.get("training", {})
+    # Malformed parts ended in a TypeError, or (a "phases" that is no list) in an AttributeError after a
+    # whole training, when the record was extended.
+    phases = training.get("phases", []) if isinstance(training, dict) else None
+    if not isinstance(state, dict) or not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        raise ModelError(f"{path} is a deSpeckNet checkpoint with a malformed "
+                         f"{'state_dict' if not isinstance(state, dict) else 'training record'}; {hint}")
     model = DeSpeckNet()
     try:
-        model.load_state_dict(data["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"{path} does not fit the deSpeckNet architecture: {first}") from exc
-    return model, TrainingRecord(**data.get("training", {}))
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        # torch lists each mismatch on its own line after a heading: keep the first few
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[1:4] or lines[:1])[:400]
+        raise ModelError(f"{path} does not fit the deSpeckNet architecture (two branches of 17 convolutions, 64 "
+                         f"channels): {detail}; {hint}") from exc
+    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:  # training from them "diverged" and blamed the learning rate
+        raise ModelError(f"{path} holds NaN or infinite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
+                         f"the checkpoint is corrupt; {hint}")
+    return model, TrainingRecord(phases=list(phases))
 
 
 class BestWeights:
