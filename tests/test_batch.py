@@ -443,6 +443,16 @@ def test_a_worker_refuses_a_model_file_that_changed_since_the_batch_started(tmp_
     os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with pytest.raises(ModelError, match="not the one the batch was started with"):
         tasks.load_despeckler(model, digest, "cpu", 2, False, "fp32")
+    # Rewritten with its size and modification time kept (cp -p, a coarse clock): a digest cached for that
+    # state passed the other model.
+    export_tiny_model(tmp_path / "m.onnx", seed=1)
+    good = os.stat(model)
+    tasks.load_despeckler(model, digest, "cpu", 3, False, "fp32")
+    export_tiny_model(tmp_path / "m.onnx", seed=3)
+    os.utime(model, ns=(good.st_atime_ns, good.st_mtime_ns))
+    assert os.path.getsize(model) == good.st_size
+    with pytest.raises(ModelError, match="not the one the batch was started with"):
+        tasks.load_despeckler(model, digest, "cpu", 4, False, "fp32")
     # The bundled pair is one digest over both ONNX files; a wrong one is refused too.
     assert tasks.load_despeckler(None, model_sha256(None), "cpu", 1, False, "fp32").bundled
     with pytest.raises(ModelError, match="the bundled models"):

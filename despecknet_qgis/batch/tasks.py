@@ -47,16 +47,20 @@ def load_despeckler(model: str | None, model_sha256: str, device: str, threads: 
     with _LOCK:
         if key in _DESPECKLERS:
             return _DESPECKLERS[key]
-        # Hashed once per file state (path, size, mtime), the bundled pair as well as a model by path.
-        stamp = tuple((p, st.st_size, st.st_mtime_ns) for p in model_onnx_files(model) for st in [os.stat(p)])
-        digest = _CHECKED_MODELS.get(stamp) or digest_of(model)
-        _CHECKED_MODELS[stamp] = digest
+        if model is None:
+            # The bundled pair: hashed once per file state (path, size, mtime), one digest over both files.
+            stamp = tuple((p, st.st_size, st.st_mtime_ns) for p in model_onnx_files(model) for st in [os.stat(p)])
+            digest = _CHECKED_MODELS.get(stamp) or digest_of(model)
+            _CHECKED_MODELS[stamp] = digest
+        despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise, precision=precision)
+        if model is not None:
+            # The digest of the bytes loaded (a file rewritten with its size and time kept passed a cached digest)
+            digest = despeckler.sha256
         if digest != model_sha256:
             name = model or "the bundled models"
             raise ModelError(f"The model {name} on worker {worker_name()} is not the one the batch was started with "
                              f"(SHA-256 {digest[:12]}... instead of {model_sha256[:12]}...): give every worker the same "
                              "model file (the same plugin version, for the bundled models).")
-        despeckler = Despeckler(model, device, threads=threads, with_noise=with_noise, precision=precision)
         _DESPECKLERS[key] = despeckler
         return despeckler
 
