@@ -24,10 +24,10 @@ NUMBERS = [
     ("VOR", "vor", "Variance of the ratio image (about 1/L)"),
     ("PSNR", "psnr_8bit", "PSNR, 8-bit scaling as in the paper (dB)"),
     ("SSIM", "ssim_8bit", "SSIM, 8-bit scaling"),
-    ("PSNR_DB", "psnr_db", "PSNR on dB values (dB)"),
+    ("PSNR_DB", "psnr_db", "PSNR on dB values, peak = the reference's dB range (dB)"),
     ("SSIM_DB", "ssim_db", "SSIM on dB values"),
-    ("DG", "dg", "Despeckling gain (dB)"),
-    ("EPI", "epi", "Edge preservation index"),
+    ("DG", "dg", "Despeckling gain, linear intensity (dB)"),
+    ("EPI", "epi", "Edge preservation index, Sobel gradient-sum ratio on linear intensity"),
     ("CNN", None, "C_NN of X̂ at the points, mean (dB)"),
     ("CNN_REFERENCE", None, "C_NN of the reference at the points, mean (dB)"),
 ]
@@ -51,9 +51,14 @@ class QualityAlgorithm(DespeckNetAlgorithm):
             "(e.g. a temporal average). Always: MoR and VoR, mean and variance of the ratio image Y/X̂ (MoR "
             "should be 1; VoR near 1/L; structure in the ratio image means signal was removed). With a "
             "reference: PSNR after the paper's 8-bit scaling (it mostly measures bright targets on SAR), PSNR "
-            "and SSIM on dB values (rank despeckling sensibly), SSIM on 8-bit values, despeckling gain DG (higher "
-            "is better; empty when X̂ equals X exactly), and the edge preservation index EPI (1 = edges kept). "
-            "With POINTS on strong scatterers: C_NN, target over the mean of its 8 neighbours, in dB."
+            "and SSIM on dB values (rank despeckling sensibly; their peak and range are the reference's darkest to "
+            "brightest dB value, so compare them between methods on one scene, not between scenes), SSIM on 8-bit "
+            "values, despeckling gain DG on linear intensity (higher is better; empty when X̂ equals X exactly), and "
+            "the paper's edge preservation index EPI, the ratio of Sobel gradient sums of X̂ and X on linear "
+            "intensity (1 = as much gradient as X; it barely sees blur, and leftover speckle lowers it). Pixels "
+            "beside nodata count for EPI and SSIM only where their whole neighbourhood is valid. "
+            "With POINTS on strong scatterers: C_NN, target over the mean of its 8 neighbours, in dB, averaged "
+            "over the points both images measure."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
