@@ -23,6 +23,7 @@ from .algorithms.input_layers import gdal_layer
 from .algorithms.parameter_help import COMMON_TAGS, README_URL
 from .core.errors import DespeckNetError, rename_arguments
 from .core.files import check_outputs
+from .core.model_info import checkpoint_path_for, unfinished_checkpoint_path_for
 
 ICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "icon.svg")
 README_ANCHOR = "example-models-sample-data-and-a-pyqgis-script"  # GitHub's slug of the README section
@@ -82,9 +83,8 @@ class ExampleModel(QgsProcessingModelAlgorithm):
                     continue
                 written = [(d.name(), path)]
                 if path.lower().endswith(".onnx"):  # train and finetune write the checkpoints beside it
-                    stem = os.path.splitext(path)[0]
-                    written += [(f"the checkpoint beside {d.name()}", stem + ".pt"),
-                                (f"the unfinished checkpoint beside {d.name()}", stem + ".unfinished.pt")]
+                    written += [(f"the checkpoint beside {d.name()}", checkpoint_path_for(path)),
+                                (f"the unfinished checkpoint beside {d.name()}", unfinished_checkpoint_path_for(path))]
                 for name, p in written:
                     key = f"output{len(outputs)}"
                     names[key], outputs[key] = name, p

@@ -361,7 +361,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
                 continue
             if gdal_can_open(v):
                 continue  # /vsizip/, /vsicurl/, sub-datasets: any name GDAL opens
-            if "://" in v or v.startswith(("memory:", "dbname=", "PG:", "ogr:")):
+            if is_layer_source(v):
                 continue  # a service or database source: QGIS checks those itself
             if is_gdal_name(v):
                 return (f"{d.name()}: GDAL cannot open {v} as a raster: check the name (for /vsizip/, the zip's "
@@ -435,7 +435,7 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
         """A report or a model is a file: a layer source (memory:, a database) was written as a file of that name
         in the current folder, reported done."""
         value = self.parameterAsFileOutput(parameters, d.name(), context)
-        if value and (value.startswith(("memory:", "postgres:", "dbname=", "ogr:", "PG:")) or "://" in value):
+        if value and is_layer_source(value):
             return (f"{d.name()} = {value!r} is not a file: '{d.description()}' is written as a file, not as a "
                     "layer. Give a file path" + (", or leave it empty." if d.flags() & QgsProcessingParameterDefinition.FlagOptional else "."))
         return None
@@ -575,14 +575,19 @@ def destination_path(alg, d, parameters, context):
         value = alg.parameterAsFileOutput(parameters, d.name(), context)
     else:
         value = alg.parameterAsOutputLayer(parameters, d.name(), context)
-    if not value or value.startswith("memory:") or value == QgsProcessing.TEMPORARY_OUTPUT:
+    if not value or value == QgsProcessing.TEMPORARY_OUTPUT:
         return None
     if value.startswith("ogr:"):
         m = re.search(r"dbname='([^']*)'", value)
         return m.group(1) if m else None
-    if "://" in value or value.startswith(("postgres:", "dbname=")):
+    if is_layer_source(value):
         return None
     return source_path(value)
+
+
+def is_layer_source(value: str) -> bool:
+    """A memory layer, a database or a web service rather than a file."""
+    return value.startswith(("memory:", "postgres:", "dbname=", "PG:", "ogr:")) or "://" in value
 
 
 # What QGIS appends to a file's path in a layer source: "|layername=roads", "|option:KEY=VALUE", ...

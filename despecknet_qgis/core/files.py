@@ -111,8 +111,12 @@ def protected_files() -> list[str]:
 def partial_path(path: str) -> str:
     """A hidden file beside `path`, unique to this process and call."""
     directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, _partial_name(name, str(os.getpid()), uuid.uuid4().hex[:8]))
+
+
+def _partial_name(name: str, pid: str, tag: str) -> str:
     stem, ext = os.path.splitext(name)
-    return os.path.join(directory, f".{stem}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    return f".{stem}{PARTIAL}{pid}-{tag}{ext}"
 
 
 def _still_running(pid: int, partial: str) -> bool:
@@ -227,8 +231,7 @@ def _check_name_length(path: str, argument: str) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # not on Windows: its own limit is on the whole path
         return
-    stem, ext = os.path.splitext(name)
-    longest = len(os.fsencode(f".{stem}{PARTIAL}{'9' * PID_DIGITS}-{'0' * 8}{ext}"))
+    longest = len(os.fsencode(_partial_name(name, "9" * PID_DIGITS, "0" * 8)))
     if longest > limit:
         raise OutputError(f"The file name of `{argument}` ({name[:40]}...) is too long: the hidden file written beside "
                           f"it first has {longest} bytes in its name, beyond this file system's limit of {limit}. "

@@ -53,6 +53,17 @@ def bundled_checkpoint_path(looks: float | None = None) -> str:
 UNFINISHED = ".unfinished"  # NAME.unfinished.pt: the checkpoint a cancelled or failed training keeps
 
 
+def checkpoint_path_for(onnx_path: str) -> str:
+    """The checkpoint training and fine-tuning write beside a model: NAME.onnx -> NAME.pt."""
+    return os.path.splitext(onnx_path)[0] + ".pt"
+
+
+def unfinished_checkpoint_path_for(onnx_path: str) -> str:
+    """Where the checkpoint of each finished epoch goes until the phase ends: a cancelled or failed run
+    keeps it there (resumable as the initial model) and leaves a model already at the output as it was."""
+    return os.path.splitext(onnx_path)[0] + UNFINISHED + ".pt"
+
+
 def model_beside(checkpoint: str) -> str:
     """The ONNX model training writes beside a checkpoint: NAME.pt (or NAME.unfinished.pt) -> NAME.onnx."""
     stem = os.path.splitext(checkpoint)[0]

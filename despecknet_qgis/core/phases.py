@@ -17,19 +17,9 @@ from .errors import Cancelled, InputError, OutputError, TrainingError, translate
 from .files import check_outputs, commit_files, partial_path, remove_quietly, remove_stale_partials, same_file, writing_lock
 from .losses import PHASE1, PHASE2_MULTILOOK, LossWeights
 from .raster import gdal_cache_limit
-from .model_info import bundled_checkpoint_path
+from .model_info import bundled_checkpoint_path, checkpoint_path_for, unfinished_checkpoint_path_for
 from .patches import ImagePair, RasterPatches
 from .progress import SILENT, Progress
-
-
-def checkpoint_path_for(onnx_path: str) -> str:
-    return os.path.splitext(onnx_path)[0] + ".pt"
-
-
-def unfinished_checkpoint_path_for(onnx_path: str) -> str:
-    """Where the checkpoint of each finished epoch goes until the phase ends: a cancelled or failed run
-    keeps it there (resumable as INITIAL_MODEL) and leaves a model already at the output as it was."""
-    return os.path.splitext(onnx_path)[0] + ".unfinished.pt"
 
 
 @dataclass

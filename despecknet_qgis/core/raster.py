@@ -523,9 +523,8 @@ def check_same_grid(ref: gdal.Dataset, ref_name: str, other: gdal.Dataset, other
     if not same_geotransform(other.GetGeoTransform(can_return_null=True), ref.GetGeoTransform(can_return_null=True),
                              ref.RasterXSize, ref.RasterYSize):
         raise InputError(f"{other_name} has another geotransform than {ref_name}: put them on the same pixel grid.")
-    if _gcps(other) != _gcps(ref) or not _same_srs(other.GetGCPSpatialRef() if _gcps(other) else None,
-                                                    ref.GetGCPSpatialRef() if _gcps(ref) else None):
-        # rasters georeferenced by GCPs only (Sentinel-1 GRD)
+    gcps = _gcps(ref)  # rasters georeferenced by GCPs only (Sentinel-1 GRD): the same points in the same CRS
+    if _gcps(other) != gcps or (gcps and not _same_srs(other.GetGCPSpatialRef(), ref.GetGCPSpatialRef())):
         raise InputError(f"{other_name} has other ground control points than {ref_name}: they are not on the same "
                          "pixel grid (despeckle or calibrate both from the same product, or warp both).")
     if _rpcs(other) != _rpcs(ref):  # rasters georeferenced by RPCs only: each date has its own
