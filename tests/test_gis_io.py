@@ -113,8 +113,13 @@ def test_complex_input_refuses_decibel(bundled, tmp_path):
 
 def test_output_domain_and_nodata_in_decibel(bundled, grd_with_zero_border, tmp_path):
     src = write_tif(tmp_path / "in.tif", grd_with_zero_border)
-    (lin,), _ = _despeckle(bundled, src, tmp_path / "lin.tif")
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.GetRasterBand(1).SetUnitType("linear")
+    ds = None
+    (lin,), lin_ds = _despeckle(bundled, src, tmp_path / "lin.tif")
     (db,), ds = _despeckle(bundled, src, tmp_path / "db.tif", output_domain="decibel")
+    # the input's unit holds for an output in its domain only
+    assert (lin_ds.GetRasterBand(1).GetUnitType(), ds.GetRasterBand(1).GetUnitType()) == ("linear", "")
     valid = lin > 0
     np.testing.assert_allclose(db[valid], 10 * np.log10(lin[valid]), atol=1e-4)
     # 0 dB is data: the border's nodata becomes NaN in a decibel output
@@ -146,9 +151,15 @@ def test_band_names_metadata_and_provenance_are_written(bundled, tmp_path):
     ds.GetRasterBand(1).SetDescription("VV")
     ds.GetRasterBand(2).SetDescription("VH")
     ds.SetMetadataItem("MISSION_ID", "S1A")
+    ds.GetRasterBand(1).SetMetadataItem("POLARISATION", "VV")
+    ds.GetRasterBand(1).SetUnitType("linear")
     ds = None
     _, out = _despeckle(bundled, src, tmp_path / "out.tif", noise_path=str(tmp_path / "noise.tif"))
     assert [out.GetRasterBand(i).GetDescription() for i in (1, 2)] == ["VV", "VH"]
+    # the input band's own metadata and unit are kept (they were dropped); the speckle has no unit
+    assert out.GetRasterBand(1).GetMetadataItem("POLARISATION") == "VV"
+    assert out.GetRasterBand(1).GetMetadataItem("DESPECKNET_MODEL") == "despecknet.onnx"
+    assert out.GetRasterBand(1).GetUnitType() == "linear"
     meta = out.GetMetadata()
     assert meta["MISSION_ID"] == "S1A"
     assert meta["DESPECKNET_MODEL"] == "despecknet.onnx"
@@ -161,6 +172,7 @@ def test_band_names_metadata_and_provenance_are_written(bundled, tmp_path):
     noise = gdal.Open(str(tmp_path / "noise.tif"))
     assert noise.GetMetadataItem("DESPECKNET_CONTENT") == "estimated speckle"
     assert noise.GetRasterBand(2).GetDescription() == "VH"
+    assert noise.GetRasterBand(1).GetUnitType() == ""
     # gdalinfo shows the provenance
     assert "DESPECKNET_MODEL_SHA256" in gdal.Info(str(tmp_path / "out.tif"))
 

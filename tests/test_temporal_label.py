@@ -251,3 +251,72 @@ def test_messages_name_the_cores_own_arguments(tmp_path):
     with pytest.raises(InputError, match="set `domain` to decibel"):
         temporal_label([write_tif(tmp_path / f"n{i}.tif", np.full((32, 32), -12.0, np.float32)) for i in range(2)],
                        str(tmp_path / "n.tif"))
+
+
+def _logged(messages):
+    from despecknet_qgis.core.progress import Progress
+
+    return Progress(log=messages.append)
+
+
+@pytest.mark.parametrize("rule", ["omnibus", "speckle_test", "db_std"])
+def test_a_date_off_the_others_level_over_the_whole_image_is_reported(tmp_path, rule):
+    """A date 3 dB off (another calibration) lowered the estimated looks and let every pixel pass, silently."""
+    paths, _, _ = stack(tmp_path, dates=6, size=128, changed_share=0.0, seed=11)
+    ds = __import__("osgeo.gdal", fromlist=["gdal"]).Open(paths[4], 1)
+    band = ds.GetRasterBand(1)
+    band.WriteArray(band.ReadAsArray() * 2.0)
+    band = ds = None
+    messages = []
+    temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), rule=rule, progress=_logged(messages))
+    warned = [m for m in messages if m.startswith("Warning") and paths[4] in m]
+    assert len(warned) == 1 and "+3.0 dB above" in warned[0]
+    assert not any(p in m for m in messages if m.startswith("Warning") for p in paths[:4] + paths[5:])
+
+
+def test_dates_that_hardly_vary_are_refused_and_implausible_looks_are_warned(tmp_path):
+    """Copies of one date gave L = 1000 (the top of the search) and called every pixel stable."""
+    rng = np.random.default_rng(12)
+    y = 5.0 * rng.gamma(1.0, 1.0, (96, 96))
+    copies = [write_tif(tmp_path / f"c{t}.tif", (y * (1 + 1e-4 * rng.standard_normal(y.shape))).astype(np.float32))
+              for t in range(4)]
+    with pytest.raises(DespeckNetError, match="hardly vary over time.*copies.*Give `looks`"):
+        temporal_label(copies, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"))
+    assert not (tmp_path / "l.tif").exists()
+    # given, the looks are the user's to decide
+    temporal_label(copies, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), looks=4.4, test_window=1)
+    # 40-look speckle: more than a SAR product gives a pixel
+    messages = []
+    many = [write_tif(tmp_path / f"m{t}.tif", (y * rng.gamma(40, 1 / 40, y.shape)).astype(np.float32)) for t in range(4)]
+    temporal_label(many, str(tmp_path / "label2.tif"), str(tmp_path / "mask2.tif"), progress=_logged(messages))
+    assert any(m.startswith("Warning: estimated looks") for m in messages)
+
+
+@pytest.mark.parametrize("rule", ["speckle_test", "db_std", "paper", "omnibus"])
+def test_a_zero_hole_in_one_date_is_never_averaged_into_a_stable_label(tmp_path, rule):
+    """With nodata declared as -9999, zeros in one date are values: the speckle test kept 85 % of such a hole
+    as stable, with a label 20 % too dark."""
+    paths, _, _ = stack(tmp_path, dates=5, size=96, changed_share=0.0, seed=13)
+    from osgeo import gdal
+
+    for i, p in enumerate(paths):
+        ds = gdal.Open(p, gdal.GA_Update)
+        band = ds.GetRasterBand(1)
+        a = band.ReadAsArray()
+        if i == 2:
+            a[30:50, 30:50] = 0.0
+        band.WriteArray(a)
+        band.SetNoDataValue(-9999.0)
+        band = ds = None
+    temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), rule=rule,
+                   threshold=None if rule in ("omnibus", "speckle_test") else 1e9)
+    mask = read_tif(tmp_path / "m.tif")[0][0]
+    assert (mask[30:50, 30:50] != 1).all()
+    assert (mask[60:, 60:] == 1).mean() > 0.5
+
+
+def test_two_dates_give_the_omnibus_test_all_of_alpha(tmp_path):
+    """With two dates the trend test is the omnibus test again; splitting alpha between them masked half of it."""
+    paths, truth, changed = stack(tmp_path, dates=2, size=256, changed_share=0.0, seed=14)
+    (_, stable_masked, _), report = rates(tmp_path, paths, truth, changed, "two", looks=4.4)
+    assert 0.007 < stable_masked < 0.016

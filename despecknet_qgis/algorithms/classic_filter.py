@@ -1,4 +1,4 @@
-"""despecknet:classicfilter - boxcar, Lee, refined Lee, Lee sigma, Gamma-MAP and Frost, to compare with deSpeckNet."""
+"""despecknet:classicfilter - boxcar, Lee, Kuan, refined Lee, Lee sigma, Gamma-MAP and Frost, to compare with deSpeckNet."""
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
@@ -23,16 +23,17 @@ class ClassicFilterAlgorithm(DespeckNetAlgorithm):
         return "classicfilter"
 
     def displayName(self):  # noqa: N802 - QGIS API
-        return self.tr("Classic speckle filter (Lee, refined Lee, Lee sigma, Gamma-MAP, Frost, boxcar)")
+        return self.tr("Classic speckle filter (Lee, refined Lee, Lee sigma, Gamma-MAP, Frost, Kuan, boxcar)")
 
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return self.tr(
             "The adaptive speckle filters SNAP users know, to compare with deSpeckNet on the same image "
             "(for example with Speckle statistics on the same polygons).<br><br>"
-            "<b>Method</b>: boxcar (window mean); Lee (1980); refined Lee (Lee 1981, 7x7 window, statistics on "
+            "<b>Method</b>: boxcar (window mean); Lee (1980, weight 1 - Cu²/Ci², as in SNAP and OTB: bright points "
+            "kept); Kuan (1985, the same divided by 1 + Cu²: smoother, halves bright points on 1-look data); refined Lee (Lee 1981, 7x7 window, statistics on "
             "the edge-aligned half closest to the centre); Lee sigma (improved sigma filter, Lee et al. 2009, "
             "without its separate point-target step); Gamma-MAP (Lopes et al. 1990); Frost (1982, damping "
-            f"factor K). Names are accepted too: METHOD=lee, METHOD=gamma_map.<br>"
+            f"factor K). Refined Lee and Lee sigma use Kuan's weight, as SNAP does. Names are accepted too: METHOD=lee, METHOD=gamma_map.<br>"
             f"<b>Window size</b>: odd, {cf.WINDOW_RANGE.describe()} pixels (default {cf.WINDOW_SIZE}; refined Lee "
             "needs 7).<br>"
             "<b>Looks</b>: the speckle's equivalent number of looks (Sentinel-1 GRD about 4.4, SLC 1); 0 estimates "

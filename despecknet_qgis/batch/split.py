@@ -174,7 +174,8 @@ def write_split(job: dict, windows_done: list[dict]) -> dict:
             return RasterOutput(path, ds, len(bands), layout["nodata"], argument=argument,
                                 descriptions=layout["descriptions"],
                                 metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
-                                band_metadata=layout["band_metadata"])
+                                band_metadata=layout["band_metadata"],
+                                units=layout["units"] if what == "despeckled" else None)
 
         outputs = Outputs(lambda: output(job["output"], "output_path", "despeckled"),
                           (lambda: output(noise, "noise_path", "estimated speckle")) if noise else None)

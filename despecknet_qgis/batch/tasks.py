@@ -248,7 +248,8 @@ def _stack(parts: list[str], output: str, bands: list[int] | None = None) -> str
                        data_type=gdal.GetDataTypeName(src_bands[0].DataType),
                        descriptions=[b.GetDescription() for b in src_bands],
                        metadata=merged_metadata([s.GetMetadata() or {} for s in sources], bands),
-                       band_metadata=[b.GetMetadata() or {} for b in src_bands])
+                       band_metadata=[b.GetMetadata() or {} for b in src_bands],
+                       units=[b.GetUnitType() for b in src_bands])
     with out:
         for i, band in enumerate(src_bands, start=1):
             if band.GetScale() not in (None, 1.0) or band.GetOffset() not in (None, 0.0):

@@ -765,12 +765,12 @@ class RasterOutput:
     def __init__(self, path: str, like: gdal.Dataset, bands: int, nodata: list[float | None], data_type: str = "Float32",
                  errors: GdalErrorLog | None = None, argument: str = "output", region: Window | None = None,
                  descriptions: list[str] | None = None, metadata: dict[str, str] | None = None,
-                 band_metadata: list[dict[str, str]] | None = None):
+                 band_metadata: list[dict[str, str]] | None = None, units: list[str] | None = None):
         """A new raster on `like`'s grid, or on the part of it that `region` covers.
 
         `write` takes windows in `like`'s pixel coordinates either way. `descriptions` are the
         band names (VV, VH); `metadata` goes into the dataset's default metadata domain,
-        `band_metadata` (one dict per band) into each band's.
+        `band_metadata` (one dict per band) into each band's; `units` are the bands' unit types.
         """
         self.path = check_output_path(path, argument)
         driver_name = driver_for(path, argument)
@@ -818,6 +818,8 @@ class RasterOutput:
                 self.ds.GetRasterBand(i).SetDescription(descriptions[i - 1])
             if band_metadata and band_metadata[i - 1]:
                 self.ds.GetRasterBand(i).SetMetadata({str(k): str(v) for k, v in band_metadata[i - 1].items()})
+            if units and units[i - 1]:
+                self.ds.GetRasterBand(i).SetUnitType(units[i - 1])
 
     def _adopt(self, errors: GdalErrorLog) -> None:
         """Record into a shared log from now on (its own log is the top of GDAL's stack here)."""

@@ -78,11 +78,14 @@ def cv2_quantile(dates: int, looks: float, alpha: float, samples: int = 200_000,
     return float(np.quantile(cv2, 1.0 - alpha))
 
 
+LOOKS_SEARCH = (0.5, 1000.0)  # estimate_looks' range
+
+
 def estimate_looks(cv2_values: np.ndarray, dates: int) -> float:
     """L whose speckle-only CV^2 lower quartile matches the stack's: changes only raise CV^2."""
     observed = float(np.quantile(cv2_values, 0.25))
     rng = np.random.default_rng(7)
-    candidates = np.geomspace(0.5, 1000.0, 70)
+    candidates = np.geomspace(*LOOKS_SEARCH, 70)
     quartiles = []
     for L in candidates:
         x = rng.gamma(L, 1.0 / L, (20_000, dates))
@@ -206,6 +209,8 @@ def _omnibus_stable(stack, valid, window, table, alpha):
     looks = table[count]
     p_omnibus = omnibus_pvalue(omnibus_statistic(logs, looks), stack.shape[0], looks)
     z = trend_z(logs, polygamma(1, looks))
+    if stack.shape[0] == 2:  # with two dates the trend test is the omnibus test again: all of alpha to one
+        return usable & (p_omnibus >= alpha)
     return usable & (p_omnibus >= alpha / 2) & (np.abs(z) <= norm.isf(alpha / 4))
 
 
@@ -257,12 +262,16 @@ def _statistics(stack, rule):
 def _sample(tiles, dates, domain, datasets, rule, test_window=1, progress: Progress = SILENT):
     """CV^2 of the raw stack, and (omnibus) of the full windows' geometric means, on a
     sample of windows spread over the image (bounded memory), to estimate numbers of looks."""
-    raw, win = [], []
+    raw, win, offsets = [], [], []
     for tile in tiles[:: max(1, len(tiles) // 16)]:
         progress.check()  # about 16 windows of every date: seconds each on a long stack of large windows
         stack, valid = _read_stack(dates, tile, domain, datasets)
         cv2 = _statistics(stack, "speckle_test")[1][valid]
         raw.append(cv2[np.isfinite(cv2)][:: max(1, cv2.size // 20000)])
+        usable = valid & (stack > 0).all(axis=0)
+        logs = np.log(stack[:, usable][:, :: max(1, int(usable.sum()) // 20000)])
+        m = logs.shape[0]
+        offsets.append((logs - logs.mean(axis=0)) * m / (m - 1))  # each date against the mean of the others
         if rule == "omnibus" and test_window > 1:
             logs, _, count = window_logs(stack, valid, test_window)
             w = _window_cv2(logs, count, test_window)
@@ -271,7 +280,45 @@ def _sample(tiles, dates, domain, datasets, rule, test_window=1, progress: Progr
     if raw.size == 0:
         raise InputError("The stack has no pixel valid on every date: check that the dates cover the same area and what "
                          "their nodata values are.")
-    return raw, (np.concatenate(win) if win else np.array([]))
+    # the mean, not the median: the log of speckle is skewed, its median off by a few tenths of a dB
+    offsets_db = 10.0 / np.log(10.0) * np.concatenate(offsets, axis=1).mean(axis=1)
+    return Sample(raw, np.concatenate(win) if win else np.array([]), offsets_db)
+
+
+@dataclass
+class Sample:
+    """What the sampled windows say: CV² of the raw stack and of the window means, and each date's level."""
+    cv2: np.ndarray
+    window_cv2: np.ndarray
+    offsets_db: np.ndarray  # per date, mean of 10 log10(X_t / geometric mean of the other dates)
+
+
+DATE_OFFSET_DB = 1.0  # a whole date this much brighter or darker than the others is reported
+LOOKS_IMPLAUSIBLE = 30.0  # more than any SAR product gives a pixel: the stack is not plain speckle
+
+
+def check_dates(sample: Sample, dates: list, progress: Progress) -> None:
+    """Warn about whole dates off the others' level; the stability tests cannot tell a calibration
+    difference from speckle (a date 3 dB off lowered the estimated looks and let every pixel pass)."""
+    for d, off in zip(dates, sample.offsets_db):
+        if abs(off) > DATE_OFFSET_DB:
+            progress.info(f"Warning: {d.path} band {d.band} is {off:+.1f} dB {'above' if off > 0 else 'below'} the "
+                          "other dates on average: a calibration difference (check that every date is "
+                          "calibrated the same way, e.g. sigma0) or a change of the whole scene (season, soil "
+                          "moisture). The label averages it in where the tests call pixels stable.")
+
+
+def check_looks(estimated: float, progress: Progress) -> None:
+    """Estimated looks that no plain SAR stack gives: refused at the top of the search, warned above LOOKS_IMPLAUSIBLE."""
+    causes = ("dates that are copies of one another, dates already despeckled or averaged, amplitude or dB values read "
+              "as intensity (set `domain`), or stable bright targets over much of the image")
+    if estimated >= LOOKS_SEARCH[1] * 0.999:
+        raise InputError(f"The dates hardly vary over time (estimated looks {estimated:.0f}, the top of the search): "
+                         f"likely causes are {causes}. Give `looks` if the dates are right.")
+    if estimated > LOOKS_IMPLAUSIBLE:
+        progress.info(f"Warning: estimated looks L = {estimated:.1f}, more than a SAR product gives: likely causes are "
+                      f"{causes}. Too many looks makes the tests strict (stable pixels masked); give `looks` if "
+                      "you know it.")
 
 
 LABEL_LOOKS = (0.1, 1e5)  # looks of one date that the stability tests can be computed for
@@ -338,19 +385,21 @@ def temporal_label(
     M = len(dates)
 
     full_looks = None
+    # every rule: about 16 windows of every date, to check the dates' levels and estimate the looks
+    sample = _sample(tiles, dates, domain, datasets, rule, test_window, progress)
+    check_dates(sample, dates, progress)
+    estimated = None
+    if looks is None and rule in ("speckle_test", "omnibus"):
+        looks = estimated = estimate_looks(sample.cv2, M)
+        progress.info(f"estimated number of looks L = {looks:.2f}")
+        check_looks(looks, progress)
     if rule == "speckle_test":
-        if looks is None:
-            looks = estimate_looks(_sample(tiles, dates, domain, datasets, rule, 1, progress)[0], M)
-            progress.info(f"estimated number of looks L = {looks:.2f}")
         threshold = cv2_quantile(M, looks, alpha)
     elif rule == "omnibus":
-        if looks is None or test_window > 1:
-            raw, win_cv2 = _sample(tiles, dates, domain, datasets, rule, test_window, progress)
-            estimated = estimate_looks(raw, M)
-            if looks is None:
-                looks = estimated
-                progress.info(f"estimated number of looks L = {looks:.2f}")
-            if test_window > 1 and win_cv2.size < 100:
+        if test_window > 1:
+            win_cv2 = sample.window_cv2
+            estimated = estimated or estimate_looks(sample.cv2, M)
+            if win_cv2.size < 100:
                 progress.info(f"too few pixels with a full {test_window}x{test_window} window valid on every date "
                               "to measure its number of looks: the omnibus test runs per pixel")
                 test_window = 1
@@ -363,7 +412,7 @@ def temporal_label(
         if test_window == 1:
             full_looks = looks
         table = window_looks_table(looks, full_looks, test_window)
-        threshold = omnibus_critical(M, full_looks, alpha / 2)
+        threshold = omnibus_critical(M, full_looks, alpha if M == 2 else alpha / 2)
     elif threshold is None:
         threshold = 0.1 if rule == "paper" else 2.0
 
@@ -392,7 +441,8 @@ def temporal_label(
                 stable = valid & _omnibus_stable(stack, valid, test_window, table, alpha)
             else:
                 mean, stat = _statistics(stack, rule)
-                stable = valid & (stat <= threshold)
+                # a date at 0 is no SAR intensity (a hole the dates do not declare): never averaged as stable
+                stable = valid & (stat <= threshold) & (stack > 0).all(axis=0)
             if half:
                 from scipy.ndimage import uniform_filter
 

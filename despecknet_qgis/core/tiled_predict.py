@@ -155,7 +155,8 @@ def despeckle_raster(
         def output(path, argument, what):
             return RasterOutput(path, ds, len(bands), nodata, data_type=output_type, argument=argument, region=region,
                                 descriptions=layout["descriptions"], metadata={**layout["metadata"], "DESPECKNET_CONTENT": what},
-                                band_metadata=layout["band_metadata"])
+                                band_metadata=layout["band_metadata"],
+                                units=layout["units"] if what == "despeckled" else None)
 
         outputs = Outputs(lambda: output(output_path, "output_path", "despeckled"),
                           (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
@@ -228,9 +229,13 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     versions = [model_version] if isinstance(model_version, str) else list(model_version)
     used = list(dict.fromkeys(zip(paths, versions)))  # each model once, in band order
     looks = list(looks) if looks is not None else [None] * len(bands)
-    band_metadata = [{"DESPECKNET_MODEL": os.path.basename(paths[min(i, len(paths) - 1)] or ""),
+    # the input band's own items (polarisation, swath) first, then what made this band
+    band_metadata = [{**(ds.GetRasterBand(b).GetMetadata() or {}),
+                      "DESPECKNET_MODEL": os.path.basename(paths[min(i, len(paths) - 1)] or ""),
                       "DESPECKNET_MODEL_VERSION": str(versions[min(i, len(versions) - 1)]),
-                      "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for i, n in enumerate(looks)]
+                      "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for i, (b, n) in enumerate(zip(bands, looks))]
+    # a unit holds for the despeckled values only where they are in the input's domain
+    units = [ds.GetRasterBand(b).GetUnitType() if output_domain == domain else "" for b in bands]
     # it said "kept" for bands whose looks were unknown, where the test was not run
     skipped = [b for b, n in zip(bands, looks) if not n] if point_targets else []
     targets = ("off" if not point_targets else "kept" if not skipped else
@@ -251,7 +256,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
         zero_is_nodata="yes" if zero_is_nodata else "no",
     ))
     return {"nodata": nodata, "descriptions": descriptions, "metadata": metadata, "band_metadata": band_metadata,
-            "no_point_targets": skipped}
+            "units": units, "no_point_targets": skipped}
 
 
 def despeckle_window(
