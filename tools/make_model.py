@@ -236,6 +236,9 @@ def main() -> None:
     ap.add_argument("--real-sites", default=",".join(real_data.REAL_SITES),
                     help="comma-separated sites whose dates --real-fraction uses (leave one out to measure how "
                          "real training carries over to a site it never saw)")
+    ap.add_argument("--real-dir", default=real_data.REAL_DIR,
+                    help="folder of the --real-sites dates (SITE_1.npy .. SITE_5.npy, co-registered single-look "
+                         "amplitudes); make bench-quality --real-dir scores such sites")
     ap.add_argument("--real-rows", type=int, default=real_data.TRAIN_ROWS,
                     help="train on rows 0 to N-1 of the real dates; above the default, make bench-quality's real "
                          "rows of those sites are no longer held out (use sites training never saw to judge)")
@@ -274,13 +277,11 @@ def run(args) -> None:
                              texture_floor_db=args.texture_floor_db)
     real = None
     if args.real_fraction > 0:
-        if not real_data.available():
-            sys.exit(f"--real-fraction needs the real dates in {real_data.REAL_DIR}")
         sites = tuple(s for s in args.real_sites.split(",") if s)
-        unknown = sorted(set(sites) - set(real_data.REAL_SITES))
-        if unknown or not sites:
-            sys.exit(f"--real-sites: give some of {', '.join(real_data.REAL_SITES)} (got {args.real_sites!r})")
-        real = TemporalPairs(args.patch, train.rng, sites=sites, rows=args.real_rows)
+        if not sites or not real_data.available(args.real_dir, sites):
+            sys.exit(f"--real-fraction needs the dates {', '.join(f'{s}_1..{real_data.REAL_DATES}.npy' for s in sites)} "
+                     f"in {args.real_dir} (--real-sites, --real-dir)")
+        real = TemporalPairs(args.patch, train.rng, real_dir=args.real_dir, sites=sites, rows=args.real_rows)
         print(f"real dates: {len(real.dates)}, stable fraction {real.stable_fraction:.3f}", flush=True)
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
