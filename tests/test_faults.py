@@ -434,6 +434,26 @@ def test_case6_train_onto_a_read_only_disk_fails_before_training(provider, tmp_p
     assert time.perf_counter() - started < 30, "refused only after training"
 
 
+def test_a_read_only_output_file_is_never_replaced(provider, tiny_model, tmp_path):
+    """Outputs are written beside and moved over the old file, which its read-only mode did not stop: a model the
+    user had made read-only was replaced by a new training."""
+    scene = Scene(tmp_path, tiny_model)
+    kept = tmp_path / "kept.onnx"
+    kept.write_bytes(b"the user's model")
+    result = tmp_path / "kept.tif"
+    result.write_bytes(b"the user's result")
+    for f in (kept, result):
+        os.chmod(f, 0o444)
+    started = time.perf_counter()
+    with pytest.raises(QgsProcessingException, match="read-only file"):
+        run("train", {**scene.train_inputs(), "OUTPUT_MODEL": str(kept)})
+    assert time.perf_counter() - started < 30, "refused only after training"
+    with pytest.raises(QgsProcessingException, match="read-only file"):
+        run("despeckle", {"INPUT": scene.raster(), "MODEL": scene.model, "OUTPUT": str(result)})
+    assert kept.read_bytes() == b"the user's model" and result.read_bytes() == b"the user's result"
+    assert not (tmp_path / "kept.pt").exists()
+
+
 def test_enum_names_are_accepted_by_qgis_process(profile, tiny_model, tmp_path):
     y, _ = speckled_scene(64, seed=4)
     src = write_tif(tmp_path / "y.tif", np.sqrt(y))

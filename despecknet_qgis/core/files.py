@@ -216,8 +216,19 @@ def check_output_path(path: str, argument: str) -> str:
     for protected in protected_files():
         if same_file(path, protected):
             raise OutputError(f"`{argument}` {path} is the bundled model file, which is read-only: choose another file name.")
+    if os.path.isfile(path) and not _writable_file(path):
+        # the output is written beside and moved over the old file, which a file's own mode does not stop
+        raise OutputError(f"`{argument}` {path} is a read-only file: it was kept from being changed. Choose another "
+                          "file name, or make the file writable if it is to be replaced.")
     _check_name_length(path, argument)
     return path
+
+
+def _writable_file(path: str) -> bool:
+    """Not read-only: os.access answers yes to root for any file, so the mode's write bits decide too."""
+    import stat
+
+    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 PID_DIGITS = 7  # the partial name holds the process id: room for the largest Linux allows
