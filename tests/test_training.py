@@ -1,5 +1,6 @@
 """Phase 1 training engine and the despecknet:train workflow on small simulated pairs."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -391,6 +392,58 @@ def test_a_cancelled_training_goes_on_from_its_kept_checkpoint_into_the_same_mod
     phases = load_checkpoint(report.checkpoint_path)[1].phases
     assert phases[0]["complete"] is False and phases[0]["epochs_done"] == 1 and len(phases) == 2
     assert not (tmp_path / "m.unfinished.pt").exists() and (tmp_path / "m.onnx").exists()
+
+
+def test_a_cancelled_training_given_the_same_settings_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """Going on from the kept checkpoint restarted the learning-rate schedule at its first epoch, with a fresh
+    Adam: the 3 epochs asked for became 1 + 3, the first of them at the starting rate again."""
+    import torch
+
+    from despecknet_qgis.core.losses import PHASE1
+    from despecknet_qgis.core.phases import _going_on
+    from despecknet_qgis.core.training import load_optimizer_state
+
+    data = pair(tmp_path, size=96)
+    settings = {**SMALL, "validation_fraction": 0.0, "lr": 1e-3, "lr_end": 1e-5, "lr_steps": 3}
+
+    def cancel_in_second_epoch():
+        return (tmp_path / "m.unfinished.pt").exists()
+
+    with pytest.raises(Cancelled):
+        train([data], str(tmp_path / "m.onnx"), epochs=3, seed=2, progress=Progress(is_cancelled=cancel_in_second_epoch),
+              **settings)
+    kept = str(tmp_path / "m.unfinished.pt")
+    copy = str(tmp_path / "copy.pt")
+    __import__("shutil").copyfile(kept, copy)  # the finished training removes its unfinished checkpoint
+    adam = load_optimizer_state(kept)
+    assert adam is not None
+    steps_before = int(max(float(v["step"]) for v in adam["state"].values()))
+    from despecknet_qgis.core import training as training_module
+
+    messages, rates = [], []
+    original_fit = training_module.fit
+
+    def watching_fit(*args, **kwargs):  # where each run starts, and whether Adam's state came with it
+        rates.append((kwargs.get("start_epoch"), kwargs.get("optimizer_state") is not None))
+        return original_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "fit", watching_fit)
+    report = train([data], str(tmp_path / "m.onnx"), epochs=3, seed=2, initial_model=kept,
+                   progress=Progress(log=messages.append), **settings)
+    assert rates == [(1, True)]
+    assert report.steps == 2 * steps_before  # epochs 2 and 3 only
+    assert any("going on with the unfinished training" in m and "epochs 2 to 3" in m for m in messages)
+    phases = load_checkpoint(report.checkpoint_path)[1].phases
+    assert len(phases) == 1 and phases[0]["complete"] is True and phases[0]["went_on_from_epoch"] == 1
+    assert "optimizer" not in torch.load(report.checkpoint_path, weights_only=True)  # finished models stay lean
+    # other settings (here the epochs): a new training from its weights, said so
+    model, record = load_checkpoint(copy)
+    messages.clear()
+    info = {"phase": 1, "data": [os.path.basename(data.noisy)], "epochs": 2, "patch": settings["patch"],
+            "stride": settings["stride"], "batch": settings["batch_size"], "lr": [1e-3, 1e-5, 3]}
+    assert _going_on(copy, record, info, PHASE1, 2, Progress(log=messages.append)) == (0, None)
+    assert any("its epochs differ from this run's: a new training starts from its weights" in m for m in messages)
+    assert record.phases[-1]["complete"] is False  # kept in the record of the new training
 
 
 @pytest.mark.parametrize("damage", ["training_none", "training_list", "phases_not_a_list", "state_dict_list",

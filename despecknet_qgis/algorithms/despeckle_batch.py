@@ -68,8 +68,9 @@ class DespeckleBatchAlgorithm(DespeckNetAlgorithm):
             "<b>Output folder</b>: <i>name</i>_despeckled.tif per input (and <i>name</i>_speckle.tif), and "
             "despecknet-manifest.jsonl recording each scene. Running again skips the scenes whose input, model and "
             "options are unchanged and retries those that failed.<br>"
-            "<b>More core options</b>: NAME=VALUE pairs separated by ';' for any argument of the core's "
-            "despeckle_raster (e.g. <i>looks=4.4; bands=1</i>).<br>"
+            "<b>More core options</b>: NAME=VALUE pairs separated by ';' for arguments of the core's "
+            "despeckle_raster (e.g. <i>looks=4.4; bands=1</i>); domain, tile_size and point_targets come from "
+            "the parameters above.<br>"
             + output_options.HELP +
             "The log ends with a summary: each scene's output, or why it failed. Cancel stops the tasks (on the "
             "cluster too); the scenes already finished stay recorded. A cluster needs the Python packages dask "

@@ -54,7 +54,7 @@ ALGORITHMS = {
         ("denoise", "batch", "folder", "many", "Dask", "cluster", "time series"),
         "despeckle-many-images"),
     "classicfilter": AlgorithmHelp(
-        "despeckling", "Classic speckle filters (boxcar, Lee, refined Lee, Lee sigma, Gamma-MAP, Frost) to compare "
+        "despeckling", "Classic speckle filters (boxcar, Lee, refined Lee, Lee sigma, Gamma-MAP, Frost, Kuan) to compare "
                        "with the deep result.",
         ("Lee", "refined Lee", "Lee sigma", "Frost", "Gamma-MAP", "Kuan", "boxcar", "mean filter", "denoise",
          "adaptive filter", "SNAP"),
@@ -151,7 +151,8 @@ ALGORITHM_PARAMETER_HELP = {
     "despeckle": {
         "BAND": "The bands to despeckle, each on its own; empty: every band.",
         "OUTPUT": "The despeckled raster: the input's grid, CRS, nodata, band names and metadata.",
-        "OUTPUT_NOISE": ("A raster of the estimated speckle N̂ (mean about 1; in dB for dB input). Needs "
+        "OUTPUT_NOISE": ("A raster of the estimated speckle N̂ (mean about 1), in the output's domain (by default "
+                         "the input's; dB for a dB output). Needs "
                          "the network's speckle branch: about twice the time."),
     },
     "despecklebatch": {
@@ -161,18 +162,20 @@ ALGORITHM_PARAMETER_HELP = {
         "INPUT_LIST": "A text file naming one input a line (paths, Sentinel-1 products or GDAL names; # comments).",
         "SCHEDULER": ("Address of a Dask scheduler (tcp://host:8786) to spread the scenes over a cluster; empty: "
                       "one scene after the other on this machine."),
-        "WORKERS": "Threads ONNX Runtime uses on this machine; 0: one per core.",
+        "WORKERS": ("Scenes or bands despeckled at once in threads on this machine (with Dask; ONNX Runtime "
+                    "shares the cores among them); 0: one per core."),
         "WRITE_NOISE": "Also write each scene's estimated speckle N̂ (about twice the time).",
         "FORCE": ("Despeckle again the scenes whose output is up to date; off: a rerun skips them and retries "
                   "those that failed."),
-        "OPTIONS": "More arguments of the core as NAME=VALUE pairs separated by ';' (e.g. overlap=24).",
+        "OPTIONS": ("More arguments of the core as NAME=VALUE pairs separated by ';' (e.g. overlap=24); domain, "
+                    "tile_size and point_targets come from this algorithm's own parameters."),
         "OUTPUT_FOLDER": "The folder the despeckled rasters and the run's manifest are written to.",
     },
     "classicfilter": {
         "BAND": "The bands to filter, each on its own; empty: every band.",
         "METHOD": ("The filter: boxcar (the local mean), Lee, refined Lee (7x7, edge-aligned windows), Lee sigma "
-                   "(improved, 2009), Gamma-MAP or Frost."),
-        "WINDOW_SIZE": "Side of the moving window in pixels (odd); refined Lee always uses 7.",
+                   "(improved, 2009), Gamma-MAP, Frost or Kuan."),
+        "WINDOW_SIZE": "Side of the moving window in pixels (odd); refined Lee needs 7 (others are refused).",
         "LOOKS": "Equivalent number of looks of the input; 0 estimates it from the image's flattest areas.",
         "DAMPING": "Frost's damping factor K: higher keeps more detail near edges.",
         "SIGMA": "Lee sigma: the probability that a speckled pixel falls inside the sigma range.",
@@ -203,7 +206,9 @@ ALGORITHM_PARAMETER_HELP = {
         "BAND": "The band read from every image and label.",
         "LEARNING_RATE_END": "Learning rate of the last stage; the rate falls from LEARNING_RATE to it in steps.",
         "LEARNING_RATE_STEPS": "Stages from the first to the final learning rate (1: a constant rate).",
-        "INITIAL_MODEL": "A PyTorch checkpoint (.pt) training starts from; empty: random weights.",
+        "INITIAL_MODEL": ("A PyTorch checkpoint (.pt) training starts from; empty: random weights. The "
+                          "NAME.unfinished.pt of a cancelled training, with the same data and settings, goes on "
+                          "where it stopped."),
         "DEVICE": ("Where training runs: auto (an NVIDIA GPU when PyTorch can use one, i.e. a CUDA build of torch, "
                    "else the CPU), cpu, or cuda (fails with a message rather than falling back to the CPU)."),
     },

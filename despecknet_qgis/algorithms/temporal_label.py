@@ -48,7 +48,7 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
             "<b>Stability rule</b>: <i>omnibus change test</i> (default) is the likelihood-ratio test for equal "
             "Gamma means over the dates (Conradsen et al. 2016), run on the geometric mean of a TEST_WINDOW × "
             "TEST_WINDOW window of each date, together with a test for a trend over the dates; a pixel is stable when "
-            "neither rejects at risk ALPHA (ALPHA/2 each). The window raises the looks so that gradual change "
+            "neither rejects at risk ALPHA (ALPHA/2 each; with two dates the omnibus test alone, at ALPHA). The window raises the looks so that gradual change "
             "(a few dB over the series) is caught; its number of looks is measured on the stack, so spatially "
             "correlated speckle is accounted for. About ALPHA of the stable pixels, and a border of TEST_WINDOW/2 "
             "pixels around changed areas, are masked. <i>Speckle test</i> compares each pixel's temporal coefficient of "
@@ -84,7 +84,7 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Temporal label")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Stability mask"), optional=True, createByDefault=True))
         self.addOutput(QgsProcessingOutputNumber(self.STABLE_FRACTION, self.tr("Fraction of stable pixels")))
-        self.addOutput(QgsProcessingOutputNumber(self.ESTIMATED_LOOKS, self.tr("Number of looks used by the speckle test")))
+        self.addOutput(QgsProcessingOutputNumber(self.ESTIMATED_LOOKS, self.tr("Number of looks used by the speckle and omnibus tests")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)

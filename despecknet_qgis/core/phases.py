@@ -47,21 +47,21 @@ def _check_output(onnx_path: str, inputs: dict) -> None:
                    "unfinished_checkpoint_path": unfinished}, inputs)
 
 
-def _save_checked(path: str, model, record) -> None:
+def _save_checked(path: str, model, record, optimizer_state=None) -> None:
     """save_checkpoint into a partial file read back whole, then moved onto `path`."""
     tmp = partial_path(path)
     try:
-        _write_checkpoint(tmp, path, model, record)
+        _write_checkpoint(tmp, path, model, record, optimizer_state)
         commit_files([(tmp, path)])
     finally:
         remove_quietly(tmp)
 
 
-def _write_checkpoint(tmp: str, path: str, model, record) -> None:
+def _write_checkpoint(tmp: str, path: str, model, record, optimizer_state=None) -> None:
     from .training import load_checkpoint, save_checkpoint
 
     try:
-        save_checkpoint(tmp, model, record)
+        save_checkpoint(tmp, model, record, optimizer_state)
         load_checkpoint(tmp)  # read back: a full disk can leave a truncated file behind
     except Exception as exc:  # noqa: BLE001 - OSError, torch's RuntimeError, or ModelError from the read-back
         raise _write_failed(path, exc) from exc
@@ -91,16 +91,16 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
         remove_stale_partials(p)
     saved = []
 
-    def checkpoint(m, epoch):
-        # A kept checkpoint says how it was made, this unfinished phase included.
+    def checkpoint(m, epoch, optimizer_state):
+        # A kept checkpoint says how it was made, this unfinished phase included, and keeps Adam's state.
         so_far = TrainingRecord([*record.phases, {**phase_info, "weights": asdict(weights), "epochs_done": epoch,
                                                   "complete": False, "seed": fit_args.get("seed")}])
-        _save_checked(unfinished, m, so_far)
+        _save_checked(unfinished, m, so_far, optimizer_state)
         saved.append(epoch)
 
     def kept() -> str:
         return (f" The checkpoint of epoch {saved[-1]} is kept in {unfinished} (give it as the initial model to go "
-                f"on, into this model or another); {ckpt} and {onnx_path} are as they were." if saved else "")
+                f"on, into this model or another: with the same settings the training goes on where it stopped); {ckpt} and {onnx_path} are as they were." if saved else "")
 
     try:
         result = fit(model, source, weights, progress=progress, checkpoint=checkpoint, **fit_args)
@@ -173,6 +173,37 @@ def _base_model(initial: str | None, seed: int, argument: str):
     return DeSpeckNet(), TrainingRecord()
 
 
+GOING_ON_KEYS = ("phase", "data", "epochs", "patch", "stride", "batch", "lr", "weights", "seed")
+
+
+def _going_on(initial_model: str | None, record, phase_info: dict, weights, seed: int,
+              progress: Progress) -> tuple[int, dict | None]:
+    """(first epoch to run, Adam's state) when `initial_model` is the checkpoint an unfinished phase 1 kept and
+    this run asks for the same training: it goes on where that one stopped, with its learning-rate schedule
+    and optimiser state, and its unfinished phase leaves the record (the finished one replaces it). Otherwise
+    (0, None): a new training from the checkpoint's weights, the schedule from its start."""
+    from .training import load_optimizer_state
+
+    last = record.phases[-1] if record.phases else None
+    if not initial_model or not last or last.get("complete") is not False:
+        return 0, None
+    done = int(last.get("epochs_done") or 0)
+    asked = {**phase_info, "weights": asdict(weights), "seed": seed}
+    differ = [k for k in GOING_ON_KEYS if last.get(k) != asked.get(k)]
+    optimizer_state = load_optimizer_state(initial_model)
+    if differ or not 0 < done < phase_info["epochs"] or optimizer_state is None:
+        why = (f"its {', '.join(differ)} differ from this run's" if differ else
+               "it holds no optimiser state" if optimizer_state is None else
+               f"it had done {done} of its epochs")
+        progress.info(f"{initial_model} is an unfinished training, but {why}: a new training starts from its weights, "
+                      "the learning rate from the start of its schedule.")
+        return 0, None
+    record.phases.pop()
+    progress.info(f"going on with the unfinished training of {initial_model}: epochs {done + 1} to "
+                  f"{phase_info['epochs']}, with its learning-rate schedule and optimiser state")
+    return done, optimizer_state
+
+
 def _check_training_numbers(**values) -> None:
     for name, value in values.items():
         if value is not None:
@@ -225,15 +256,17 @@ def train(
     _check_training_numbers(epochs=epochs, patch=patch, stride=stride, batch_size=batch_size, lr=lr, lr_end=lr_end,
                             validation_fraction=validation_fraction)
     model, record = _base_model(initial_model, seed, "initial_model")
+    phase_info = {"phase": 1, "data": [os.path.basename(p.noisy) for p in pairs], "epochs": epochs, "patch": patch,
+                  "stride": stride, "batch": batch_size, "lr": [lr, lr_end, lr_steps]}
+    start_epoch, optimizer_state = _going_on(initial_model, record, phase_info, weights, seed, progress)
     source = RasterPatches(pairs, patch, stride, validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
     result, ckpt = _run(
         model, record, source, weights, onnx_path, version="phase1",
         description=f"deSpeckNet phase 1 on {len(pairs)} image(s)", progress=progress,
-        phase_info={"phase": 1, "data": [os.path.basename(p.noisy) for p in pairs], "epochs": epochs, "patch": patch,
-                    "stride": stride, "batch": batch_size, "lr": [lr, lr_end, lr_steps]},
+        phase_info={**phase_info, **({"went_on_from_epoch": start_epoch} if start_epoch else {})},
         epochs=epochs, batch_size=batch_size, lr=lr, lr_end=lr_end, lr_steps=lr_steps, seed=seed, use_bf16=use_bf16,
-        device=device,
+        device=device, start_epoch=start_epoch, optimizer_state=optimizer_state,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)

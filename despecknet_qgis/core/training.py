@@ -147,9 +147,19 @@ class Trainer:
         return {k: v / max(total_weight, 1.0) for k, v in sums.items()}
 
 
-def save_checkpoint(path: str, model: DeSpeckNet, record: TrainingRecord) -> None:
+def save_checkpoint(path: str, model: DeSpeckNet, record: TrainingRecord, optimizer_state: dict | None = None) -> None:
+    """`optimizer_state`: Adam's, kept in the checkpoints of unfinished trainings so that they can go on."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, "training": asdict(record)}, path)
+    data = {"format": CHECKPOINT_FORMAT, "state_dict": state, "training": asdict(record)}
+    if optimizer_state is not None:
+        data["optimizer"] = optimizer_state
+    torch.save(data, path)
+
+
+def load_optimizer_state(path: str) -> dict | None:
+    """Adam's state kept in a checkpoint (load_checkpoint has checked the file), or None."""
+    state = torch.load(path, map_location="cpu", weights_only=True).get("optimizer")
+    return state if isinstance(state, dict) and {"state", "param_groups"} <= set(state) else None
 
 
 def load_checkpoint(path: str) -> tuple[DeSpeckNet, TrainingRecord]:
@@ -260,6 +270,8 @@ def fit(
     use_bf16: bool | None = None,
     freeze_batchnorm: bool = False,
     device: str = "cpu",
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
 ) -> FitResult:
     """Train `model` on a RasterPatches source; returns the loss history.
 
@@ -267,8 +279,10 @@ def fit(
     times an epoch; with `patience`, training stops after that many evaluations without
     improvement, and when it stops (early or after the last epoch) the weights and the
     optimiser state of the best evaluation are restored (the early stopping of phase 2).
-    Between epochs training goes on from the current weights. `checkpoint(model, epoch)`
-    is called after each completed epoch, so cancelling keeps the last good one.
+    Between epochs training goes on from the current weights. `checkpoint(model, epoch, optimizer_state)`
+    is called after each completed epoch, so cancelling keeps the last good one. `start_epoch` and
+    `optimizer_state` go on with an unfinished training: epochs start_epoch + 1 to `epochs` of the
+    same learning-rate schedule, with Adam's moments as they were (the patches come in another order).
     Cancellation is checked before every step. Training runs on `device` (torch_device); the
     model is back on the CPU when fit returns, for the ratio-image scoring and the export.
 
@@ -283,10 +297,12 @@ def fit(
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     trainer = Trainer(model, weights, lr=lr, use_bf16=use_bf16, freeze_batchnorm=freeze_batchnorm, device=device)
+    if optimizer_state is not None:
+        trainer.optimizer.load_state_dict(optimizer_state)  # moved to the parameters' device by torch
     result = FitResult(bf16=trainer.use_bf16, device=trainer.device.type)
     started = time.perf_counter()
     per_epoch = max(1, math.ceil(source.training_patches / batch_size))
-    total = epochs * per_epoch
+    total = (epochs - start_epoch) * per_epoch
     eval_every = max(1, per_epoch // max(1, evaluations_per_epoch))
     has_validation = bool(source.validation_blocks)
     best, bad_evals = BestWeights(), 0
@@ -306,7 +322,7 @@ def fit(
         if patience is not None:
             best.offer(result.best_validation, trainer)
     step = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch + 1, epochs + 1):
         trainer.set_lr(step_learning_rate((epoch - 1) / epochs, lr, lr_end or lr, lr_steps))
         losses = []
         for noisy, target, mask in source.batches(batch_size, rng):
@@ -335,7 +351,7 @@ def fit(
         if patience is not None and (result.stopped_early or epoch == epochs):
             best.restore(trainer)
         if checkpoint is not None:
-            checkpoint(model, epoch)
+            checkpoint(model, epoch, trainer.optimizer.state_dict())
         if result.stopped_early:
             progress.info(f"early stop at step {step}: validation did not improve for {patience} evaluations")
             break
