@@ -220,13 +220,13 @@ def bright_points(reference, valid, count=30, min_cnn=6.0):
     return out
 
 
-def real_cases(real_dir, quick, sites=REAL_SITES):
+def real_cases(real_dir, quick, sites=REAL_SITES, trained_sites=REAL_SITES):
     """Each date against the mean of the others, scored on the rows training never sees (tools/real_data.py)."""
     k = REAL_DATES - 1
     bias = log_bias_of_mean(k)  # E[ln mean of K 1-look intensities] - ln X
     cases = []
     for site in sites:
-        first_row = first_scored_row(site)
+        first_row = first_scored_row(site, trained_sites)
         stack = site_stack(site, real_dir)
         for d in range(1, REAL_DATES + 1):
             if quick and d > 1:
@@ -617,6 +617,10 @@ def main():
     ap.add_argument("--real-sites", default=",".join(REAL_SITES),
                     help="comma-separated sites of --real-dir, each as SITE_1.npy .. SITE_5.npy (single-look "
                          "amplitudes); sites other than the training ones are scored on every row")
+    ap.add_argument("--trained-sites", default=",".join(REAL_SITES),
+                    help="sites whose rows 0-127 trained a model scored here (make_model.py --real-sites): "
+                         "scored from row 128 on, as the development sites are")
+    ap.add_argument("--no-simulated", action="store_true", help="the real dates only")
     ap.add_argument("--peers-python", default=PEERS_PYTHON)
     ap.add_argument("--no-peers", action="store_true", help="plugin methods only")
     ap.add_argument("--out", default=OUT)
@@ -634,12 +638,13 @@ def main():
             sys.exit(f"--candidate {path}: no such file")
         candidates.append((f"candidate: {label or os.path.basename(path)}", path))
 
-    cases = simulated_cases(args.quick)
+    cases = [] if args.no_simulated else simulated_cases(args.quick)
+    trained_sites = tuple(s for s in args.trained_sites.split(",") if s)
     real_note = ""
     log_bias = None
     sites = tuple(s for s in args.real_sites.split(",") if s)
     if real_data_available(args.real_dir, sites):
-        real, log_bias = real_cases(args.real_dir, args.quick, sites)
+        real, log_bias = real_cases(args.real_dir, args.quick, sites, trained_sites)
         cases += real
     else:
         real_note = (f"Real data: skipped, {args.real_dir} ({', '.join(f'{s}_1..5.npy' for s in sites)}) not found. "
@@ -808,7 +813,7 @@ def main():
             avg.append((m, {k: float(np.mean([x[k] for x in ms])) for k in ms[0]}))
         secs = {m: float(np.mean([c.seconds[m] for c in site_cases])) for m in ran
                 if all(m in c.seconds for c in site_cases)}
-        first_row, rows = first_scored_row(site), site_cases[0].noisy.shape[0]
+        first_row, rows = first_scored_row(site, trained_sites), site_cases[0].noisy.shape[0]
         held_out = (f"only (a model may be trained on rows 0 to {TRAIN_ROWS - 1})" if first_row
                     else "(a site that training never saw)")
         text += [f"## Real Sentinel-1 single-look, {site}: mean over {len(site_cases)} dates", "",

@@ -24,9 +24,9 @@ def available(real_dir: str = REAL_DIR, sites: tuple[str, ...] = REAL_SITES) -> 
                                            for s in sites for d in range(1, REAL_DATES + 1))
 
 
-def first_scored_row(site: str) -> int:
+def first_scored_row(site: str, trained_sites: tuple[str, ...] = REAL_SITES) -> int:
     """Rows before this one may have trained a model here: a site training never used is scored whole."""
-    return TRAIN_ROWS if site in REAL_SITES else 0
+    return TRAIN_ROWS if site in trained_sites else 0
 
 
 def site_stack(site: str, real_dir: str = REAL_DIR) -> np.ndarray:
