@@ -21,10 +21,22 @@ def test_provider_lists_despeckle_with_documented_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById("despecknet:despeckle")
     assert alg is not None
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "PRECISION", "SELF_ENSEMBLE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS",
+    assert names == ["INPUT", "BAND", "INPUT_DOMAIN", "MODEL", "DEVICE", "PRECISION", "SELF_ENSEMBLE", "TILE_SIZE", "OVERLAP", "POINT_TARGETS", "LOOKS",
                      "ZERO_IS_NODATA", "OUTPUT_DOMAIN", "OUTPUT_TYPE", "EXTENT", "OUTPUT", "OUTPUT_NOISE"]
     assert "PROVIDER" in [o.name() for o in alg.outputDefinitions()]
     assert alg.shortHelpString()
+
+
+def test_despeckle_looks_parameter_is_used_for_every_band(provider, tiny_model, tmp_path):
+    """The warning for a band whose looks cannot be estimated said "give `looks`", which the algorithm had
+    no parameter for."""
+    from osgeo import gdal
+
+    y, _ = speckled_scene(64, seed=12)
+    src = write_tif(tmp_path / "y.tif", y)
+    out = tmp_path / "x.tif"
+    despeckle({"INPUT": src, "MODEL": tiny_model[0], "LOOKS": 4.4, "OUTPUT": str(out)})
+    assert gdal.Open(str(out)).GetRasterBand(1).GetMetadataItem("DESPECKNET_LOOKS") == "4.40"
 
 
 def test_despeckle_runs_and_reports_the_provider(provider, tiny_model, tmp_path):
@@ -169,7 +181,8 @@ def test_point_targets_keep_their_measured_value_unless_switched_off(provider, t
     kept, plain = read_tif(tmp_path / "kept.tif")[0][0], read_tif(tmp_path / "plain.tif")[0][0]
     changed = kept != plain
     assert 0 < changed.sum() < 0.01 * y.size
-    assert np.allclose(kept[changed], y[changed], rtol=1e-6) and np.all(kept[changed] > plain[changed])
+    # every restored pixel takes Y, mostly above what the network gave (where it overshot, Y is lower)
+    assert np.allclose(kept[changed], y[changed], rtol=1e-6) and (kept[changed] > plain[changed]).mean() > 0.5
 
 
 def test_despeckle_precision_is_chosen_by_name_and_reported(provider, tiny_model, tmp_path):

@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.defaults import TILE_RANGE, TILE_SIZE, Range
+from ..core.defaults import RANGES, TILE_RANGE, TILE_SIZE, Range
 from ..core.domain import DOMAINS
 from ..core.inference import DEVICES, PRECISIONS, Despeckler
 from ..core.model_info import RECEPTIVE_RADIUS
@@ -30,10 +30,12 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     POINT_TARGETS = "POINT_TARGETS"
+    LOOKS = "LOOKS"
     OUTPUT = "OUTPUT"
     OUTPUT_NOISE = "OUTPUT_NOISE"
     PROVIDER = "PROVIDER"
-    ARGUMENTS = {"noise_path": "OUTPUT_NOISE", "point_targets": "POINT_TARGETS", **output_options.ARGUMENTS}
+    ARGUMENTS = {"noise_path": "OUTPUT_NOISE", "point_targets": "POINT_TARGETS", "looks": "LOOKS",
+                 **output_options.ARGUMENTS}
 
     def name(self):
         return "despeckle"
@@ -57,8 +59,11 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             "<b>Estimated speckle</b>: optional raster of N̂ (mean about 1), in the output's domain.<br>"
             "<b>Keep point targets</b> (default on): pixels brighter than the 5x5 median of the despeckled "
             "image by more than speckle explains (false-alarm rate 1e-5 per pixel, with the looks estimated "
-            "from the band's flattest areas) keep their measured value: the network alone shrinks bright "
-            "scatterers. Off gives the network's output as it is.<br>"
+            "from the band's flattest areas, or LOOKS) keep their measured value: the network alone shrinks "
+            "bright scatterers. The log and each band's DESPECKNET_POINT_TARGETS_RESTORED say how many pixels. "
+            "Off gives the network's output as it is.<br>"
+            "<b>Looks</b> (0: estimated per band): the equivalent number of looks, for the model choice and "
+            "the point-target test; give it where a band has no flat area to estimate it from.<br>"
             f"<b>Tile size</b>: {TILE_RANGE.describe()} pixels; the result does not depend on it, memory does "
             "(about 0.8 KB per pixel of a tile with its margins, twice that with the speckle output), and a tile "
             "that would take more than half the available memory is refused.<br>"
@@ -90,6 +95,8 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
                         allowed=Range(RECEPTIVE_RADIUS, TILE_RANGE.maximum))
         self.add_advanced(QgsProcessingParameterBoolean(self.POINT_TARGETS, self.tr("Keep point targets"),
                                                         defaultValue=True))
+        self.add_number(self.LOOKS, "Looks (0: estimate each band's from its flattest areas)", 0.0, advanced=True,
+                        allowed=RANGES["looks"])
         output_options.add_output_parameters(self, extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled")))
         self.addParameter(
@@ -143,11 +150,15 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             noise_path=noise,
             progress=self.progress(feedback),
             point_targets=self.parameterAsBool(parameters, self.POINT_TARGETS, context),
+            looks=self.parameterAsDouble(parameters, self.LOOKS, context) or None,
             **output_options.output_arguments(self, parameters, context, layer),
         )
         for b, name in zip(report.bands, report.models):
             looks = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"
             feedback.pushInfo(f"band {b.band}: equivalent number of looks {looks}, model {name}")
+        given = self.parameterAsDouble(parameters, self.LOOKS, context)
+        if given:
+            feedback.pushInfo(f"LOOKS = {given:g} given: used for every band's model choice and point-target test")
         mpix = sum(b.valid_pixels for b in report.bands) / 1e6
         feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider} "
                           f"({report.precision})")

@@ -150,6 +150,9 @@ PARAMETER_HELP = {
 ALGORITHM_PARAMETER_HELP = {
     "despeckle": {
         "BAND": "The bands to despeckle, each on its own; empty: every band.",
+        "LOOKS": ("Equivalent number of looks L of the input, for the choice between the bundled models (3 or "
+                  "more: the multi-look one) and the point-target test; 0 estimates each band's from its "
+                  "flattest areas."),
         "OUTPUT": "The despeckled raster: the input's grid, CRS, nodata, band names and metadata.",
         "OUTPUT_NOISE": ("A raster of the estimated speckle N̂ (mean about 1), in the output's domain (by default "
                          "the input's; dB for a dB output). Needs "

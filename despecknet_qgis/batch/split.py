@@ -119,7 +119,7 @@ def despeckle_window(job: dict, stats: dict) -> dict:
                           region=Window(0, y0, width, y1 - y0)) as out, gdal_cache_limit():
             for win in (w for w in windows(width, height, s["tile_size"]) if y0 <= w.y < y1):
                 progress.check()
-                result, speckle = despeckle_window(despeckler, band, win, s["overlap"], st, s["domain"], nd,
+                result, speckle, _ = despeckle_window(despeckler, band, win, s["overlap"], st, s["domain"], nd,
                                                    point_targets=s["point_targets"], looks=s["looks"],
                                                    with_noise=noise, zero_is_nodata=s["zero_is_nodata"],
                                                    output_domain=s["output_domain"])

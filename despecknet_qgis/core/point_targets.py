@@ -234,8 +234,11 @@ def preserve_point_targets(
     level = np.where(valid, clean.astype(np.float32), np.float32(np.inf))
     # The window median is at least the window minimum: test that first, and take medians at
     # the few pixels that pass (a full median filter would cost more than the network's tile).
+    # No "noisy > clean" gate: where the network already overshoots a target, the target's own
+    # measurement is the estimate too (the gate gave max(Y, X_hat): +0.3 to +0.4 dB of energy on
+    # correlated 1-look targets; the false alarms on speckle are the same without it).
     with np.errstate(invalid="ignore"):
-        candidates = valid & (noisy > clean) & (noisy > threshold * window_minimum(level))
+        candidates = valid & (noisy > threshold * window_minimum(level))
     rows, cols = np.nonzero(candidates)
     targets = np.zeros(noisy.shape, bool)
     if rows.size:

@@ -39,6 +39,7 @@ class DespeckleReport:
     tiles: int = 0
     network_seconds: float = 0.0  # inside the network; the rest is reading, statistics, point targets, writing
     models: list = field(default_factory=list)  # the model file's name used for each band
+    point_targets_restored: list = field(default_factory=list)  # per band: pixels given their measured intensity
 
 
 def check_tile_size(tile_size: int, overlap: int, branches: int = 1, memory: int | None = None) -> int:
@@ -146,7 +147,8 @@ def despeckle_raster(
                                looks=[looks or st.looks for st in stats])
         for b in layout["no_point_targets"]:
             progress.info(f"Warning: band {b}: its looks cannot be estimated (no fully valid 16x16 block), so bright "
-                          "point targets are not restored there; give `looks` to restore them.")
+                          "point targets are not restored there; give `looks` (the image's number of looks) to "
+                          "restore them.")
         nodata = layout["nodata"]
 
         tiles = windows_in(region, tile_size) if region else windows(ds.RasterXSize, ds.RasterYSize, tile_size)
@@ -162,6 +164,7 @@ def despeckle_raster(
                           (lambda: output(noise_path, "noise_path", "estimated speckle")) if noise_path else None)
         with outputs as (out, noise_out):
             done = 0
+            restored = dict.fromkeys(range(1, len(bands) + 1), 0)
             band_of = {b: ds.GetRasterBand(b) for b in bands}  # fetched here, so the reading thread only reads
             jobs = [(win, i, b, st, nd, net) for win in tiles
                     for i, (b, st, nd, net) in enumerate(zip(bands, stats, nodata, networks), 1)]
@@ -177,15 +180,23 @@ def despeckle_raster(
             # network's two at every layer.
             for (win, i, b, st, nd, net), window_data in read_ahead(jobs, read_job):
                 progress.check()
-                result, speckle = despeckle_window(
+                result, speckle, targets = despeckle_window(
                     net, band_of[b], win, overlap, st, domain, nd,
                     point_targets=point_targets, looks=looks, with_noise=noise_out is not None,
                     zero_is_nodata=zero_is_nodata, output_domain=output_domain, window_data=window_data)
+                restored[i] += targets
                 out.write(i, win, result)
                 if noise_out is not None:
                     noise_out.write(i, win, speckle)
                 done += 1
                 progress.set(STATS_SHARE + (100.0 - STATS_SHARE) * done / total)
+            if point_targets:
+                for i, b in enumerate(bands, 1):
+                    if b not in layout["no_point_targets"]:
+                        out.band(i).SetMetadataItem("DESPECKNET_POINT_TARGETS_RESTORED", str(restored[i]))
+                        progress.info(f"band {b}: {restored[i]} pixel(s) given their measured intensity as point "
+                                      f"targets (brighter than speckle allows at a false-alarm rate of "
+                                      f"{pt.DEFAULT_PFA:g} per pixel)")
             outputs.commit()
     return DespeckleReport(
         output=output_path,
@@ -197,6 +208,7 @@ def despeckle_raster(
         seconds=time.perf_counter() - started,
         tiles=len(tiles),
         network_seconds=getattr(despeckler, "network_seconds", 0.0) - network_before,
+        point_targets_restored=list(restored.values()) if point_targets else [],
     )
 
 
@@ -263,8 +275,9 @@ def despeckle_window(
     despeckler: Despeckler, band, win, overlap: int, stats: BandStats, domain: str, nodata: float | None, *,
     point_targets: bool = True, looks: float | None = None, with_noise: bool = False, zero_is_nodata: bool = False,
     output_domain: str | None = None, window_data: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None), `nodata` set.
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """One window of a band, as despeckle_raster writes it: (despeckled, speckle or None, point-target pixels
+    restored in it), `nodata` set.
 
     `domain` is the input's, `output_domain` (None: the same) the result's; `nodata` is the
     output's nodata value (see output_layout). `window_data`: the window with its margin as
@@ -295,8 +308,10 @@ def despeckle_window(
     with np.errstate(over="ignore"):
         estimate = dm.denormalise(clean[near], stats.offset)
         band_looks = looks or stats.looks
+        restored = 0
         if point_targets and band_looks:
-            estimate, _ = pt.preserve_point_targets(intensity[near], estimate, valid[near], band_looks)
+            estimate, targets = pt.preserve_point_targets(intensity[near], estimate, valid[near], band_looks)
+            restored = int(np.count_nonzero(targets[inner] & keep))
         result = dm.from_intensity(estimate[inner], output_domain)
     _check_finite(result, keep, despeckler, "clean")
     speckle = None
@@ -305,7 +320,7 @@ def despeckle_window(
             speckle = dm.speckle_from_log(noise[near][inner], output_domain)
         _check_finite(speckle, keep, despeckler, "noise")
         speckle = with_nodata(speckle, keep, nodata)
-    return with_nodata(result, keep, nodata), speckle
+    return with_nodata(result, keep, nodata), speckle, restored
 
 
 def read_ahead(items: list, read):
