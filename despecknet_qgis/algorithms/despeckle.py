@@ -95,7 +95,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
                         allowed=Range(RECEPTIVE_RADIUS, TILE_RANGE.maximum))
         self.add_advanced(QgsProcessingParameterBoolean(self.POINT_TARGETS, self.tr("Keep point targets"),
                                                         defaultValue=True))
-        self.add_number(self.LOOKS, "Looks (0: estimate each band's from its flattest areas)", 0.0, advanced=True,
+        self.add_number(self.LOOKS, "Looks (0: estimate per band)", 0.0, advanced=True,
                         allowed=RANGES["looks"])
         output_options.add_output_parameters(self, extent=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Despeckled")))
