@@ -1,6 +1,7 @@
 """Temporal reference labels on simulated stacks where the changed parcels are known."""
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from conftest import read_tif, speckled_scene, write_tif
 from despecknet_qgis.core.errors import DespeckNetError
@@ -263,7 +264,7 @@ def _logged(messages):
 def test_a_date_off_the_others_level_over_the_whole_image_is_reported(tmp_path, rule):
     """A date 3 dB off (another calibration) lowered the estimated looks and let every pixel pass, silently."""
     paths, _, _ = stack(tmp_path, dates=6, size=128, changed_share=0.0, seed=11)
-    ds = __import__("osgeo.gdal", fromlist=["gdal"]).Open(paths[4], 1)
+    ds = gdal.Open(paths[4], gdal.GA_Update)
     band = ds.GetRasterBand(1)
     band.WriteArray(band.ReadAsArray() * 2.0)
     band = ds = None
@@ -297,8 +298,6 @@ def test_a_zero_hole_in_one_date_is_never_averaged_into_a_stable_label(tmp_path,
     """With nodata declared as -9999, zeros in one date are values: the speckle test kept 85 % of such a hole
     as stable, with a label 20 % too dark."""
     paths, _, _ = stack(tmp_path, dates=5, size=96, changed_share=0.0, seed=13)
-    from osgeo import gdal
-
     for i, p in enumerate(paths):
         ds = gdal.Open(p, gdal.GA_Update)
         band = ds.GetRasterBand(1)

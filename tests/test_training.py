@@ -1,6 +1,7 @@
 """Phase 1 training engine and the despecknet:train workflow on small simulated pairs."""
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -414,7 +415,7 @@ def test_a_cancelled_training_given_the_same_settings_goes_on_where_it_stopped(t
               **settings)
     kept = str(tmp_path / "m.unfinished.pt")
     copy = str(tmp_path / "copy.pt")
-    __import__("shutil").copyfile(kept, copy)  # the finished training removes its unfinished checkpoint
+    shutil.copyfile(kept, copy)  # the finished training removes its unfinished checkpoint
     adam = load_optimizer_state(kept)
     assert adam is not None
     steps_before = int(max(float(v["step"]) for v in adam["state"].values()))

@@ -133,6 +133,7 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
         precision = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         noise = self.parameterAsOutputLayer(parameters, self.OUTPUT_NOISE, context) or None
+        looks = self.parameterAsDouble(parameters, self.LOOKS, context) or None
 
         despeckler = self.run_core(Despeckler, model, device, with_noise=noise is not None, precision=precision,
                                    self_ensemble=self.parameterAsBool(parameters, self.SELF_ENSEMBLE, context))
@@ -150,15 +151,14 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             noise_path=noise,
             progress=self.progress(feedback),
             point_targets=self.parameterAsBool(parameters, self.POINT_TARGETS, context),
-            looks=self.parameterAsDouble(parameters, self.LOOKS, context) or None,
+            looks=looks,
             **output_options.output_arguments(self, parameters, context, layer),
         )
         for b, name in zip(report.bands, report.models):
-            looks = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"
-            feedback.pushInfo(f"band {b.band}: equivalent number of looks {looks}, model {name}")
-        given = self.parameterAsDouble(parameters, self.LOOKS, context)
-        if given:
-            feedback.pushInfo(f"LOOKS = {given:g} given: used for every band's model choice and point-target test")
+            estimated = f"{b.looks:.2f}" if b.looks else "unknown (no fully valid 16x16 block)"
+            feedback.pushInfo(f"band {b.band}: equivalent number of looks {estimated}, model {name}")
+        if looks:
+            feedback.pushInfo(f"LOOKS = {looks:g} given: used for every band's model choice and point-target test")
         mpix = sum(b.valid_pixels for b in report.bands) / 1e6
         feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider} "
                           f"({report.precision})")

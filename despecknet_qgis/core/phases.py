@@ -190,11 +190,13 @@ def _going_on(initial_model: str | None, record, phase_info: dict, weights, seed
     done = int(last.get("epochs_done") or 0)
     asked = {**phase_info, "weights": asdict(weights), "seed": seed}
     differ = [k for k in GOING_ON_KEYS if last.get(k) != asked.get(k)]
-    optimizer_state = load_optimizer_state(initial_model)
-    if differ or not 0 < done < phase_info["epochs"] or optimizer_state is None:
+    part_done = 0 < done < phase_info["epochs"]
+    # the file is read again for Adam's state only where the settings allow going on
+    optimizer_state = load_optimizer_state(initial_model) if part_done and not differ else None
+    if optimizer_state is None:
         why = (f"its {', '.join(differ)} differ from this run's" if differ else
-               "it holds no optimiser state" if optimizer_state is None else
-               f"it had done {done} of its epochs")
+               f"it had done {done} of its epochs" if not part_done else
+               "it holds no optimiser state")
         progress.info(f"{initial_model} is an unfinished training, but {why}: a new training starts from its weights, "
                       "the learning rate from the start of its schedule.")
         return 0, None

@@ -200,6 +200,12 @@ def _window_cv2(logs: np.ndarray, count: np.ndarray, window: int) -> np.ndarray:
     return g.var(axis=0, ddof=1) / g.mean(axis=0) ** 2
 
 
+def omnibus_risk(dates: int, alpha: float) -> float:
+    """The omnibus test's share of `alpha`: half, the trend test taking the other half; all of it for two
+    dates, where the trend test is the omnibus test again and runs not at all."""
+    return alpha if dates == 2 else alpha / 2
+
+
 def _omnibus_stable(stack, valid, window, table, alpha):
     """Pixels where neither the omnibus test nor the trend test rejects (alpha/2 each)."""
     from scipy.special import polygamma
@@ -207,11 +213,13 @@ def _omnibus_stable(stack, valid, window, table, alpha):
 
     logs, usable, count = window_logs(stack, valid, window)
     looks = table[count]
-    p_omnibus = omnibus_pvalue(omnibus_statistic(logs, looks), stack.shape[0], looks)
+    dates = stack.shape[0]
+    p_omnibus = omnibus_pvalue(omnibus_statistic(logs, looks), dates, looks)
+    stable = usable & (p_omnibus >= omnibus_risk(dates, alpha))
+    if dates == 2:
+        return stable
     z = trend_z(logs, polygamma(1, looks))
-    if stack.shape[0] == 2:  # with two dates the trend test is the omnibus test again: all of alpha to one
-        return usable & (p_omnibus >= alpha)
-    return usable & (p_omnibus >= alpha / 2) & (np.abs(z) <= norm.isf(alpha / 4))
+    return stable & (np.abs(z) <= norm.isf(alpha / 4))
 
 
 def _stack_dates(paths: list[str], band: int | None) -> list[Date]:
@@ -269,9 +277,9 @@ def _sample(tiles, dates, domain, datasets, rule, test_window=1, progress: Progr
         cv2 = _statistics(stack, "speckle_test")[1][valid]
         raw.append(cv2[np.isfinite(cv2)][:: max(1, cv2.size // 20000)])
         usable = valid & (stack > 0).all(axis=0)
-        logs = np.log(stack[:, usable][:, :: max(1, int(usable.sum()) // 20000)])
-        m = logs.shape[0]
-        offsets.append((logs - logs.mean(axis=0)) * m / (m - 1))  # each date against the mean of the others
+        date_logs = np.log(stack[:, usable][:, :: max(1, int(usable.sum()) // 20000)])
+        m = date_logs.shape[0]
+        offsets.append((date_logs - date_logs.mean(axis=0)) * m / (m - 1))  # each date against the mean of the others
         if rule == "omnibus" and test_window > 1:
             logs, _, count = window_logs(stack, valid, test_window)
             w = _window_cv2(logs, count, test_window)
@@ -412,7 +420,7 @@ def temporal_label(
         if test_window == 1:
             full_looks = looks
         table = window_looks_table(looks, full_looks, test_window)
-        threshold = omnibus_critical(M, full_looks, alpha if M == 2 else alpha / 2)
+        threshold = omnibus_critical(M, full_looks, omnibus_risk(M, alpha))
     elif threshold is None:
         threshold = 0.1 if rule == "paper" else 2.0
 
