@@ -3,7 +3,7 @@ PY := .venv/bin/python
 QGIS_PROCESS := tools/qgis_process
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup demo test lint bench bench-batch bench-quality model sample processing-models package clean
+.PHONY: setup demo test lint bench bench-batch bench-quality model gpu-kit sample processing-models package clean
 
 setup:
 	@tools/setup.sh
@@ -41,6 +41,12 @@ bench-quality: setup
 # copies one to models/ once make bench-quality shows it is better. MODEL_ARGS="--steps N" etc.
 model: setup
 	PYTHONPATH=. $(PY) tools/make_model.py $(MODEL_ARGS)
+
+# What a session lent a GPU machine carries there (tools/gpu_session.sh): the real training pairs,
+# so that training reads them without GDAL. MODEL_ARGS="--real-sites ... --real-dir ..." for others.
+gpu-kit: setup
+	mkdir -p build/gpu_kit
+	PYTHONPATH=. $(PY) tools/make_model.py --write-real-cache build/gpu_kit/real_pairs.npz $(MODEL_ARGS)
 
 # Regenerate the bundled sample scene (deterministic).
 sample: setup

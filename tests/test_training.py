@@ -475,3 +475,45 @@ def test_a_malformed_or_corrupt_checkpoint_is_refused_before_any_training(tmp_pa
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.unfinished.pt").exists()
     torch.save({**good, "training": {"phases": [], "schema": 2}}, path)  # a key a later version adds: loads
     load_checkpoint(path)
+
+
+def test_make_model_on_a_machine_without_gdal_trains_from_the_real_pairs_cache_within_its_minutes(tmp_path):
+    """tools/gpu_session.sh's path: real pairs written here (GDAL), read there without it; batches from a
+    worker process; the run stops at its time budget with its state and a checkpoint, and --export makes
+    the ONNX model later."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rng = np.random.default_rng(5)
+    x = simulate_reflectivity((96, 96), rng, parcel_size=24.0).reflectivity
+    for d in range(1, 6):
+        np.save(tmp_path / f"site_{d}.npy", np.sqrt(x * simulate_speckle((96, 96), 1.0, 0.0, rng)))
+    env = {**os.environ, "PYTHONPATH": root}
+
+    def make_model(*args):
+        return subprocess.run([sys.executable, "tools/make_model.py", *args], cwd=root, capture_output=True, text=True,
+                              timeout=600, env=env)
+
+    cache = tmp_path / "pairs.npz"
+    made = make_model("--write-real-cache", str(cache), "--real-dir", str(tmp_path), "--real-sites", "site")
+    assert made.returncode == 0, made.stderr
+    # Block GDAL as the GPU machine lacks it: the training must not import it.
+    blocker = tmp_path / "nogdal"
+    (blocker / "osgeo").mkdir(parents=True)
+    (blocker / "osgeo" / "__init__.py").write_text("raise ImportError('no GDAL on this machine')\n")
+    env["PYTHONPATH"] = f"{blocker}{os.pathsep}{root}"
+    state, folder = tmp_path / "state.pt", tmp_path / "candidate"
+    trained = make_model("--real-cache", str(cache), "--real-fraction", "0.5", "--data-workers", "1", "--minutes", "0.15",
+                         "--steps", "100000", "--batch", "4", "--patch", "32", "--scenes", "2", "--fp32", "--threads", "1",
+                         "--no-onnx", "--state", str(state), "--candidate-dir", str(folder), "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr
+    assert "out of time at step" in trained.stdout and state.exists()
+    assert (folder / "despecknet.pt").exists() and not (folder / "despecknet.onnx").exists()
+    saved = torch.load(state, weights_only=False)
+    assert 0 < saved["step"] < 100000 and saved["log"]["runs"][-1]["real_sites"] == "site"
+    env["PYTHONPATH"] = root
+    exported = make_model("--export", str(folder))
+    assert exported.returncode == 0, exported.stderr
+    z = np.zeros((48, 48), np.float32)
+    assert Despeckler(str(folder / "despecknet.onnx"), device="cpu").predict(z)[0].shape == z.shape

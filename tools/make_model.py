@@ -125,6 +125,25 @@ class TemporalPairs:
                 self.dates.append((y[:rows], real_data.leave_one_out(stack, d)[:rows] * self.label_gain,
                                    stable[:rows], offset))
         self.stable_fraction = float(np.mean([s.mean() for _, _, s, _ in self.dates]))
+        self.sites, self.rows = tuple(sites), rows
+
+    def save(self, path: str) -> None:
+        """The pairs as computed here, for a machine without GDAL (a lent GPU machine): `load` reads them."""
+        y, label, stable, offset = (np.stack([d[i] for d in self.dates]) for i in range(4))
+        np.savez_compressed(path, y=y.astype(np.float32), label=label.astype(np.float32), stable=stable,
+                            offset=offset, label_gain=self.label_gain, sites=np.array(self.sites), rows=self.rows)
+
+    @classmethod
+    def load(cls, path: str, patch: int, rng: np.random.Generator) -> "TemporalPairs":
+        with np.load(path) as f:
+            pairs = cls.__new__(cls)
+            pairs.patch, pairs.rng, pairs.dm = patch, rng, dm
+            pairs.label_gain, pairs.rows = float(f["label_gain"]), int(f["rows"])
+            pairs.sites = tuple(str(s) for s in f["sites"])
+            pairs.dates = [(f["y"][i], f["label"][i], f["stable"][i], float(f["offset"][i]))
+                           for i in range(len(f["offset"]))]
+        pairs.stable_fraction = float(np.mean([s.mean() for _, _, s, _ in pairs.dates]))
+        return pairs
 
     def batch(self, size: int):
         p, rng = self.patch, self.rng
@@ -167,11 +186,12 @@ def mixed_batch(sim: SimulatedPatches, real: TemporalPairs | None, size: int, re
     return noisy, clean, mask, energy_weight, structure_weight, energy_shift
 
 
-def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50) -> float:
-    """Short linear warm-up (Adam's moments start empty on resume from a bare checkpoint), then cosine decay."""
+def cosine_lr(step: int, total: int, lr: float, lr_end: float, warmup: int = 50, time_fraction: float = 0.0) -> float:
+    """Short linear warm-up (Adam's moments start empty on resume from a bare checkpoint), then cosine decay,
+    by steps or by the share of a time budget spent (time_fraction), whichever is further."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    t = min(1.0, max(time_fraction, (step - warmup) / max(1, total - warmup)))
     return lr_end + 0.5 * (lr - lr_end) * (1.0 + math.cos(math.pi * t))
 
 
@@ -187,17 +207,53 @@ def atomic_save(obj, path: str) -> None:
         remove_quietly(tmp)
 
 
-def write_candidate(model, record: TrainingRecord, stage: dict, log: dict, folder: str) -> None:
+def write_candidate(model, record: TrainingRecord, stage: dict, log: dict, folder: str, onnx: bool = True) -> None:
     os.makedirs(folder, exist_ok=True)
     full = TrainingRecord(phases=[*record.phases, stage])
     save_checkpoint(os.path.join(folder, "despecknet.pt"), model, full)
+    if onnx:
+        export_candidate(model, full, folder)
+    with open(os.path.join(folder, "training_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
+
+
+def export_candidate(model, record: TrainingRecord, folder: str) -> None:
     if next(model.parameters()).device.type != "cpu":  # trained on a GPU: export a CPU copy
         import copy
 
         model = copy.deepcopy(model).to("cpu")
-    export_onnx(model, os.path.join(folder, "despecknet.onnx"), full, VERSION, DESCRIPTION)
-    with open(os.path.join(folder, "training_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
+    export_onnx(model, os.path.join(folder, "despecknet.onnx"), record, VERSION, DESCRIPTION)
+
+
+def batch_workers(args, n: int, real_cache: str):
+    """Processes that prepare batches while the training loop steps, for a GPU whose steps outrun one core.
+
+    Each worker has its own simulated scenes (seeds args.seed * 1000 + 1 + its number), so the pool
+    of scenes grows with the workers; the sequence of batches is not reproducible, and a resumed
+    run does not continue it. Forked before CUDA is initialised in this process.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue(maxsize=4 * n)
+    procs = [ctx.Process(target=_batch_worker, args=(queue, args, args.seed * 1000 + 1 + w, real_cache), daemon=True)
+             for w in range(n)]
+    for p in procs:
+        p.start()
+    return queue, procs
+
+
+def _batch_worker(queue, args, seed: int, real_cache: str) -> None:
+    torch.set_num_threads(1)
+    sim = SimulatedPatches(n_scenes=args.scenes, patch=args.patch, seed=seed, realistic=True,
+                           regimes=REGIMES[args.regimes], texture_floor_db=args.texture_floor_db)
+    real = None
+    if args.real_fraction > 0:
+        real = (TemporalPairs.load(real_cache, args.patch, sim.rng) if real_cache else
+                TemporalPairs(args.patch, sim.rng, real_dir=args.real_dir, sites=tuple(args.real_sites.split(",")),
+                              rows=args.real_rows))
+    while True:
+        queue.put(mixed_batch(sim, real, args.batch, args.real_fraction, args.structure_on, args.real_energy))
 
 
 def main() -> None:
@@ -242,6 +298,24 @@ def main() -> None:
     ap.add_argument("--real-rows", type=int, default=real_data.TRAIN_ROWS,
                     help="train on rows 0 to N-1 of the real dates; above the default, make bench-quality's real "
                          "rows of those sites are no longer held out (use sites training never saw to judge)")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="stop after this many minutes of steps, state and candidate saved (0: no limit); the "
+                         "learning rate then reaches --lr-end when the time is up or at --steps, whichever comes "
+                         "first. For a lent GPU machine's few minutes (tools/gpu_session.sh)")
+    ap.add_argument("--scenes", type=int, default=128,
+                    help="simulated 256x256 scenes that patches are cut from (per data worker); more for long runs")
+    ap.add_argument("--data-workers", type=int, default=0,
+                    help="processes preparing batches beside the training loop (0: none); for a GPU, whose steps "
+                         "outrun one core's batches. The batches' sequence is then not reproducible")
+    ap.add_argument("--real-cache", default="",
+                    help="the real pairs as --write-real-cache wrote them, read without GDAL (a GPU machine)")
+    ap.add_argument("--write-real-cache", default="", metavar="NPZ",
+                    help="write the real pairs of --real-sites, --real-dir and --real-rows to NPZ and stop")
+    ap.add_argument("--no-onnx", action="store_true",
+                    help="candidates without their ONNX export (a machine whose torch this project's exporter does "
+                         "not know); export them later with --export")
+    ap.add_argument("--export", default="", metavar="FOLDER",
+                    help="export FOLDER/despecknet.pt (a candidate) to FOLDER/despecknet.onnx and stop")
     ap.add_argument("--candidate-dir", default=CANDIDATE_DIR,
                     help="where candidates are written and --publish reads them (one per concurrent run)")
     ap.add_argument("--publish", action="store_true", help="copy the candidate in build/model/ to models/ and stop")
@@ -270,19 +344,39 @@ def run(args) -> None:
         export_onnx(model, os.path.join(BUNDLED_DIR, stem + ".onnx"), record, version, description)
         print(f"published {args.candidate_dir} to {BUNDLED_DIR} as {stem}, version {version}")
         return
+    if args.export:
+        model, record = load_checkpoint(os.path.join(args.export, "despecknet.pt"))
+        export_candidate(model, record, args.export)
+        print(f"exported {os.path.join(args.export, 'despecknet.onnx')}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    train = SimulatedPatches(n_scenes=128, patch=args.patch, seed=args.seed, realistic=True, regimes=REGIMES[args.regimes],
-                             texture_floor_db=args.texture_floor_db)
+    rng = np.random.default_rng(args.seed)
     real = None
-    if args.real_fraction > 0:
-        sites = tuple(s for s in args.real_sites.split(",") if s)
-        if not sites or not real_data.available(args.real_dir, sites):
-            sys.exit(f"--real-fraction needs the dates {', '.join(f'{s}_1..{real_data.REAL_DATES}.npy' for s in sites)} "
-                     f"in {args.real_dir} (--real-sites, --real-dir)")
-        real = TemporalPairs(args.patch, train.rng, real_dir=args.real_dir, sites=sites, rows=args.real_rows)
+    if args.real_fraction > 0 or args.write_real_cache:
+        if args.real_cache:
+            real = TemporalPairs.load(args.real_cache, args.patch, rng)
+            args.real_sites, args.real_rows = ",".join(real.sites), real.rows  # what the record says
+        else:
+            sites = tuple(s for s in args.real_sites.split(",") if s)
+            if not sites or not real_data.available(args.real_dir, sites):
+                sys.exit(f"--real-fraction needs the dates "
+                         f"{', '.join(f'{s}_1..{real_data.REAL_DATES}.npy' for s in sites)} in {args.real_dir} "
+                         f"(--real-sites, --real-dir)")
+            real = TemporalPairs(args.patch, rng, real_dir=args.real_dir, sites=sites, rows=args.real_rows)
         print(f"real dates: {len(real.dates)}, stable fraction {real.stable_fraction:.3f}", flush=True)
+        if args.write_real_cache:
+            real.save(args.write_real_cache)
+            print(f"wrote {args.write_real_cache}")
+            return
+    workers = batch_workers(args, args.data_workers, args.real_cache) if args.data_workers else None
+    train = None
+    if workers is None:
+        train = SimulatedPatches(n_scenes=args.scenes, patch=args.patch, seed=args.seed, realistic=True,
+                                 regimes=REGIMES[args.regimes], texture_floor_db=args.texture_floor_db)
+        if real is not None:
+            real.rng = train.rng  # one generator for both, as the state file saves one
     val_source = SimulatedPatches(n_scenes=16, patch=64, seed=args.seed + 1000, realistic=True)
     val = [tuple(torch.from_numpy(a) for a in val_source.batch(64)) for _ in range(4)]
 
@@ -294,7 +388,8 @@ def run(args) -> None:
         model.load_state_dict(state["model"])
         record = TrainingRecord(**state["record"])
         step, log = state["step"], state["log"]
-        train.rng.bit_generator.state = state["data_rng"]
+        if train is not None and state.get("data_rng") is not None:
+            train.rng.bit_generator.state = state["data_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resuming {args.state} at step {step} of {args.steps}", flush=True)
     else:
@@ -317,6 +412,7 @@ def run(args) -> None:
                         "real_fraction": args.real_fraction, "real_sites": args.real_sites, "real_rows": args.real_rows, "structure": args.structure,
                         "structure_on": args.structure_on, "real_energy": args.real_energy, "bf16": trainer.use_bf16, "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "device": str(trainer.device), "scenes": args.scenes, "data_workers": args.data_workers,
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if step == 0:
         log["validation_start"] = trainer.evaluate(val)
@@ -342,18 +438,22 @@ def run(args) -> None:
 
     def save_state():
         atomic_save({"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                     "step": step, "record": asdict(record), "log": log, "data_rng": train.rng.bit_generator.state,
+                     "step": step, "record": asdict(record), "log": log, "data_rng": None if train is None else train.rng.bit_generator.state,
                      "torch_rng": torch.get_rng_state()}, args.state)
 
+    def next_batch():
+        if workers is not None:
+            return workers[0].get()
+        return mixed_batch(train, real, args.batch, args.real_fraction, args.structure_on, args.real_energy)
+
     run_started = time.time()
+    deadline = run_started + 60 * args.minutes if args.minutes > 0 else math.inf
     previous_seconds = sum(r.get("seconds", 0) for r in log["runs"][:-1])
     running: list[dict] = []
-    while step < args.steps and not stop["now"]:
-        trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end))
-        running.append(trainer.step(*(torch.from_numpy(a) for a in mixed_batch(train, real, args.batch,
-                                                                                 args.real_fraction,
-                                                                                 args.structure_on,
-                                                                                 args.real_energy))))
+    while step < args.steps and not stop["now"] and time.time() < deadline:
+        spent = (time.time() - run_started) / (deadline - run_started) if args.minutes > 0 else 0.0
+        trainer.set_lr(cosine_lr(step, args.steps, args.lr, args.lr_end, time_fraction=spent))
+        running.append(trainer.step(*(torch.from_numpy(a) for a in next_batch())))
         step += 1
         log["runs"][-1]["seconds"] = round(time.time() - run_started, 1)
         if step % 50 == 0 or step == args.steps:
@@ -368,11 +468,15 @@ def run(args) -> None:
             save_state()
         if step % args.candidate_every == 0:
             write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log,
-                            os.path.join(args.candidate_dir, f"step{step}"))
+                            os.path.join(args.candidate_dir, f"step{step}"), onnx=not args.no_onnx)
+    if workers is not None:
+        for p in workers[1]:
+            p.terminate()
     save_state()
-    write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log, args.candidate_dir)
-    print(f"{'stopped' if stop['now'] else 'done'} at step {step}; state in {args.state}; candidate in {args.candidate_dir}",
-          flush=True)
+    write_candidate(model, record, stage_entry(previous_seconds + time.time() - run_started), log, args.candidate_dir,
+                    onnx=not args.no_onnx)
+    why = "stopped" if stop["now"] else ("out of time" if step < args.steps else "done")
+    print(f"{why} at step {step}; state in {args.state}; candidate in {args.candidate_dir}", flush=True)
 
 
 if __name__ == "__main__":
