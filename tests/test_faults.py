@@ -633,7 +633,7 @@ def test_case10_early_stopping_goes_on_from_current_weights_and_restores_the_bes
     source = RasterPatches([_small_pair(tmp_path)], 24, 12, validation_fraction=0.25, seed=0)
     after_epoch = []
     result = fit(model, source, PHASE1, epochs=2, batch_size=8, lr=0.05, patience=100, use_bf16=False,
-                 checkpoint=lambda m, epoch, optimizer_state: after_epoch.append(copy.deepcopy(m.state_dict())))
+                 checkpoint=lambda m, epoch, optimizer_state, steps, patches: after_epoch.append(copy.deepcopy(m.state_dict())))
     validation = [h["validation"] for h in result.history]
     assert min(validation[1:]) > validation[0], "the test needs training to make validation worse"
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731

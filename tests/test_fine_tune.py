@@ -29,8 +29,9 @@ def test_presets_are_the_papers():
     assert FineTuneAlgorithm.preset_weights(0, 9, 9, 9) == PHASE2_MULTILOOK
     assert FineTuneAlgorithm.preset_weights(1, 9, 9, 9) == PHASE2_SINGLELOOK
     assert FineTuneAlgorithm.preset_weights(2, 0.5, 2.0, 1e-3) == LossWeights(0.5, 2.0, 1e-3)
-    assert [FineTuneAlgorithm.preset_looks(i, 0.0) for i in range(3)] == [4.4, 1.0, None]
-    assert FineTuneAlgorithm.preset_looks(1, 3.0) == 3.0
+    assert [FineTuneAlgorithm.looks_arguments(i, 0.0) for i in range(3)] == [
+        {"looks": None, "estimate_looks": True, "default_looks": d} for d in (4.4, 1.0, None)]
+    assert FineTuneAlgorithm.looks_arguments(1, 3.0) == {"looks": 3.0, "estimate_looks": False, "default_looks": 1.0}
 
 
 def test_tuned_model_is_reproducible_and_loads_in_despeckle(tiny_model, tmp_path):
@@ -107,7 +108,7 @@ def test_finetune_algorithm_does_the_whole_job(provider, tiny_model, tmp_path):
     assert res["PROVIDER"] == "CPUExecutionProvider"
     assert read_tif(res["OUTPUT"])[0][0].shape == (96, 96)
     phase = load_checkpoint(res["OUTPUT_CHECKPOINT"])[1].phases[-1]
-    assert phase["weights"]["lambda_tv"] == 1e-4 and phase["looks"] == 1.0
+    assert phase["weights"]["lambda_tv"] == 1e-4 and 0.7 < phase["looks"] < 1.3  # estimated on the 1-look band
     with pytest.raises(QgsProcessingException, match="OUTPUT .*y.tif is the input INPUT"):
         processing.run("despecknet:finetune", {"INPUT": src, "MODEL": base(tiny_model), "OUTPUT_MODEL": str(tmp_path / "t2.onnx"),
                                                "OUTPUT": src}, feedback=QgsProcessingFeedback())
@@ -246,6 +247,47 @@ def test_base_kept_after_rejected_tuning_keeps_its_quality_without_a_small_gain(
     phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
     assert rep.steps > 0 and phase["kept"] == "base" and "tuned" in phase["ratio"]  # tuning was tried
     assert phase["radiometric_gain"] == 1.0 and np.allclose(base, tuned, rtol=1e-4)
+    assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
+
+
+def test_finetune_judges_the_ratio_image_against_the_bands_estimated_looks_not_the_presets(tmp_path):
+    """The single-look preset with LOOKS 0 on 4.4-look data judged the ratio image against 1-look speckle:
+    the base "did not fit", and tuned weights 5.4 dB worse were kept. The band's own looks are estimated now."""
+    from despecknet_qgis.algorithms.finetune import FineTuneAlgorithm
+    from despecknet_qgis.core.metrics import psnr_db
+    from despecknet_qgis.core.progress import Progress
+    from despecknet_qgis.core.simulate import observe, simulate_reflectivity
+    from despecknet_qgis.core.tiled_predict import despeckle_raster
+
+    rng = np.random.default_rng(106)
+    scene = simulate_reflectivity((192, 192), rng, parcel_size=48.0, realistic=True)
+    y, reference = observe(scene.reflectivity, scene.targets, 4.4, 0.7, rng)
+    src = write_tif(tmp_path / "y.tif", y.astype(np.float32))
+    despeckle_raster(src, str(tmp_path / "base.tif"), Despeckler(None, "cpu"))
+    log = []
+    rep = fine_tune(src, str(tmp_path / "t.onnx"), weights=PHASE2_SINGLELOOK, stride=12, batch_size=16,
+                    progress=Progress(log=log.append), **FineTuneAlgorithm.looks_arguments(1, 0.0))
+    phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
+    assert 3.0 < phase["looks"] < 6.0 and any("estimated on the band's flattest blocks" in m for m in log)
+    despeckle_raster(src, str(tmp_path / "out.tif"), Despeckler(rep.onnx_path, "cpu"))
+    base, out = read_tif(tmp_path / "base.tif")[0][0], read_tif(tmp_path / "out.tif")[0][0]
+    assert psnr_db(out, reference) > psnr_db(base, reference) - 0.1
+    # Looks given far from the estimate are used as given, and warned.
+    log.clear()
+    fine_tune(src, str(tmp_path / "t1.onnx"), weights=PHASE2_SINGLELOOK, stride=48, batch_size=16, looks=1.0,
+              progress=Progress(log=log.append))
+    assert any("far from the" in m and "estimated" in m for m in log)
+
+
+def test_base_kept_after_rejected_tuning_is_not_brightened_by_a_gain_below_one(tmp_path):
+    """A kept base whose mean ratio is below 1/1.1 (0.906 here: the multi-look preset's 4.4 looks on 1-look data)
+    got that gain anyway and lost 0.43 dB; kept speckle lowers the ratio of an X_hat that is not too bright."""
+    from despecknet_qgis.core.losses import PHASE2_MULTILOOK
+    from despecknet_qgis.core.metrics import psnr_db
+
+    base, tuned, reference, rep = bundled_before_and_after_phase2(tmp_path, 106, 1.0, 0.3, PHASE2_MULTILOOK, 4.4)
+    phase = load_checkpoint(rep.checkpoint_path)[1].phases[-1]
+    assert phase["kept"] == "base" and phase["radiometric_gain"] == 1.0
     assert psnr_db(tuned, reference) > psnr_db(base, reference) - 0.1
 
 

@@ -517,3 +517,78 @@ def test_the_calibration_cache_is_each_users_own_and_pruning_clears_what_killed_
     kept.write_bytes(b"a calibrated product")
     prune_calibrated(str(cache), keep=str(kept))
     assert sorted(os.listdir(cache)) == sorted([mine.name, kept.name])
+
+
+def test_many_calibration_vectors_sharing_lines_keep_the_later_one_of_each_pair(tmp_path):
+    """np.argsort is not stable beyond 16 elements: with a real product's 20 to 30 vectors, the earlier
+    vector of a pair on one line was used at that line (the README says the later one)."""
+    from despecknet_qgis.core.sentinel1 import lut_rows, sigma0_lut
+
+    vectors = "".join(f"<calibrationVector><line>{(j // 2) * 100}</line><pixel>0 9</pixel>"
+                      f"<sigmaNought>{500 + j} {500 + j}</sigmaNought></calibrationVector>" for j in range(60))
+    path = tmp_path / "calibration.xml"
+    path.write_text(f"<calibration><calibrationVectorList>{vectors}</calibrationVectorList></calibration>")
+    lines, table = sigma0_lut(str(path), 10)
+    rows = lut_rows(lines, table, 0, 3000)[:, 0]
+    assert [rows[k * 100] for k in range(30)] == [500 + 2 * k + 1 for k in range(30)]
+
+
+def test_a_product_read_in_another_domain_than_intensity_is_refused(provider, tiny_model, safe, tmp_path):
+    """A product is read as calibrated intensity; INPUT_DOMAIN decibel took sigma0 0.03 for dB (output mean 9.3),
+    amplitude squared it again, and no warning was given."""
+    from despecknet_qgis.core.classic_filters import classic_filter_raster
+    from despecknet_qgis.core.inference import Despeckler
+
+    root, _, zpath = safe
+    vv = [n for n in sigma0_names(zpath) if ":IW_VV:" in n][0].replace(":INTENSITY", ":AMPLITUDE")
+    for given in (root, zpath, vv):
+        with pytest.raises(QgsProcessingException, match="Sentinel-1 product.*its domain is intensity, not decibel"):
+            run("despecknet:despeckle", {"INPUT": given, "MODEL": tiny_model[0], "INPUT_DOMAIN": 2,
+                                         "OUTPUT": str(tmp_path / "x.tif")})
+    assert not (tmp_path / "x.tif").exists()
+    with pytest.raises(InputError, match="its domain is intensity, not amplitude"):
+        despeckle_raster(root, str(tmp_path / "y.tif"), Despeckler(tiny_model[0], "cpu"), domain="amplitude")
+    with pytest.raises(InputError, match="its domain is intensity, not amplitude"):
+        classic_filter_raster(zpath, str(tmp_path / "z.tif"), domain="amplitude")
+
+
+def test_a_measurement_file_of_a_product_is_read_as_its_calibrated_polarisation(provider, tiny_model, safe, tmp_path):
+    """Opening X.SAFE/measurement/*.tiff (how many open a GRD) despeckled the digital numbers as sigma0."""
+    from despecknet_qgis.core.sentinel1 import resolve_input
+
+    root, numbers, _ = safe
+    vh = next(os.path.join(root, "measurement", f) for f in os.listdir(os.path.join(root, "measurement")) if "-vh-" in f)
+    assert is_sentinel1_input(vh)
+    ds = gdal.Open(resolve_input(vh, str(tmp_path / "cal")))
+    assert ds.RasterCount == 1 and ds.GetRasterBand(1).GetDescription() == "VH"
+    np.testing.assert_allclose(ds.GetRasterBand(1).ReadAsArray(), expected_sigma0(numbers["VH"]), rtol=1e-6)
+    ds = None
+    out = run("despecknet:despeckle", {"INPUT": vh, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "x.tif")})["OUTPUT"]
+    arrays, out_ds = read_tif(out)
+    assert out_ds.GetRasterBand(1).GetDescription() == "VH" and np.nanmedian(arrays[0]) < 1.0  # sigma0, not DN
+    # a measurement file copied out of its product is a plain raster
+    shutil.copyfile(vh, tmp_path / "copy.tiff")
+    assert not is_sentinel1_input(str(tmp_path / "copy.tiff"))
+
+
+def test_a_sigma0_name_with_a_swath_the_product_lacks_is_refused(safe, tmp_path):
+    root, _, _ = safe
+    with pytest.raises(InputError, match="has no EW swath; its measurements are of IW"):
+        calibrated_raster(f"SENTINEL1_CALIB:SIGMA0:{root}/manifest.safe:EW_VV:INTENSITY", str(tmp_path / "cal"))
+
+
+def test_batch_names_outputs_after_the_product_and_finds_products_in_a_folder(safe, tmp_path):
+    """Two products given by their manifest.safe both became manifest_despeckled.tif (refused as one name); a
+    folder of product zips "held no raster"; a folder mixing them dropped the products silently."""
+    from despecknet_qgis.batch.plan import expand_inputs, output_stem
+
+    root, _, zpath = safe
+    assert output_stem(os.path.join(root, "manifest.safe")) == os.path.basename(root)[:-5]
+    name = f"SENTINEL1_CALIB:BETA0:{root}/manifest.safe:IW_VH:INTENSITY"
+    assert output_stem(name) == os.path.basename(root)[:-5] + "_VH_beta0"
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    shutil.copyfile(zpath, folder / os.path.basename(zpath))
+    assert expand_inputs([str(folder)]) == [str(folder / os.path.basename(zpath))]
+    write_tif(folder / "other.tif", speckled_scene(32)[0])
+    assert len(expand_inputs([str(folder)])) == 2

@@ -436,15 +436,67 @@ def test_a_cancelled_training_given_the_same_settings_goes_on_where_it_stopped(t
     assert any("going on with the unfinished training" in m and "epochs 2 to 3" in m for m in messages)
     phases = load_checkpoint(report.checkpoint_path)[1].phases
     assert len(phases) == 1 and phases[0]["complete"] is True and phases[0]["went_on_from_epoch"] == 1
+    # the record counts the whole training, not this run's part of it (it said 2 epochs, 2/3 of the steps)
+    assert phases[0]["epochs_done"] == 3 and phases[0]["steps"] == 3 * steps_before
     assert "optimizer" not in torch.load(report.checkpoint_path, weights_only=True)  # finished models stay lean
     # other settings (here the epochs): a new training from its weights, said so
     model, record = load_checkpoint(copy)
     messages.clear()
     info = {"phase": 1, "data": [os.path.basename(data.noisy)], "epochs": 2, "patch": settings["patch"],
             "stride": settings["stride"], "batch": settings["batch_size"], "lr": [1e-3, 1e-5, 3]}
-    assert _going_on(copy, record, info, PHASE1, 2, Progress(log=messages.append)) == (0, None)
+    assert _going_on(copy, record, info, PHASE1, 2, Progress(log=messages.append)) == (0, None, {})
     assert any("its epochs differ from this run's: a new training starts from its weights" in m for m in messages)
     assert record.phases[-1]["complete"] is False  # kept in the record of the new training
+
+
+def test_a_training_whose_export_failed_after_its_last_epoch_is_exported_without_training_again(tmp_path, monkeypatch):
+    """Given its kept checkpoint with the same settings, every epoch ran again from the start of the schedule."""
+    import errno
+
+    from despecknet_qgis.core import export as export_module
+    from despecknet_qgis.core import training as training_module
+    from despecknet_qgis.core.errors import OutputError
+
+    data = pair(tmp_path, size=96)
+    settings = {**SMALL, "validation_fraction": 0.0}
+    original_export = export_module.export_onnx
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "export_onnx", full_disk)
+    with pytest.raises(OutputError, match="checkpoint of epoch 2 is kept"):
+        train([data], str(tmp_path / "m.onnx"), epochs=2, seed=2, **settings)
+    monkeypatch.setattr(export_module, "export_onnx", original_export)
+    kept = str(tmp_path / "m.unfinished.pt")
+    before = load_checkpoint(kept)[1].phases[-1]
+    runs, messages = [], []
+    original_fit = training_module.fit
+    monkeypatch.setattr(training_module, "fit", lambda *a, **k: runs.append(k.get("start_epoch")) or original_fit(*a, **k))
+    report = train([data], str(tmp_path / "m.onnx"), epochs=2, seed=2, initial_model=kept,
+                   progress=Progress(log=messages.append), **settings)
+    assert runs == [2] and report.steps == 0 and (tmp_path / "m.onnx").exists()
+    assert any("holds all 2 epochs" in m for m in messages)
+    phases = load_checkpoint(report.checkpoint_path)[1].phases
+    assert len(phases) == 1 and phases[0]["epochs_done"] == 2 and phases[0]["steps"] == before["steps"] > 0
+
+
+def test_a_cancelled_fine_tune_does_not_promise_to_go_on_where_it_stopped(tmp_path):
+    """Phase 2 has no going on (a new fine-tune starts from the base again); its message said it had."""
+    from despecknet_qgis.core.phases import fine_tune
+
+    src = pair(tmp_path, size=96, name="q").noisy
+    base = tmp_path / "base.pt"
+    train([pair(tmp_path, size=96, name="b")], str(tmp_path / "base.onnx"), epochs=1, seed=2,
+          **{**SMALL, "validation_fraction": 0.0})
+
+    def cancel_in_second_epoch():
+        return (tmp_path / "t.unfinished.pt").exists()
+
+    with pytest.raises(Cancelled) as caught:
+        fine_tune(src, str(tmp_path / "t.onnx"), base_model=str(base), epochs=3, patch=24, stride=12, batch_size=16,
+                  validation_fraction=0.0, acceptance=False, progress=Progress(is_cancelled=cancel_in_second_epoch))
+    assert "partly tuned" in str(caught.value) and "goes on where it stopped" not in str(caught.value)
 
 
 @pytest.mark.parametrize("damage", ["training_none", "training_list", "phases_not_a_list", "state_dict_list",
@@ -517,3 +569,16 @@ def test_make_model_on_a_machine_without_gdal_trains_from_the_real_pairs_cache_w
     assert exported.returncode == 0, exported.stderr
     z = np.zeros((48, 48), np.float32)
     assert Despeckler(str(folder / "despecknet.onnx"), device="cpu").predict(z)[0].shape == z.shape
+
+
+def test_an_epoch_has_the_steps_fit_plans_and_only_its_last_batch_is_short(tmp_path):
+    """Each buffer of 16 blocks ended with a short batch that took a full optimiser step (a 4-patch batch among
+    128s), and an epoch took more steps than fit planned (10 for 9: progress reached 100 % early)."""
+    import math
+
+    from despecknet_qgis.core.patches import RasterPatches
+
+    source = RasterPatches([pair(tmp_path, size=640)], patch=24, stride=20, seed=1)
+    sizes = [len(b[0]) for b in source.batches(50, np.random.default_rng(0))]
+    assert len(sizes) == math.ceil(source.training_patches / 50) and sum(sizes) == source.training_patches
+    assert all(n == 50 for n in sizes[:-1]) and 0 < sizes[-1] <= 50

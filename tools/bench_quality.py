@@ -327,11 +327,11 @@ def phase2_job(source, domain, single_look, workdir):
     onnx = os.path.join(workdir, "phase2.onnx")
     out = os.path.join(workdir, "phase2.tif")
     started = time.perf_counter()
-    report = fine_tune(source, onnx, domain=domain, weights=weights, looks=looks)
+    report = fine_tune(source, onnx, domain=domain, weights=weights, estimate_looks=True, default_looks=looks)
     despeckle_raster(source, out, Despeckler(onnx, "cpu", threads=1, with_noise=False, precision="fp32"),
                      domain=domain)
     note = (f"phase 2: preset {label} (mu {weights.mu:g}, xi {weights.xi:g}, lambda {weights.lambda_tv:g}, "
-            f"looks {looks:g}), {report.steps} steps")
+            f"looks estimated, else {looks:g}), {report.steps} steps")
     return out, time.perf_counter() - started, note
 
 

@@ -42,7 +42,7 @@ from qgis.core import (
 )
 
 from ..core.defaults import RANGES, Range, TrainingDefaults
-from ..core.domain import DOMAINS
+from ..core.domain import DOMAINS, check_domain
 from ..core.errors import DespeckNetError, rename_arguments, translate
 from ..core.files import backing_file, check_outputs, same_dataset
 from ..core.inference import DEVICES, PRECISIONS
@@ -289,10 +289,20 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             if message:
                 return message
         try:
+            self._check_domain_of_products(parameters, inputs)
             check_outputs(outputs, inputs)
         except DespeckNetError as exc:
             return rename_arguments(str(exc), {})
         return next((m for m in formats if m), None)
+
+    def _check_domain_of_products(self, parameters, inputs):
+        """A Sentinel-1 product is read as calibrated intensity: another INPUT_DOMAIN misreads it silently
+        (sigma0 0.03 taken for dB). The run gets the calibrated file, so the product is recognised here."""
+        if self.parameterDefinition("INPUT_DOMAIN") is None or parameters.get("INPUT_DOMAIN") is None:
+            return
+        index = self._enum_index("INPUT_DOMAIN", parameters["INPUT_DOMAIN"])
+        if index is not None:
+            check_domain(DOMAINS[index], *(p for paths in inputs.values() for p in paths))
 
     @staticmethod
     def _check_number(d, value):

@@ -48,8 +48,9 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             "<b>Preset</b>: multi-look (mu 0.01, xi 1, lambda 0) for GRD-like data; single-look (adds TV, "
             "lambda 1e-4) for SLC intensity; custom uses MU, XI, LAMBDA_TV.<br>"
             "<b>Looks</b>: number of looks L of the image; it removes the speckle's log bias from the target so "
-            "the mean radiometry is kept. 0 takes the preset's (4.4, Sentinel-1 GRD IW, for multi-look; 1 for "
-            "single-look; no correction for custom).<br>"
+            "the mean radiometry is kept, and the ratio image is judged against L-look speckle. 0 estimates L on the "
+            "band's flattest blocks, as despeckle does (where it cannot, the preset's: 4.4 for multi-look, 1 for "
+            "single-look, no correction for custom). A given L far from the estimate is warned.<br>"
             "<b>Model</b>: a .pt checkpoint from training or an earlier tuning; empty means the bundled one "
             "that despeckle chooses for the band's estimated looks (the multi-look model for 3 or more).<br>"
             "Part of the image (VALIDATION_FRACTION) is held out and its loss reported. PATIENCE > 0 stops "
@@ -79,7 +80,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         for name, label, default in ((self.MU, "MU (custom preset)", start.mu), (self.XI, "XI (custom preset)", start.xi),
                                      (self.LAMBDA_TV, "LAMBDA_TV (custom preset)", start.lambda_tv)):
             self.add_number(name, label, default, advanced=True)
-        self.add_number(self.LOOKS, "Number of looks L (0: the preset's)", 0.0)
+        self.add_number(self.LOOKS, "Number of looks L (0: estimated)", 0.0)
         self.add_number(self.EPOCHS, "Epochs", PHASE2_TRAINING.epochs, integer=True, allowed=RANGES["epochs"])
         add_training_parameters(self, PHASE2_TRAINING, advanced_lr=True)
         self.add_number(self.PATIENCE, "Early stopping: evaluations without improvement (0: off)", 0, advanced=True, integer=True)
@@ -97,8 +98,9 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         return preset if preset is not None else LossWeights(mu, xi, lambda_tv)
 
     @classmethod
-    def preset_looks(cls, index: int, looks: float):
-        return looks or PHASE2_PRESETS[index].looks
+    def looks_arguments(cls, index: int, looks: float) -> dict:
+        """LOOKS as given, or (0) the band's own, estimated; the preset's nominal looks where they cannot be."""
+        return {"looks": looks or None, "estimate_looks": not looks, "default_looks": PHASE2_PRESETS[index].looks}
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layer = self.raster_layer(parameters, self.INPUT, context, feedback=feedback)
@@ -107,8 +109,9 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
         band = self.parameterAsInt(parameters, self.BAND, context) or 1
         preset = self.parameterAsEnum(parameters, self.PRESET, context)
         weights = self.preset_weights(preset, *(self.parameterAsDouble(parameters, k, context) for k in (self.MU, self.XI, self.LAMBDA_TV)))
-        looks = self.preset_looks(preset, self.parameterAsDouble(parameters, self.LOOKS, context))
-        feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}; looks {looks}")
+        looks = self.looks_arguments(preset, self.parameterAsDouble(parameters, self.LOOKS, context))
+        feedback.pushInfo(f"loss weights: mu {weights.mu}, xi {weights.xi}, lambda {weights.lambda_tv}; looks "
+                          f"{looks['looks'] or 'estimated on the band'}")
         onnx_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
         base = self.parameterAsFile(parameters, self.MODEL, context) or None
@@ -139,7 +142,7 @@ class FineTuneAlgorithm(DespeckNetAlgorithm):
             try:
                 report = self.run_core(
                     fine_tune, source, onnx_path, band=band, domain=domain, base_model=base,
-                    weights=weights, looks=looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                    weights=weights, **looks, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
                     patience=patience or None, progress=train_feedback, zero_is_nodata=choices["zero_is_nodata"],
                     device=device,
                     **training_arguments(self, parameters, context),

@@ -13,17 +13,14 @@ from qgis.core import QgsProcessingException, QgsProcessingUtils, QgsRasterLayer
 
 from ..core.errors import DespeckNetError
 from ..core.raster import gdal_can_open
-from ..core.sentinel1 import calibrated_raster, grd_measurements, is_sentinel1_input, manifest_path, parse_calib_name
+from ..core.sentinel1 import calibrated_raster, grd_measurements, is_sentinel1_input, manifest_path, product_of
 
 
 def sentinel1_problem(value, name):
     """What is wrong with a Sentinel-1 product given as `name`, or None (cheap: reads its XML only)."""
     try:
-        if value.upper().startswith("SENTINEL1_CALIB:"):
-            source, _, polarisation, _ = parse_calib_name(value)
-            grd_measurements(source, polarisation)
-        else:
-            grd_measurements(value)
+        source, swath, polarisation, _ = product_of(value)
+        grd_measurements(source, polarisation, swath)
     except DespeckNetError as exc:
         return f"{name}: {exc}"
     return None
@@ -57,8 +54,8 @@ def _uncalibrated_layer(value, name):
     problem = sentinel1_problem(value, name)
     if problem:
         raise QgsProcessingException(problem)
-    product = parse_calib_name(value)[0] if value.upper().startswith("SENTINEL1_CALIB:") else value
     try:
+        product = product_of(value)[0]
         source = manifest_path(product)
     except DespeckNetError as exc:
         raise QgsProcessingException(f"{name}: {exc}") from exc

@@ -53,12 +53,17 @@ def expand_inputs(items: list[str], lists: list[str] | None = None) -> list[str]
         if item.startswith("@"):
             continue
         if os.path.isdir(item) and not item.rstrip("/").upper().endswith(".SAFE"):
+            from ..core.sentinel1 import is_sentinel1_input
+
+            # rasters, and Sentinel-1 products (.SAFE folders, zips), which were skipped without a word
             found = sorted(p for p in glob.glob(os.path.join(glob.escape(item), "*"))
-                           if p.lower().endswith(RASTER_EXTENSIONS) and os.path.isfile(p))
+                           if (p.lower().endswith(RASTER_EXTENSIONS) and os.path.isfile(p))
+                           or (p.lower().endswith((".safe", ".zip")) and is_sentinel1_input(p)))
             # An earlier run's outputs in the same folder are not new inputs (an output folder = input folder rerun).
             found = [p for p in found if not despecknet_output(p)]
             if not found:
-                raise InputError(f"The folder {item} holds no raster ({', '.join(RASTER_EXTENSIONS)}): "
+                raise InputError(f"The folder {item} holds no raster ({', '.join(RASTER_EXTENSIONS)}) and no "
+                                 "Sentinel-1 product (.SAFE folder or zip): "
                                  "name the files, or list them in a text file given as @LIST.")
             names += found
         else:
@@ -86,6 +91,16 @@ def despecknet_output(path: str) -> bool:
 
 def output_stem(name: str) -> str:
     """A file-name stem for an input: the file's stem, a SAFE product's name, or a GDAL name made safe."""
+    from ..core.sentinel1 import CALIB_PREFIX, MANIFEST, parse_calib_name
+
+    suffix = ""
+    if name.upper().startswith(CALIB_PREFIX):  # the product's name and what the name chooses of it
+        source, _, polarisation, calibration = parse_calib_name(name)
+        suffix = "".join(f"_{v}" for v in (polarisation, calibration.lower() if calibration not in ("SIGMA0", "UNCALIB")
+                                                                              else None) if v)
+        name = source
+    if os.path.basename(name.rstrip("/\\")).lower() == MANIFEST:  # two products' manifests had one stem
+        name = os.path.dirname(name.rstrip("/\\"))
     if "://" in name or (":" in name and not os.path.exists(name)):
         base = name.replace("://", "_")
         base = os.path.basename(base) if "/" in base.split(":")[-1] else base
@@ -95,7 +110,7 @@ def output_stem(name: str) -> str:
         if base.endswith(ext):
             base = base[: -len(ext)]
             break
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", base).strip("._") or "scene"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", base + suffix).strip("._") or "scene"
 
 
 def input_files(name: str) -> list[str]:

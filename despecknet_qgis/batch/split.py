@@ -79,7 +79,7 @@ def band_stats(job: dict) -> dict:
         despeckler = load_despeckler(job["model"], job["model_sha256"], job["device"], job.get("threads"),
                                      bool(job.get("noise")), job.get("precision", "auto"))
         s = _settings(job.get("options", {}), despeckler)
-        dm.check_domain(s["domain"])
+        dm.check_domain(s["domain"], job["input"])
         progress = Progress(is_cancelled=_cancel_check(job.get("cancel")))
         stats = statistics_of(job["input"], job["band"], s["domain"], s["tile_size"], progress,
                               s["zero_is_nodata"], despeckler.info.receptive_field)

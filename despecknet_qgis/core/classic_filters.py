@@ -326,7 +326,7 @@ def classic_filter_raster(
         InputError, OutputError (checked before any work), MissingPackageError (scipy), Cancelled.
     """
     started = time.perf_counter()
-    dm.check_domain(domain)
+    dm.check_domain(domain, input_path)
     check_arguments(method, window_size, looks, damping, sigma)
     TILE_RANGE.check(tile_size, "tile_size", "pixels")
     _ndimage()  # scipy, before any work

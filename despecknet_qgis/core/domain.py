@@ -18,9 +18,19 @@ LOG_SCALE = 2.0
 Z_LIMIT = 10.0
 
 
-def check_domain(domain: str) -> str:
+def check_domain(domain: str, *inputs) -> str:
+    """`domain` itself, checked; and against `inputs` (paths or dataset names): a Sentinel-1 product is read
+    as its calibrated intensity, which another domain would silently misread (sigma0 0.03 taken for dB)."""
     if domain not in DOMAINS:
         raise InputError(f"Unknown input `domain` {domain!r}: use one of {', '.join(DOMAINS)}.")
+    if domain != "intensity" and inputs:
+        from .sentinel1 import is_sentinel1_input
+
+        product = next((p for p in inputs if is_sentinel1_input(p)), None)
+        if product is not None:
+            raise InputError(f"{product} is a Sentinel-1 product, which this plugin reads as its calibrated intensity "
+                             f"(sigma0 = DN^2 / A^2, whatever the name's :AMPLITUDE or :INTENSITY ending): its domain "
+                             f"is intensity, not {domain}. Set the input domain to intensity.")
     return domain
 
 

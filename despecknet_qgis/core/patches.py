@@ -67,7 +67,7 @@ class RasterPatches:
         self.label_bands: list[int] = []
         blocks: list[_Block] = []
         for i, pair in enumerate(pairs):
-            dm.check_domain(pair.domain)
+            dm.check_domain(pair.domain, pair.noisy)
             ds = open_raster(pair.noisy, progress.without_percent())
             check_bands(ds, [pair.band], pair.noisy)
             for other, what in ((pair.label, "label"), (pair.mask, "mask")):
@@ -186,6 +186,7 @@ class RasterPatches:
         """Yield (noisy, target, mask) numpy batches; training batches in a random order."""
         blocks = self.validation_blocks if validation else [self.training_blocks[k] for k in rng.permutation(len(self.training_blocks))]
         buffer: list[tuple] = []
+        rest = None  # a buffer's last patches short of a batch go on into the next buffer
         for i, chunk in enumerate(self._patches(blocks, rng)):
             buffer.append(chunk)
             last = i == len(blocks) - 1
@@ -194,7 +195,14 @@ class RasterPatches:
             arrays = [np.concatenate(parts) for parts in zip(*buffer)]
             buffer = []
             order = np.arange(len(arrays[0])) if validation else rng.permutation(len(arrays[0]))
-            for k in range(0, len(order), batch_size):
+            if rest is not None:
+                arrays = [np.concatenate([r, a[order]]) for r, a in zip(rest, arrays)]
+                order = np.arange(len(arrays[0]))
+            # Only the epoch's last batch may be short: a short batch per buffer took a full optimiser step
+            # with a few patches, and made an epoch's steps more than fit planned (ceil(patches / batch)).
+            full = len(order) if last else len(order) - len(order) % batch_size
+            for k in range(0, full, batch_size):
                 sel = order[k : k + batch_size]
                 yield arrays[0][sel], arrays[1][sel], arrays[2][sel]
+            rest = [a[order[full:]] for a in arrays] if full < len(order) else None
 

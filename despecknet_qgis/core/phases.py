@@ -82,7 +82,8 @@ def _run(model, record, source, weights, onnx_path, *args, **kwargs):
 
 
 def _train_and_commit(model, record, source, weights, onnx_path, version, description, progress, phase_info,
-                      before_export=None, **fit_args):
+                      before_export=None, earlier: dict | None = None, **fit_args):
+    """`earlier`: the steps and patches of the unfinished training this one goes on with (_going_on)."""
     from .export import export_onnx
     from .training import TrainingRecord, fit
 
@@ -90,17 +91,28 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
     for p in (ckpt, onnx_path, unfinished):
         remove_stale_partials(p)
     saved = []
+    earlier = earlier or {}
+    counts = lambda steps, patches: {"steps": earlier.get("steps", 0) + steps,  # noqa: E731
+                                     "patches": earlier.get("patches", 0) + patches}
 
-    def checkpoint(m, epoch, optimizer_state):
+    def checkpoint(m, epoch, optimizer_state, steps, patches):
         # A kept checkpoint says how it was made, this unfinished phase included, and keeps Adam's state.
         so_far = TrainingRecord([*record.phases, {**phase_info, "weights": asdict(weights), "epochs_done": epoch,
-                                                  "complete": False, "seed": fit_args.get("seed")}])
+                                                  "complete": False, "seed": fit_args.get("seed"),
+                                                  **counts(steps, patches)}])
         _save_checked(unfinished, m, so_far, optimizer_state)
         saved.append(epoch)
 
     def kept() -> str:
-        return (f" The checkpoint of epoch {saved[-1]} is kept in {unfinished} (give it as the initial model to go "
-                f"on, into this model or another: with the same settings the training goes on where it stopped); {ckpt} and {onnx_path} are as they were." if saved else "")
+        if not saved:
+            return ""
+        if phase_info.get("phase") == 2:  # phase 2 does not go on: a new fine-tune starts from its base again
+            how = ("its weights are partly tuned: give it as MODEL only to tune them further; a new fine-tune of the "
+                   "image starts from the base model again")
+        else:
+            how = ("give it as the initial model to go on, into this model or another: with the same settings the "
+                   "training goes on where it stopped")
+        return f" The checkpoint of epoch {saved[-1]} is kept in {unfinished} ({how}); {ckpt} and {onnx_path} are as they were."
 
     try:
         result = fit(model, source, weights, progress=progress, checkpoint=checkpoint, **fit_args)
@@ -110,9 +122,10 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
         raise TrainingError(f"{exc}{kept()}") from exc
     if before_export is not None:
         phase_info = {**phase_info, **before_export(model)}
-    record.add(**phase_info, weights=asdict(weights), steps=result.steps, patches=result.patches_seen,
+    done = fit_args.get("start_epoch", 0) + len(saved)
+    record.add(**phase_info, weights=asdict(weights), **counts(result.steps, result.patches_seen),
                seconds=round(result.seconds, 1), best_validation=result.best_validation, stopped_early=result.stopped_early,
-               seed=fit_args.get("seed"), bf16=result.bf16, device=result.device, epochs_done=len(saved) or None,
+               seed=fit_args.get("seed"), bf16=result.bf16, device=result.device, epochs_done=done or None,
                complete=True)
     tmp_ckpt, tmp_onnx = partial_path(ckpt), partial_path(onnx_path)
     try:
@@ -177,19 +190,26 @@ GOING_ON_KEYS = ("phase", "data", "epochs", "patch", "stride", "batch", "lr", "w
 
 
 def _going_on(initial_model: str | None, record, phase_info: dict, weights, seed: int,
-              progress: Progress) -> tuple[int, dict | None]:
-    """(first epoch to run, Adam's state) when `initial_model` is the checkpoint an unfinished phase 1 kept and
-    this run asks for the same training: it goes on where that one stopped, with its learning-rate schedule
-    and optimiser state, and its unfinished phase leaves the record (the finished one replaces it). Otherwise
-    (0, None): a new training from the checkpoint's weights, the schedule from its start."""
+              progress: Progress) -> tuple[int, dict | None, dict]:
+    """(first epoch to run, Adam's state, the earlier steps and patches) when `initial_model` is the checkpoint
+    an unfinished phase 1 kept and this run asks for the same training: it goes on where that one stopped, with
+    its learning-rate schedule and optimiser state, and its unfinished phase leaves the record (the finished one
+    replaces it). Where every epoch was done (the export had failed), it is exported without more training.
+    Otherwise (0, None, {}): a new training from the checkpoint's weights, the schedule from its start."""
     from .training import load_optimizer_state
 
     last = record.phases[-1] if record.phases else None
     if not initial_model or not last or last.get("complete") is not False:
-        return 0, None
+        return 0, None, {}
     done = int(last.get("epochs_done") or 0)
     asked = {**phase_info, "weights": asdict(weights), "seed": seed}
     differ = [k for k in GOING_ON_KEYS if last.get(k) != asked.get(k)]
+    earlier = {k: last[k] for k in ("steps", "patches") if k in last}
+    if not differ and done >= phase_info["epochs"] > 0:
+        record.phases.pop()
+        progress.info(f"{initial_model} holds all {done} epochs of this training (its export had failed): exported "
+                      "without more training")
+        return done, None, earlier
     part_done = 0 < done < phase_info["epochs"]
     # the file is read again for Adam's state only where the settings allow going on
     optimizer_state = load_optimizer_state(initial_model) if part_done and not differ else None
@@ -199,11 +219,11 @@ def _going_on(initial_model: str | None, record, phase_info: dict, weights, seed
                "it holds no optimiser state")
         progress.info(f"{initial_model} is an unfinished training, but {why}: a new training starts from its weights, "
                       "the learning rate from the start of its schedule.")
-        return 0, None
+        return 0, None, {}
     record.phases.pop()
     progress.info(f"going on with the unfinished training of {initial_model}: epochs {done + 1} to "
                   f"{phase_info['epochs']}, with its learning-rate schedule and optimiser state")
-    return done, optimizer_state
+    return done, optimizer_state, earlier
 
 
 def _check_training_numbers(**values) -> None:
@@ -260,7 +280,7 @@ def train(
     model, record = _base_model(initial_model, seed, "initial_model")
     phase_info = {"phase": 1, "data": [os.path.basename(p.noisy) for p in pairs], "epochs": epochs, "patch": patch,
                   "stride": stride, "batch": batch_size, "lr": [lr, lr_end, lr_steps]}
-    start_epoch, optimizer_state = _going_on(initial_model, record, phase_info, weights, seed, progress)
+    start_epoch, optimizer_state, earlier = _going_on(initial_model, record, phase_info, weights, seed, progress)
     source = RasterPatches(pairs, patch, stride, validation_fraction, seed, progress)
     progress.info(f"{source.training_patches} training patches, {len(source.validation_blocks)} validation blocks")
     result, ckpt = _run(
@@ -268,7 +288,7 @@ def train(
         description=f"deSpeckNet phase 1 on {len(pairs)} image(s)", progress=progress,
         phase_info={**phase_info, **({"went_on_from_epoch": start_epoch} if start_epoch else {})},
         epochs=epochs, batch_size=batch_size, lr=lr, lr_end=lr_end, lr_steps=lr_steps, seed=seed, use_bf16=use_bf16,
-        device=device, start_epoch=start_epoch, optimizer_state=optimizer_state,
+        device=device, start_epoch=start_epoch, optimizer_state=optimizer_state, earlier=earlier,
     )
     return TrainingReport(onnx_path, ckpt, result.history, result.best_validation, result.stopped_early, result.steps,
                           result.seconds, result.patches_seen, source.training_patches * patch * patch)
@@ -294,6 +314,27 @@ def _estimated_looks(image: str, band: int, domain: str, zero_is_nodata: bool, p
     return statistics_of(image, band, domain, TILE_SIZE, progress, zero_is_nodata).looks
 
 
+LOOKS_MISMATCH = 1.5  # given looks this far from the estimate (either way) are warned
+
+
+def _phase2_looks(looks: float | None, estimated: float | None, estimate: bool, default: float | None,
+                  progress: Progress) -> float | None:
+    """The looks that set the mu target's bias and judge the ratio image (see fine_tune)."""
+    if looks is None and estimate:
+        if estimated is not None:
+            progress.info(f"looks: {estimated:.2f}, estimated on the band's flattest blocks")
+            return estimated
+        if default is not None:
+            progress.info(f"Warning: the band's looks cannot be estimated (no fully valid 16x16 block): the "
+                          f"preset's {default:g} are used; give `looks` if the image has another number.")
+        return default
+    if looks is not None and estimated is not None and max(looks / estimated, estimated / looks) > LOOKS_MISMATCH:
+        progress.info(f"Warning: `looks` {looks:g} is far from the {estimated:.2f} estimated on the band's flattest "
+                      "blocks; the speckle's bias and the choice between tuned and base weights use the given "
+                      f"{looks:g}. Leave `looks` to be estimated unless the estimate is known to be wrong.")
+    return looks
+
+
 @translate_errors
 @gdal_cache_limit()
 def fine_tune(
@@ -310,6 +351,8 @@ def fine_tune(
     lr: float = P2.lr,
     validation_fraction: float = P2.validation_fraction,
     looks: float | None = None,
+    estimate_looks: bool = False,
+    default_looks: float | None = None,
     calibrate: bool = True,
     freeze_batchnorm: bool = True,
     evaluations_per_epoch: int | None = None,
@@ -331,6 +374,10 @@ def fine_tune(
     base model that already fits the image is not tuned, and tuned weights are kept only
     when they explain the speckle better than the base ones. With `zero_is_nodata`, zeros of
     a band that declares no nodata are nodata (GRD borders; see raster.input_nodata).
+    With `estimate_looks` and `looks` None, the looks are the band's own, estimated on its
+    flattest blocks as despeckle estimates them (`default_looks` where they cannot be):
+    a preset's nominal looks on another kind of image misjudged the ratio image (1 look on
+    4.4-look data kept tuned weights 5.4 dB worse than the base).
     `device`: where torch tunes (training.torch_device: auto, cpu or cuda).
     `evaluations_per_epoch`: validation passes an epoch; None: 8 with `patience` (early
     stopping needs them), else 1 (the history only; each pass costs about a second per Mpixel).
@@ -348,7 +395,9 @@ def fine_tune(
                             validation_fraction=validation_fraction)
     if looks is not None and looks <= 0:
         raise InputError(f"`looks` must be positive (got {looks:g}).")
-    base = base_model or bundled_checkpoint_path(_estimated_looks(image, band, domain, zero_is_nodata, progress))
+    estimated = _estimated_looks(image, band, domain, zero_is_nodata, progress)
+    base = base_model or bundled_checkpoint_path(estimated)
+    looks = _phase2_looks(looks, estimated, estimate_looks, default_looks, progress)
     model, record = _base_model(base, seed, "base_model")
     shift = log_speckle_mean(looks) / LOG_SCALE if looks else 0.0
     source = RasterPatches([ImagePair(image, band, domain=domain, target_shift=shift, zero_is_nodata=zero_is_nodata)], patch, stride,

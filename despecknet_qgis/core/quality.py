@@ -82,7 +82,7 @@ def quality_metrics(
         InputError (grids differ, no common valid pixel, a point outside the raster),
         OutputError (ratio_output checked before any work), Cancelled.
     """
-    dm.check_domain(domain)
+    dm.check_domain(domain, despeckled, noisy, *([reference] if reference else []))
     check_outputs({"ratio_output": ratio_output}, {"despeckled": despeckled, "noisy": noisy, "reference": reference})
     est = _Band(despeckled, band, domain, "`despeckled`")
     noi = _Band(noisy, band, domain, "`noisy`")

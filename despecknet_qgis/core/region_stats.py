@@ -129,7 +129,7 @@ def region_statistics(raster: str, polygons_wkt: list[str], band: int = 1, domai
     (memory does not grow with the polygon); `progress` is checked for cancellation between them.
     `keep_values` keeps a sample of at most KEPT_VALUES intensities per polygon for its histogram.
     """
-    dm.check_domain(domain)
+    dm.check_domain(domain, raster)
     progress = progress or SILENT
     ds = open_raster(raster, progress)
     b = ds.GetRasterBand(check_bands(ds, [band], raster)[0])

@@ -64,7 +64,19 @@ def is_sentinel1_input(path) -> bool:
         return True
     if plain.lower().endswith(".zip"):
         return _zip_holds_product(plain)
-    return False
+    return measurement_product(plain) is not None
+
+
+def measurement_product(path: str) -> str | None:
+    """The manifest.safe of the product whose measurement file `path` is (X.SAFE/measurement/*.tiff), or None.
+
+    Opening that file is how many open a GRD; its digital numbers are not sigma0, and the LUT varies
+    across the swath: it is read as its polarisation of the product, calibrated."""
+    folder, name = os.path.split(path)
+    if not name.lower().endswith((".tiff", ".tif")) or os.path.basename(folder).lower() != "measurement":
+        return None
+    manifest = f"{os.path.dirname(folder) or os.curdir}/{MANIFEST}"
+    return manifest if _vsi_exists(manifest) else None
 
 
 def _zip_holds_product(plain: str) -> bool:
@@ -189,10 +201,38 @@ def _join(folder: str, href: str) -> str:
     return f"{folder}/{href}"
 
 
-def grd_measurements(path: str, polarisation: str | None = None) -> tuple[str, list[Measurement]]:
+def product_of(path: str) -> tuple[str, str | None, str | None, str]:
+    """(the product, swath, polarisation, calibration) that any input is_sentinel1_input accepts names: a
+    SENTINEL1_CALIB: name, a measurement file of a product, or the product itself (all its polarisations)."""
+    if path.upper().startswith(CALIB_PREFIX):
+        source, swath, polarisation, calibration = parse_calib_name(path)
+        return source, swath, polarisation, "SIGMA0" if calibration == "UNCALIB" else calibration
+    plain = path.rstrip("/\\")
+    manifest = measurement_product(plain)
+    if manifest is not None:
+        return manifest, None, _polarisation_of_measurement(manifest, plain), "SIGMA0"
+    return path, None, None, "SIGMA0"
+
+
+def _polarisation_of_measurement(manifest: str, measurement: str) -> str:
+    """The polarisation of the product's measurement file `measurement` (its manifest lists it)."""
+    wanted = os.path.normcase(os.path.realpath(measurement)) if not measurement.startswith("/vsi") else measurement
+    for m in measurements(manifest):
+        if m.measurement and (m.measurement == measurement or (not measurement.startswith("/vsi") and
+                              os.path.normcase(os.path.realpath(m.measurement)) == wanted)):
+            return m.polarisation
+    raise InputError(f"{measurement} lies in the measurement folder of the Sentinel-1 product {manifest}, which does "
+                     "not list it: give the product folder or zip itself.")
+
+
+def grd_measurements(path: str, polarisation: str | None = None, swath: str | None = None
+                     ) -> tuple[str, list[Measurement]]:
     """(manifest, the GRD measurements to calibrate): checks the product is one this plugin despeckles."""
     manifest = manifest_path(path)
     found = measurements(manifest)
+    if found and swath and not any(m.swath.upper() == swath.upper() for m in found):
+        raise InputError(f"{path} has no {swath.upper()} swath; its measurements are of "
+                         f"{', '.join(sorted({m.swath for m in found}))}: name one of those.")
     if not found:
         raise InputError(f"The Sentinel-1 product {path} lists no measurement with its annotation and calibration "
                          "files in its manifest.safe: the product is incomplete. Download it again.")
@@ -269,7 +309,7 @@ def sigma0_lut(calibration_xml: str, width: int, product: str = "", lut: str = "
     if not lines:
         raise InputError(f"The calibration file {calibration_xml} holds no calibration vector: the product is "
                          "damaged. Download it again.")
-    order = np.argsort(lines)
+    order = np.argsort(lines, kind="stable")  # two vectors on one line: lut_rows takes the later one in the file
     return np.asarray(lines)[order], np.asarray(rows)[order]
 
 
@@ -321,12 +361,8 @@ def calibrated_raster(path: str, folder: str, progress=None, hold: bool = False)
 
     progress = progress or SILENT
 
-    polarisation, calibration = None, "SIGMA0"
-    source = path
-    if path.upper().startswith(CALIB_PREFIX):
-        source, _, polarisation, calibration = parse_calib_name(path)
-        calibration = "SIGMA0" if calibration == "UNCALIB" else calibration
-    manifest, found = grd_measurements(source, polarisation)
+    source, swath, polarisation, calibration = product_of(path)
+    manifest, found = grd_measurements(source, polarisation, swath)
     product = os.path.basename(manifest.rsplit("/", 1)[0])
     stem = re.sub(r"\.(SAFE|zip)$", "", product, flags=re.I) or "sentinel1"
     # two products of one name in different places get different files

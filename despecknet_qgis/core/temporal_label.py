@@ -358,7 +358,7 @@ def temporal_label(
     test_window > 1, the window mean's ENL is L times the gain in looks measured on the
     stack (the speckle may be spatially correlated).
     """
-    dm.check_domain(domain)
+    dm.check_domain(domain, *inputs)
     if rule not in RULES:
         raise InputError(f"Unknown stability `rule` {rule!r}: use one of {', '.join(RULES)}.")
     if multilook < 1 or multilook % 2 == 0:

@@ -112,7 +112,7 @@ def despeckle_raster(
         InputError, OutputError (checked before any work), ModelError (non-finite or
         wrongly shaped network output), ResourceError, Cancelled.
     """
-    dm.check_domain(domain)
+    dm.check_domain(domain, input_path)
     output_domain = dm.check_domain(output_domain or domain)
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"Unknown `output_type` {output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")

@@ -279,8 +279,8 @@ def fit(
     times an epoch; with `patience`, training stops after that many evaluations without
     improvement, and when it stops (early or after the last epoch) the weights and the
     optimiser state of the best evaluation are restored (the early stopping of phase 2).
-    Between epochs training goes on from the current weights. `checkpoint(model, epoch, optimizer_state)`
-    is called after each completed epoch, so cancelling keeps the last good one. `start_epoch` and
+    Between epochs training goes on from the current weights. `checkpoint(model, epoch, optimizer_state,
+    steps, patches)` (this run's steps and patches so far) is called after each completed epoch, so cancelling keeps the last good one. `start_epoch` and
     `optimizer_state` go on with an unfinished training: epochs start_epoch + 1 to `epochs` of the
     same learning-rate schedule, with Adam's moments as they were (the patches come in another order).
     Cancellation is checked before every step. Training runs on `device` (torch_device); the
@@ -351,7 +351,7 @@ def fit(
         if patience is not None and (result.stopped_early or epoch == epochs):
             best.restore(trainer)
         if checkpoint is not None:
-            checkpoint(model, epoch, trainer.optimizer.state_dict())
+            checkpoint(model, epoch, trainer.optimizer.state_dict(), step, result.patches_seen)
         if result.stopped_early:
             progress.info(f"early stop at step {step}: validation did not improve for {patience} evaluations")
             break
