@@ -324,3 +324,23 @@ def test_an_image_whose_held_out_blocks_are_all_border_is_tuned_without_validati
                        seed=seed, acceptance=False, progress=Progress(log=messages.append))
     assert report.best_validation is None and (tmp_path / "ft.onnx").exists()
     assert any("training runs without validation" in m for m in messages)
+
+
+def test_the_radiometric_gain_counts_restored_point_targets_as_despeckle_outputs_them():
+    """A weak model left 0.6 % of pixels far above X_hat; they held a third of mean(Y/X_hat), so the gain
+    (2.24) brightened the whole output, and despeckle then gave those pixels their measured intensity anyway:
+    the output was 1.7 dB brighter than the image."""
+    from despecknet_qgis.core.adaptation import output_mean_ratio
+
+    rng = np.random.default_rng(0)
+    ratio = rng.exponential(1.0, 200_000)  # 1-look speckle over a right X_hat
+    ratio[:1200] = 200.0  # 0.6 %: scatterers the model darkened
+    plain = output_mean_ratio(np.log(ratio), None)
+    assert plain[0] == plain[1] == pytest.approx(ratio.mean()) and plain[1] > 2.0
+    mean_after, gain = output_mean_ratio(np.log(ratio), 1.0)
+    assert gain == pytest.approx(1.0, abs=0.01)  # the speckle itself needs no gain
+    from scipy.special import gammaincinv
+
+    limit = gammaincinv(1.0, 1 - 1e-5)  # the point-target test at its false-alarm rate, 1 look
+    restored = np.where(ratio > gain * limit, 1.0, ratio / gain)  # despeckle's output: targets at R = 1
+    assert restored.mean() == pytest.approx(1.0, abs=1e-4) and mean_after == pytest.approx(1.0, abs=0.01)

@@ -161,3 +161,79 @@ def test_map_tool_shows_enl_of_visible_rasters(qgis_canvas, tmp_path):
     assert st.enl == pytest.approx(enl(values[20:80, 20:80]), rel=0.15)
     kept = QgsProject.instance().mapLayersByName(LAYER_NAME)
     assert kept and kept[0].featureCount() == 1
+
+
+def test_outputs_do_not_carry_the_inputs_statistics(provider, tiny_model, tmp_path):
+    """QGIS writes STATISTICS_* beside an input it displays; every output copied them (a dB output showed a
+    minimum of 0.157 and a maximum of 2.8e7), and QGIS stretched the output by them."""
+    from conftest import speckled_scene
+    from osgeo import gdal
+
+    src = write_tif(tmp_path / "y.tif", speckled_scene(64, seed=3)[0])
+    ds = gdal.Open(src, gdal.GA_Update)
+    band = ds.GetRasterBand(1)
+    band.SetMetadata({"STATISTICS_MINIMUM": "0.157", "STATISTICS_MAXIMUM": "28205922", "STATISTICS_MEAN": "22325.5",
+                      "POLARISATION": "VV"})
+    band = ds = None
+    for alg, params in (("despeckle", {"MODEL": tiny_model[0], "OUTPUT_DOMAIN": 3, "OUTPUT_NOISE": str(tmp_path / "n.tif")}),
+                        ("classicfilter", {"METHOD": 0})):
+        res = run(alg, {"INPUT": src, "OUTPUT": str(tmp_path / f"{alg}.tif"), **params})
+        for out in [res["OUTPUT"]] + ([res["OUTPUT_NOISE"]] if "OUTPUT_NOISE" in res else []):
+            out_ds = gdal.Open(out)  # held: a band of a temporary dataset crashes GDAL
+            metadata = out_ds.GetRasterBand(1).GetMetadata()
+            out_ds = None
+            assert metadata.get("POLARISATION") == "VV" and not any(k.startswith("STATISTICS_") for k in metadata), out
+
+
+def test_an_output_read_in_another_domain_than_it_records_is_refused(provider, tiny_model, tmp_path):
+    """A despecknet output records its domain; specklestats read a dB output as intensity (ENL 2435 for 24),
+    quality gave MoR 467, train learned from an intensity label read as amplitude: all reported success."""
+    from conftest import speckled_scene
+
+    from despecknet_qgis.core.errors import InputError
+    from despecknet_qgis.core.region_stats import region_statistics
+
+    src = write_tif(tmp_path / "y.tif", speckled_scene(64, seed=4)[0])
+    db = run("despeckle", {"INPUT": src, "MODEL": tiny_model[0], "OUTPUT_DOMAIN": 3,
+                           "OUTPUT": str(tmp_path / "db.tif")})["OUTPUT"]
+    with pytest.raises(QgsProcessingException, match="written in decibel.*set the input domain to decibel"):
+        run("quality", {"INPUT": db, "NOISY": src})
+    with pytest.raises(InputError, match="written in decibel"):
+        region_statistics(db, ["POLYGON((500100 3999900, 500500 3999900, 500500 3999500, 500100 3999500, "
+                               "500100 3999900))"])
+    # in its own domain it is read
+    assert run("classicfilter", {"INPUT": db, "INPUT_DOMAIN": 2, "METHOD": 0, "OUTPUT": str(tmp_path / "f.tif")})
+
+
+def test_quality_names_the_raster_whose_values_do_not_fit_the_domain(provider, tmp_path):
+    """"The input has values too large to be decibel" named no raster when the reference was at fault."""
+    from conftest import speckled_scene
+
+    from despecknet_qgis.core.errors import InputError
+    from despecknet_qgis.core.quality import quality_metrics
+
+    y = speckled_scene(64, seed=5)[0]
+    db = write_tif(tmp_path / "db.tif", (10 * np.log10(y)).astype(np.float32))
+    reference = write_tif(tmp_path / "ref.tif", (y * 1e4).astype(np.float32))  # intensity, not dB
+    with pytest.raises(InputError, match="`reference` .*ref.tif has values too large to be decibel"):
+        quality_metrics(db, db, reference, domain="decibel")
+
+
+def test_despeckle_log_counts_the_pixels_of_its_extent(provider, tiny_model, tmp_path):
+    """The log counted the whole band's valid pixels (0.07 Mpixel) for an 80x80 EXTENT (0.0064)."""
+    import processing
+    from conftest import speckled_scene
+
+    src = write_tif(tmp_path / "y.tif", speckled_scene(96, seed=6)[0])
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            messages.append(info)
+            super().pushInfo(info)
+
+    processing.run("despecknet:despeckle", {"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "x.tif"),
+                                            "EXTENT": "500200,500800,3998800,3999400 [EPSG:32633]"},
+                   feedback=Feedback())
+    assert read_tif(tmp_path / "x.tif")[0][0].shape == (30, 30)
+    assert any("0.0009 Mpixel" in m for m in messages), [m for m in messages if "Mpixel" in m]

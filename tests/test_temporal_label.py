@@ -319,3 +319,18 @@ def test_two_dates_give_the_omnibus_test_all_of_alpha(tmp_path):
     paths, truth, changed = stack(tmp_path, dates=2, size=256, changed_share=0.0, seed=14)
     (_, stable_masked, _), report = rates(tmp_path, paths, truth, changed, "two", looks=4.4)
     assert 0.007 < stable_masked < 0.016
+
+
+def test_the_label_names_every_date_and_the_looks_its_tests_used(tmp_path):
+    """Its provenance named the first date only (of 5) and not the looks or window of the test."""
+    from osgeo import gdal
+
+    from despecknet_qgis.core.simulate import simulate_speckle
+
+    rng = np.random.default_rng(9)
+    paths = [write_tif(tmp_path / f"d{k}.tif", (0.1 * simulate_speckle((48, 48), 1.0, 0.0, rng)).astype(np.float32))
+             for k in range(4)]
+    temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), looks=1.0)
+    meta = gdal.Open(str(tmp_path / "l.tif")).GetMetadata()
+    assert meta["DESPECKNET_DATE_SOURCES"] == "d0.tif:1, d1.tif:1, d2.tif:1, d3.tif:1"
+    assert meta["DESPECKNET_LOOKS"] == "1.00" and meta["DESPECKNET_TEST_WINDOW"] == "3"

@@ -289,15 +289,16 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
             if message:
                 return message
         try:
-            self._check_domain_of_products(parameters, inputs)
+            self._check_domain_of_inputs(parameters, inputs)
             check_outputs(outputs, inputs)
         except DespeckNetError as exc:
             return rename_arguments(str(exc), {})
         return next((m for m in formats if m), None)
 
-    def _check_domain_of_products(self, parameters, inputs):
-        """A Sentinel-1 product is read as calibrated intensity: another INPUT_DOMAIN misreads it silently
-        (sigma0 0.03 taken for dB). The run gets the calibrated file, so the product is recognised here."""
+    def _check_domain_of_inputs(self, parameters, inputs):
+        """Inputs that say their domain (a Sentinel-1 product: calibrated intensity; this plugin's outputs:
+        DESPECKNET_OUTPUT_DOMAIN) against INPUT_DOMAIN (core.domain.check_domain), before any work. The run
+        gets a product's calibrated file, so the product is recognised here."""
         if self.parameterDefinition("INPUT_DOMAIN") is None or parameters.get("INPUT_DOMAIN") is None:
             return
         index = self._enum_index("INPUT_DOMAIN", parameters["INPUT_DOMAIN"])

@@ -159,8 +159,9 @@ class DespeckleAlgorithm(DespeckNetAlgorithm):
             feedback.pushInfo(f"band {b.band}: equivalent number of looks {estimated}, model {name}")
         if looks:
             feedback.pushInfo(f"LOOKS = {looks:g} given: used for every band's model choice and point-target test")
-        mpix = sum(b.valid_pixels for b in report.bands) / 1e6
-        feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.2f} Mpixel in {report.seconds:.1f} s on {report.provider} "
+        # what was written (an EXTENT's window), not the band's valid pixels that the statistics pass counts
+        mpix = report.pixels * len(report.bands) / 1e6
+        feedback.pushInfo(f"{report.tiles} tile(s), {mpix:.4f} Mpixel in {report.seconds:.1f} s on {report.provider} "
                           f"({report.precision})")
         results = {self.OUTPUT: output, self.PROVIDER: report.provider, self.PRECISION: report.precision}
         if noise:

@@ -223,10 +223,12 @@ ALGORITHM_PARAMETER_HELP = {
                   "(multi-look for 3 or more)."),
         "PRESET": ("Loss weights for the kind of image: multilook (e.g. Sentinel-1 GRD), singlelook (e.g. SLC "
                    "intensity), or custom (MU, XI and LAMBDA_TV as given)."),
-        "MU": _LOSS_WEIGHTS + "weight mu of the term keeping X̂ near the base model's (custom preset only).",
+        "MU": _LOSS_WEIGHTS + "weight mu of the term keeping X̂ near the image itself, MSE(Y, X̂) (custom preset only).",
         "XI": _LOSS_WEIGHTS + "weight xi of the reconstruction Y ≈ X̂·N̂ (custom preset only).",
         "LAMBDA_TV": _LOSS_WEIGHTS + "weight lambda of the total variation of X̂ (custom preset only); 0: none.",
-        "LOOKS": "Number of looks L of the image, for the log-bias correction; 0: the preset's.",
+        "LOOKS": ("Number of looks L of the image, for the log-bias correction and for judging the ratio image; "
+                  "0: estimated on the band's flattest blocks (the preset's 4.4 or 1 where it cannot be)."),
+        "LEARNING_RATE": "Adam's learning rate, constant through the epoch(s).",
         "PATIENCE": "Stop early after this many evaluations without improvement; 0: never stop early.",
         "DEVICE": ("Where tuning and the despeckled output run: auto (an NVIDIA GPU when PyTorch, and ONNX Runtime "
                    "for the output, can use one, else the CPU), cpu, or cuda (fails with a message rather than "

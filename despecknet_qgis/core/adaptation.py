@@ -52,7 +52,8 @@ class RatioScore:
     spread: float | None  # var(ln R) / trigamma(L), 1 for pure L-look speckle; None when L is unknown
     structure: float  # 0 for speckle without structure beyond 4 pixels
     pixels: int
-    mean_ratio: float = 1.0  # MoR, mean of R: the radiometric gain (1 = unbiased)
+    mean_ratio: float = 1.0  # MoR, mean of R as despeckle's output has it (point targets restored: R = 1 there)
+    gain: float | None = None  # the radiometric gain that brings that mean to 1 (None: mean_ratio)
 
     @property
     def misfit(self) -> float:
@@ -92,7 +93,8 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
     """Score (noisy z, clean z, valid) blocks in the network's log domain; see the module docstring."""
     from scipy.special import polygamma
 
-    total, total_sq, total_ratio, n = 0.0, 0.0, 0.0, 0
+    total, total_sq, n = 0.0, 0.0, 0
+    kept: list[np.ndarray] = []
     cells4, cells8 = _CellMoments(4), _CellMoments(8)
     for z, clean, valid in blocks:
         inner = (slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN)) if min(z.shape) > 4 * MARGIN else (slice(None),) * 2
@@ -101,16 +103,46 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
         sel = log_ratio[ok]
         total += float(sel.sum())
         total_sq += float((sel**2).sum())
-        total_ratio += float(np.exp(sel).sum())
+        kept.append(sel)
         n += sel.size
         cells4.add(log_ratio, ok)
         cells8.add(log_ratio, ok)
+    mean_ratio, gain = output_mean_ratio(np.concatenate(kept) if kept else np.zeros(0), looks)
     if n < 2:
-        return RatioScore(float("nan"), None, float("nan"), n, total_ratio / n if n else 1.0)
+        return RatioScore(float("nan"), None, float("nan"), n, mean_ratio, gain)
     variance = total_sq / n - (total / n) ** 2
     structure = (64.0 * cells8.variance) / (16.0 * cells4.variance) - 1.0
     spread = variance / float(polygamma(1, looks)) if looks else None
-    return RatioScore(variance, spread, float(structure), n, total_ratio / n)
+    return RatioScore(variance, spread, float(structure), n, mean_ratio, gain)
+
+
+def output_mean_ratio(log_ratio: np.ndarray, looks: float | None) -> tuple[float, float]:
+    """(mean of R = Y / X_hat as despeckle's output will have it, the gain that brings it to 1).
+
+    Despeckle gives a point target its measured intensity (point_targets), so R is 1 there. Where R is
+    beyond what L-look speckle reaches at the point-target test's false-alarm rate, it counts as 1: a
+    weak model left 0.6 % of such pixels, which held a third of mean(R); its gain of 2.24 made the output
+    1.7 dB brighter than the image once those pixels were restored. Without looks, the plain mean.
+    """
+    if not log_ratio.size:
+        return 1.0, 1.0
+    ratio = np.exp(log_ratio)
+    if not looks:
+        value = float(ratio.mean())
+        return value, value
+    from scipy.special import gammaincinv
+
+    from .point_targets import DEFAULT_PFA
+
+    limit = float(gammaincinv(looks, 1.0 - DEFAULT_PFA)) / looks
+    capped = lambda g: float(np.where(ratio > g * limit, 1.0, ratio / g).mean())  # noqa: E731 - after a gain g
+    gain = float(ratio.mean())
+    for _ in range(20):  # g <- g * mean(after g): a few steps settle it to 1e-6
+        step = capped(gain)
+        gain *= step
+        if abs(step - 1.0) < 1e-6:
+            break
+    return capped(1.0), gain
 
 
 def score_model(model, block_images, looks: float | None) -> RatioScore:
@@ -168,7 +200,7 @@ def calibrated_candidate(model, state, source, looks, calibrate) -> Candidate:
     model.load_state_dict(state)
     uncalibrated = copy.deepcopy(model.state_dict())
     score = score_model(model, source.block_images(), looks)
-    gain = calibrate(model, source, score.mean_ratio) if calibrate else 1.0
+    gain = calibrate(model, source, score.gain or score.mean_ratio) if calibrate else 1.0
     return Candidate(copy.deepcopy(model.state_dict()), gain, score, uncalibrated)
 
 

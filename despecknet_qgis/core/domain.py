@@ -8,6 +8,8 @@ change: despeckle(k * Y) = k * despeckle(Y) exactly, for any calibration.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import InputError
@@ -18,20 +20,43 @@ LOG_SCALE = 2.0
 Z_LIMIT = 10.0
 
 
+RECORDED_DOMAIN_KEY = "DESPECKNET_OUTPUT_DOMAIN"  # what the plugin's own raster outputs are written in
+
+
 def check_domain(domain: str, *inputs) -> str:
-    """`domain` itself, checked; and against `inputs` (paths or dataset names): a Sentinel-1 product is read
-    as its calibrated intensity, which another domain would silently misread (sigma0 0.03 taken for dB)."""
+    """`domain` itself, checked; and against `inputs` (paths or dataset names), which another domain would
+    silently misread: a Sentinel-1 product is read as its calibrated intensity (sigma0 0.03 was taken for dB),
+    and the plugin's own outputs record theirs (a dB output read as intensity gave ENL 2435 for 24)."""
     if domain not in DOMAINS:
         raise InputError(f"Unknown input `domain` {domain!r}: use one of {', '.join(DOMAINS)}.")
-    if domain != "intensity" and inputs:
-        from .sentinel1 import is_sentinel1_input
+    if not inputs:
+        return domain
+    from .sentinel1 import is_sentinel1_input
 
-        product = next((p for p in inputs if is_sentinel1_input(p)), None)
-        if product is not None:
-            raise InputError(f"{product} is a Sentinel-1 product, which this plugin reads as its calibrated intensity "
-                             f"(sigma0 = DN^2 / A^2, whatever the name's :AMPLITUDE or :INTENSITY ending): its domain "
-                             f"is intensity, not {domain}. Set the input domain to intensity.")
+    for path in inputs:
+        if not isinstance(path, str) or not path:
+            continue
+        if is_sentinel1_input(path):
+            if domain != "intensity":
+                raise InputError(f"{path} is a Sentinel-1 product, which this plugin reads as its calibrated "
+                                 "intensity (sigma0 = DN^2 / A^2, whatever the name's :AMPLITUDE or :INTENSITY "
+                                 f"ending): its domain is intensity, not {domain}. Set the input domain to intensity.")
+            continue
+        recorded = recorded_domain(path)
+        if recorded in DOMAINS and recorded != domain:
+            raise InputError(f"{path} is an output of this plugin written in {recorded} (its {RECORDED_DOMAIN_KEY}), "
+                             f"not {domain}: set the input domain to {recorded}, or give inputs of one domain per run.")
     return domain
+
+
+def recorded_domain(path: str) -> str | None:
+    """The domain a raster output of this plugin records, or None (another raster, or not a raster)."""
+    if os.path.isdir(path) or (not os.path.exists(path) and not path.startswith("/vsi") and ":" not in path):
+        return None
+    from .raster import open_quietly
+
+    ds = open_quietly(path)
+    return ds.GetMetadataItem(RECORDED_DOMAIN_KEY) if ds is not None else None
 
 
 def to_intensity(values: np.ndarray, domain: str) -> np.ndarray:

@@ -107,7 +107,7 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
         if not saved:
             return ""
         if phase_info.get("phase") == 2:  # phase 2 does not go on: a new fine-tune starts from its base again
-            how = ("its weights are partly tuned: give it as MODEL only to tune them further; a new fine-tune of the "
+            how = ("its weights are partly tuned: give it as `base_model` only to tune them further; a new fine-tune of the "
                    "image starts from the base model again")
         else:
             how = ("give it as the initial model to go on, into this model or another: with the same settings the "
@@ -143,14 +143,16 @@ def _train_and_commit(model, record, source, weights, onnx_path, version, descri
     return result, ckpt
 
 
-def radiometric_gain(model, source) -> float:
-    """mean(Y / X_hat) over the valid centres of blocks of the image (MoR; 1 = unbiased)."""
+def radiometric_gain(model, source, looks: float | None = None) -> float:
+    """mean(Y / X_hat) over the valid centres of blocks of the image (MoR; 1 = unbiased); with `looks`, the
+    gain that makes it 1 once despeckle has restored point targets (adaptation.output_mean_ratio)."""
     from .adaptation import score_model
 
-    return score_model(model, source.block_images(), None).mean_ratio
+    score = score_model(model, source.block_images(), looks)
+    return score.gain or score.mean_ratio
 
 
-def calibrate_radiometry(model, source, gain: float | None = None) -> float:
+def calibrate_radiometry(model, source, gain: float | None = None, looks: float | None = None) -> float:
     """Scale X_hat so that mean(Y / X_hat) = 1 on the image: E[Y | X] = X for unit-mean speckle.
 
     The gain (measured here unless given) is folded into the bias of the clean branch's
@@ -162,7 +164,7 @@ def calibrate_radiometry(model, source, gain: float | None = None) -> float:
     import torch
 
     if gain is None:
-        gain = radiometric_gain(model, source)
+        gain = radiometric_gain(model, source, looks)
     with torch.no_grad():
         model.clean[-1].bias += math.log(gain) / LOG_SCALE
     return gain
@@ -422,7 +424,7 @@ def fine_tune(
             return keep_base(m, base_candidate, progress)
         if base_candidate is not None:
             return choose_weights(m, base_candidate, source, looks, calibrate_fn, progress)
-        return {"radiometric_gain": calibrate_radiometry(m, source)} if calibrate else {}
+        return {"radiometric_gain": calibrate_radiometry(m, source, looks=looks)} if calibrate else {}
 
     result, ckpt = _run(
         model, record, source, weights, onnx_path, version="phase2",

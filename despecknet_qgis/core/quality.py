@@ -52,7 +52,7 @@ class _Band:
         self.domain, self.name = domain, f"{what} {path}"
 
     def intensity(self, win):
-        return read_intensity(self.band, win, self.domain)
+        return read_intensity(self.band, win, self.domain, source=self.name)  # the raster at fault, by name
 
 
 @translate_errors

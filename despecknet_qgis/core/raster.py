@@ -817,7 +817,10 @@ class RasterOutput:
             if descriptions and descriptions[i - 1]:
                 self.ds.GetRasterBand(i).SetDescription(descriptions[i - 1])
             if band_metadata and band_metadata[i - 1]:
-                self.ds.GetRasterBand(i).SetMetadata({str(k): str(v) for k, v in band_metadata[i - 1].items()})
+                # the source's statistics (QGIS writes them beside an input it displays) are not this output's:
+                # copied, they set QGIS's stretch and gdalinfo's min/max (a dB output showed 0.157 to 2.8e7)
+                self.ds.GetRasterBand(i).SetMetadata({str(k): str(v) for k, v in band_metadata[i - 1].items()
+                                                      if not str(k).upper().startswith("STATISTICS_")})
             if units and units[i - 1]:
                 self.ds.GetRasterBand(i).SetUnitType(units[i - 1])
 

@@ -36,6 +36,7 @@ with few dates). Everything streams by windows: memory holds a few windows of th
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -429,9 +430,12 @@ def temporal_label(
     stable_count = valid_count = 0
     # band names and provenance, as every output of the plugin (and how a batch folder scan skips them)
     name = ref.GetRasterBand(dates[0].band).GetDescription() or ""
+    # every date named (it named the first only), and the looks and window the tests used
     meta = {**(ref.GetMetadata() or {}), **provenance(
         "despecknet:temporallabel", dates[0].path, dates=len(dates), rule=rule, alpha=alpha, multilook=multilook,
-        input_domain=domain, output_domain=domain)}
+        input_domain=domain, output_domain=domain,
+        date_sources=", ".join(f"{os.path.basename(str(d.path).rstrip('/')) or d.path}:{d.band}" for d in dates),
+        **({"looks": f"{looks:.2f}"} if looks else {}), **({"test_window": test_window} if rule == "omnibus" else {}))}
     outputs = Outputs(lambda: RasterOutput(output, ref, 1, [LABEL_NODATA], descriptions=[name],
                                            metadata={**meta, "DESPECKNET_CONTENT": "temporal label"}),
                       (lambda: RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte",

@@ -40,6 +40,7 @@ class DespeckleReport:
     network_seconds: float = 0.0  # inside the network; the rest is reading, statistics, point targets, writing
     models: list = field(default_factory=list)  # the model file's name used for each band
     point_targets_restored: list = field(default_factory=list)  # per band: pixels given their measured intensity
+    pixels: int = 0  # written per band (the EXTENT's window, or the whole raster)
 
 
 def check_tile_size(tile_size: int, overlap: int, branches: int = 1, memory: int | None = None) -> int:
@@ -209,6 +210,7 @@ def despeckle_raster(
         tiles=len(tiles),
         network_seconds=getattr(despeckler, "network_seconds", 0.0) - network_before,
         point_targets_restored=list(restored.values()) if point_targets else [],
+        pixels=sum(w.w * w.h for w in tiles),
     )
 
 
