@@ -173,6 +173,10 @@ def test_band_names_metadata_and_provenance_are_written(bundled, tmp_path):
     assert noise.GetMetadataItem("DESPECKNET_CONTENT") == "estimated speckle"
     assert noise.GetRasterBand(2).GetDescription() == "VH"
     assert noise.GetRasterBand(1).GetUnitType() == ""
+    noise = None
+    # a decibel output of intensity says dB (it had no unit)
+    _, db = _despeckle(bundled, src, tmp_path / "db.tif", output_domain="decibel")
+    assert db.GetRasterBand(1).GetUnitType() == "dB"
     # gdalinfo shows the provenance
     assert "DESPECKNET_MODEL_SHA256" in gdal.Info(str(tmp_path / "out.tif"))
 

@@ -248,8 +248,9 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
                       "DESPECKNET_MODEL": os.path.basename(paths[min(i, len(paths) - 1)] or ""),
                       "DESPECKNET_MODEL_VERSION": str(versions[min(i, len(versions) - 1)]),
                       "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for i, (b, n) in enumerate(zip(bands, looks))]
-    # a unit holds for the despeckled values only where they are in the input's domain
-    units = [ds.GetRasterBand(b).GetUnitType() if output_domain == domain else "" for b in bands]
+    # a unit holds for the despeckled values only where they are in the input's domain; decibels say so
+    units = [ds.GetRasterBand(b).GetUnitType() if output_domain == domain else "dB" if output_domain == "decibel"
+             else "" for b in bands]
     # it said "kept" for bands whose looks were unknown, where the test was not run
     skipped = [b for b, n in zip(bands, looks) if not n] if point_targets else []
     targets = ("off" if not point_targets else "kept" if not skipped else
