@@ -118,8 +118,8 @@ def test_output_domain_and_nodata_in_decibel(bundled, grd_with_zero_border, tmp_
     ds = None
     (lin,), lin_ds = _despeckle(bundled, src, tmp_path / "lin.tif")
     (db,), ds = _despeckle(bundled, src, tmp_path / "db.tif", output_domain="decibel")
-    # the input's unit holds for an output in its domain only
-    assert (lin_ds.GetRasterBand(1).GetUnitType(), ds.GetRasterBand(1).GetUnitType()) == ("linear", "")
+    # the input's unit holds for an output in its domain only; a decibel output says dB
+    assert (lin_ds.GetRasterBand(1).GetUnitType(), ds.GetRasterBand(1).GetUnitType()) == ("linear", "dB")
     valid = lin > 0
     np.testing.assert_allclose(db[valid], 10 * np.log10(lin[valid]), atol=1e-4)
     # 0 dB is data: the border's nodata becomes NaN in a decibel output
