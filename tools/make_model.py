@@ -124,8 +124,11 @@ class TemporalPairs:
                 offset = float(np.log(y[y > 0]).mean())  # as despeckle computes it on a whole image
                 self.dates.append((y[:rows], real_data.leave_one_out(stack, d)[:rows] * self.label_gain,
                                    stable[:rows], offset))
-        self.stable_fraction = float(np.mean([s.mean() for _, _, s, _ in self.dates]))
         self.sites, self.rows = tuple(sites), rows
+
+    @property
+    def stable_fraction(self) -> float:
+        return float(np.mean([s.mean() for _, _, s, _ in self.dates]))
 
     def save(self, path: str) -> None:
         """The pairs as computed here, for a machine without GDAL (a lent GPU machine): `load` reads them."""
@@ -142,7 +145,6 @@ class TemporalPairs:
             pairs.sites = tuple(str(s) for s in f["sites"])
             pairs.dates = [(f["y"][i], f["label"][i], f["stable"][i], float(f["offset"][i]))
                            for i in range(len(f["offset"]))]
-        pairs.stable_fraction = float(np.mean([s.mean() for _, _, s, _ in pairs.dates]))
         return pairs
 
     def batch(self, size: int):
@@ -225,33 +227,31 @@ def export_candidate(model, record: TrainingRecord, folder: str) -> None:
     export_onnx(model, os.path.join(folder, "despecknet.onnx"), record, VERSION, DESCRIPTION)
 
 
-def batch_workers(args, n: int, real_cache: str):
+def batch_workers(args, n: int, real: TemporalPairs | None):
     """Processes that prepare batches while the training loop steps, for a GPU whose steps outrun one core.
 
     Each worker has its own simulated scenes (seeds args.seed * 1000 + 1 + its number), so the pool
-    of scenes grows with the workers; the sequence of batches is not reproducible, and a resumed
-    run does not continue it. Forked before CUDA is initialised in this process.
+    of scenes grows with the workers, and its own copy of the real pairs (forked: inherited, not read
+    again); the sequence of batches is not reproducible, and a resumed run does not continue it.
+    Forked before CUDA is initialised in this process.
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     queue = ctx.Queue(maxsize=4 * n)
-    procs = [ctx.Process(target=_batch_worker, args=(queue, args, args.seed * 1000 + 1 + w, real_cache), daemon=True)
+    procs = [ctx.Process(target=_batch_worker, args=(queue, args, args.seed * 1000 + 1 + w, real), daemon=True)
              for w in range(n)]
     for p in procs:
         p.start()
     return queue, procs
 
 
-def _batch_worker(queue, args, seed: int, real_cache: str) -> None:
+def _batch_worker(queue, args, seed: int, real: TemporalPairs | None) -> None:
     torch.set_num_threads(1)
     sim = SimulatedPatches(n_scenes=args.scenes, patch=args.patch, seed=seed, realistic=True,
                            regimes=REGIMES[args.regimes], texture_floor_db=args.texture_floor_db)
-    real = None
-    if args.real_fraction > 0:
-        real = (TemporalPairs.load(real_cache, args.patch, sim.rng) if real_cache else
-                TemporalPairs(args.patch, sim.rng, real_dir=args.real_dir, sites=tuple(args.real_sites.split(",")),
-                              rows=args.real_rows))
+    if real is not None:
+        real.rng = sim.rng  # this process's copy draws from this worker's generator
     while True:
         queue.put(mixed_batch(sim, real, args.batch, args.real_fraction, args.structure_on, args.real_energy))
 
@@ -370,7 +370,7 @@ def run(args) -> None:
             real.save(args.write_real_cache)
             print(f"wrote {args.write_real_cache}")
             return
-    workers = batch_workers(args, args.data_workers, args.real_cache) if args.data_workers else None
+    workers = batch_workers(args, args.data_workers, real) if args.data_workers else None
     train = None
     if workers is None:
         train = SimulatedPatches(n_scenes=args.scenes, patch=args.patch, seed=args.seed, realistic=True,

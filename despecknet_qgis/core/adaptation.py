@@ -53,7 +53,11 @@ class RatioScore:
     structure: float  # 0 for speckle without structure beyond 4 pixels
     pixels: int
     mean_ratio: float = 1.0  # MoR, mean of R as despeckle's output has it (point targets restored: R = 1 there)
-    gain: float | None = None  # the radiometric gain that brings that mean to 1 (None: mean_ratio)
+    gain: float | None = None  # the radiometric gain that brings that mean to 1 (None given: mean_ratio)
+
+    def __post_init__(self):
+        if self.gain is None:
+            self.gain = self.mean_ratio
 
     @property
     def misfit(self) -> float:
@@ -93,7 +97,6 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
     """Score (noisy z, clean z, valid) blocks in the network's log domain; see the module docstring."""
     from scipy.special import polygamma
 
-    total, total_sq, n = 0.0, 0.0, 0
     kept: list[np.ndarray] = []
     cells4, cells8 = _CellMoments(4), _CellMoments(8)
     for z, clean, valid in blocks:
@@ -102,17 +105,15 @@ def ratio_score(blocks, looks: float | None) -> RatioScore:
         # valid zeros (another nodata declared) sit at the clip, ln 0: no speckle to judge (1 % of them took
         # the bundled model's spread from 0.92 to 3.1, "does not fit")
         ok = valid[inner] & (z[inner] > -Z_LIMIT)
-        sel = log_ratio[ok]
-        total += float(sel.sum())
-        total_sq += float((sel**2).sum())
-        kept.append(sel)
-        n += sel.size
+        kept.append(log_ratio[ok])
         cells4.add(log_ratio, ok)
         cells8.add(log_ratio, ok)
-    mean_ratio, gain = output_mean_ratio(np.concatenate(kept) if kept else np.zeros(0), looks)
+    values = np.concatenate(kept) if kept else np.zeros(0)  # at most block_images' SCORED_PIXELS
+    n = values.size
+    mean_ratio, gain = output_mean_ratio(values, looks)
     if n < 2:
         return RatioScore(float("nan"), None, float("nan"), n, mean_ratio, gain)
-    variance = total_sq / n - (total / n) ** 2
+    variance = float(values.var())
     structure = (64.0 * cells8.variance) / (16.0 * cells4.variance) - 1.0
     spread = variance / float(polygamma(1, looks)) if looks else None
     return RatioScore(variance, spread, float(structure), n, mean_ratio, gain)
@@ -202,7 +203,7 @@ def calibrated_candidate(model, state, source, looks, calibrate) -> Candidate:
     model.load_state_dict(state)
     uncalibrated = copy.deepcopy(model.state_dict())
     score = score_model(model, source.block_images(), looks)
-    gain = calibrate(model, source, score.gain or score.mean_ratio) if calibrate else 1.0
+    gain = calibrate(model, source, score.gain) if calibrate else 1.0
     return Candidate(copy.deepcopy(model.state_dict()), gain, score, uncalibrated)
 
 

@@ -148,8 +148,7 @@ def radiometric_gain(model, source, looks: float | None = None) -> float:
     gain that makes it 1 once despeckle has restored point targets (adaptation.output_mean_ratio)."""
     from .adaptation import score_model
 
-    score = score_model(model, source.block_images(), looks)
-    return score.gain or score.mean_ratio
+    return score_model(model, source.block_images(), looks).gain
 
 
 def calibrate_radiometry(model, source, gain: float | None = None, looks: float | None = None) -> float:

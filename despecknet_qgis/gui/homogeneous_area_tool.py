@@ -40,9 +40,7 @@ def layer_band_and_domain(layer, band: int, domain: str) -> tuple[int, str]:
     Variables) come first; then the domain a despecknet output records in its metadata
     (DESPECKNET_OUTPUT_DOMAIN); then the toolbar's band and domain.
     """
-    from osgeo import gdal
-
-    from ..core.domain import DOMAINS
+    from ..core.domain import DOMAINS, recorded_domain
 
     scope = QgsExpressionContextUtils.layerScope(layer)
     own_band, own_domain = scope.variable(BAND_VARIABLE), scope.variable(DOMAIN_VARIABLE)
@@ -53,12 +51,7 @@ def layer_band_and_domain(layer, band: int, domain: str) -> tuple[int, str]:
                                  "used.", "deSpeckNet", Qgis.MessageLevel.Warning)
     if own_domain in DOMAINS:
         return band, own_domain
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.Open(layer.source())
-        recorded = ds.GetMetadataItem("DESPECKNET_OUTPUT_DOMAIN") if ds is not None else None
-    finally:
-        gdal.PopErrorHandler()
+    recorded = recorded_domain(layer.source())
     return band, recorded if recorded in DOMAINS else domain
 
 
