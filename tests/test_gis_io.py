@@ -4,6 +4,7 @@ domain and type, band names, metadata and provenance, and a processing extent.
 Real GeoTIFFs through GDAL and the bundled model (the halo next to a zero border is a
 property of a trained network; an untrained one shows none).
 """
+import gc
 import math
 
 import numpy as np
@@ -196,6 +197,23 @@ def test_extent_equals_that_window_of_a_whole_run(bundled, grd_with_zero_border,
     with pytest.raises(InputError, match="does not overlap"):
         despeckle_raster(src, str(tmp_path / "none.tif"), bundled, extent=(0.0, 0.0, 10.0, 10.0))
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_an_extent_that_misses_the_raster_is_named_in_full_beside_the_raster_s_own(grd_with_zero_border, tmp_path):
+    """`:g` printed UTM northings as 4.41235e+06 (two extents 50 m apart read alike), in (xmin, ymin, xmax, ymax)
+    order, and the message did not say where the raster lies."""
+    from despecknet_qgis.core.raster import window_of_extent
+
+    src = write_tif(tmp_path / "in.tif", grd_with_zero_border, origin=(500000.0, 4412345.6), pixel=20.0)
+    ds = gdal.Open(src)
+    h, w = grd_with_zero_border.shape
+    with pytest.raises(InputError) as caught:
+        window_of_extent(ds, 400000.25, 4412000.5, 400100.0, 4412100.0, src)
+    message = str(caught.value)
+    caught = ds = None
+    gc.collect()
+    assert "(x 400000.25 to 400100, y 4412000.5 to 4412100) does not overlap" in message, message
+    assert f"which covers x 500000 to {500000 + 20 * w}, y {4412345.6 - 20 * h:.1f} to 4412345.6" in message, message
 
 
 def test_extent_on_a_raster_georeferenced_by_gcps_only(bundled, grd_with_zero_border, tmp_path):

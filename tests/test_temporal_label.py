@@ -334,3 +334,67 @@ def test_the_label_names_every_date_and_the_looks_its_tests_used(tmp_path):
     meta = gdal.Open(str(tmp_path / "l.tif")).GetMetadata()
     assert meta["DESPECKNET_DATE_SOURCES"] == "d0.tif:1, d1.tif:1, d2.tif:1, d3.tif:1"
     assert meta["DESPECKNET_LOOKS"] == "1.00" and meta["DESPECKNET_TEST_WINDOW"] == "3"
+
+
+def _scene_replaced(tmp_path, dates, split, size=128, seed=1):
+    """`dates` single-look dates of one scene, then from date `split` on of another of the same mean level."""
+    rng = np.random.default_rng(seed)
+    a, b = (simulate_reflectivity((size, size), rng, parcel_size=32.0).reflectivity for _ in range(2))
+    b *= a.mean() / b.mean()
+    return [write_tif(tmp_path / f"s{t:02d}.tif", ((a if t < split else b) *
+                                                   simulate_speckle((size, size), 1.0, 0.0, rng)).astype(np.float32))
+            for t in range(dates)], np.abs(db(a) - db(b))
+
+
+def test_few_single_look_dates_warn_that_changes_pass_as_stable_and_a_low_look_estimate_says_give_looks(tmp_path):
+    """Five single-look dates of a scene replaced after the third: 53 % of the pixels changing by more than 6 dB
+    were labelled stable, silently (the look estimate, 0.72, took the change for speckle)."""
+    paths, change = _scene_replaced(tmp_path, 5, 3)
+    messages = []
+    report = temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), progress=_logged(messages))
+    warnings = [m for m in messages if m.startswith("Warning")]
+    assert report.looks < 0.9
+    assert any("below the one look of any SAR intensity" in m and "give `looks`" in m for m in warnings), messages
+    low_power = [m for m in warnings if "will enter the label as stable" in m]
+    assert len(low_power) == 1 and "a 6 dB change on the last 2 of the 5 dates is caught in" in low_power[0]
+    # the warning is true of this stack: most pixels changing by more than 3 dB are labelled stable (0.58)
+    passed = {t: (read_tif(tmp_path / "m.tif")[0][0][change > t] == 1).mean() for t in (3, 6)}
+    assert passed[3] > 0.5
+    # with the looks given, more changes are caught (0.45, 0.09 of 0.58, 0.24 pass), and the looks warning is gone
+    messages.clear()
+    temporal_label(paths, str(tmp_path / "l1.tif"), str(tmp_path / "m1.tif"), looks=1.0, progress=_logged(messages))
+    assert not any("below the one look" in m for m in messages)
+    for t, share in passed.items():
+        assert (read_tif(tmp_path / "m1.tif")[0][0][change > t] == 1).mean() < share - 0.1
+
+
+def test_a_long_multilook_stack_reports_its_detection_rate_without_a_warning(tmp_path):
+    paths, _, _ = stack(tmp_path, dates=20, size=96, changed_share=0.0, seed=3)
+    messages = []
+    temporal_label(paths, str(tmp_path / "l.tif"), str(tmp_path / "m.tif"), progress=_logged(messages))
+    assert not any(m.startswith("Warning") for m in messages), messages
+    assert any(m.startswith("detection: a 6 dB change on the last 10 of the 20 dates is caught in 100 %")
+               for m in messages), messages
+
+
+def test_the_temporal_label_algorithm_logs_the_core_s_advice_in_its_parameter_names(provider, tmp_path):
+    """The core's log lines said "give `looks`", "a larger `test_window`": the toolbox user sets LOOKS and TEST_WINDOW."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    paths, _ = _scene_replaced(tmp_path, 5, 3)
+
+    class Collect(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushInfo(self, info):
+            self.lines.append(info)
+
+    feedback = Collect()
+    processing.run("despecknet:temporallabel", {"INPUTS": paths, "OUTPUT": str(tmp_path / "l.tif")},
+                   context=QgsProcessingContext(), feedback=feedback)
+    text = "\n".join(feedback.lines)
+    assert "give LOOKS (1 for single-look dates)" in text and "a larger TEST_WINDOW" in text, text
+    assert "`" not in text, text

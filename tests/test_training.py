@@ -155,6 +155,22 @@ def test_mask_removes_pixels_from_training(tmp_path):
         assert m.mean() > 0.5
 
 
+def test_a_training_label_written_in_another_domain_is_refused_by_the_core(tmp_path):
+    """The core checked the noisy image's recorded domain but read a dB label of this plugin as intensity
+    (only the Processing algorithm refused it): a core caller trained on log values taken for power."""
+    from osgeo import gdal
+
+    p = pair(tmp_path, seed=3)
+    ds = gdal.Open(p.label, gdal.GA_Update)
+    ds.SetMetadataItem("DESPECKNET_OUTPUT_DOMAIN", "decibel")
+    ds = None
+    with pytest.raises(DespeckNetError, match=r"x\.tif is an output of this plugin written in decibel"):
+        RasterPatches([p], 24, 24)
+    with pytest.raises(DespeckNetError, match="written in decibel"):
+        train([p], str(tmp_path / "m.onnx"), epochs=1, seed=1, **SMALL)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cancel_keeps_the_last_good_checkpoint_and_the_previous_model(tmp_path, monkeypatch):
     """The epoch checkpoint was moved onto m.pt: a cancelled retrain left the old m.onnx beside another run's
     unfinished weights, although the message said nothing was written."""

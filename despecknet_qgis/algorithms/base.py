@@ -456,21 +456,27 @@ class DespeckNetAlgorithm(QgsProcessingAlgorithm):
 
     # --- running the core --------------------------------------------------------------------
 
-    @staticmethod
-    def progress(feedback) -> Progress:
+    def progress(self, feedback) -> Progress:
         if feedback is None:
             return Progress()
-        return Progress(report=feedback.setProgress, is_cancelled=feedback.isCanceled, log=feedback.pushInfo)
+        return Progress(report=feedback.setProgress, is_cancelled=feedback.isCanceled, log=self._log_to(feedback))
 
-    @staticmethod
-    def progress_part(feedback, start: float, end: float) -> Progress:
+    def progress_part(self, feedback, start: float, end: float) -> Progress:
         """Progress of one stage of a longer job, mapped onto start..end percent."""
         return Progress(report=lambda p: feedback.setProgress(start + (end - start) * p / 100.0),
-                        is_cancelled=feedback.isCanceled, log=feedback.pushInfo)
+                        is_cancelled=feedback.isCanceled, log=self._log_to(feedback))
+
+    def _log_to(self, feedback):
+        # the core's warnings name its arguments ("give `looks`"): the user sets LOOKS
+        return lambda text: feedback.pushInfo(self.in_parameter_names(text))
+
+    def in_parameter_names(self, text: str) -> str:
+        """A core text (message or log line) in this algorithm's parameter names."""
+        return rename_arguments(text, {**COMMON_ARGUMENTS, **self.ARGUMENTS})
 
     def message(self, exc: DespeckNetError) -> str:
         """A core error's message in this algorithm's parameter names."""
-        return rename_arguments(str(exc), {**COMMON_ARGUMENTS, **self.ARGUMENTS})
+        return self.in_parameter_names(str(exc))
 
     def run_core(self, call, *args, **kwargs):
         """Run a core function (SIGTERM = cancel, bounded GDAL cache); its errors become QgsProcessingException."""

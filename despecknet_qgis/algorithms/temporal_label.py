@@ -54,6 +54,8 @@ class TemporalLabelAlgorithm(DespeckNetAlgorithm):
             "pixels around changed areas, are masked. <i>Speckle test</i> compares each pixel's temporal coefficient of "
             "variation with what L-look speckle alone gives for that many dates, at risk ALPHA; it misses most "
             "gradual change. Both work whatever the calibration; LOOKS = 0 estimates L from the stack. "
+            "Few dates catch little: the log says how often a 6 dB change is caught with these dates and looks "
+            "(five single-look dates: in well under half of the pixels), and warns when it is under half. "
             "<i>dB standard deviation</i> keeps "
             "pixels whose dB values vary less than THRESHOLD dB; the threshold must be above what speckle alone "
             "gives: about 5.6 dB at 1 look, 2.2 dB at 4.4 looks (GRD, where the default 2 dB keeps only about a "

@@ -67,7 +67,7 @@ class RasterPatches:
         self.label_bands: list[int] = []
         blocks: list[_Block] = []
         for i, pair in enumerate(pairs):
-            dm.check_domain(pair.domain, pair.noisy)
+            dm.check_domain(pair.domain, pair.noisy, pair.label)  # the label is read in the image's domain
             ds = open_raster(pair.noisy, progress.without_percent())
             check_bands(ds, [pair.band], pair.noisy)
             for other, what in ((pair.label, "label"), (pair.mask, "mask")):

@@ -577,6 +577,23 @@ def output_nodata(nodata: float | None, output_domain: str) -> float | None:
     return nodata if impossible else math.nan
 
 
+def _rectangle_text(xmin: float, ymin: float, xmax: float, ymax: float) -> str:
+    """A rectangle as a user reads it: x then y ranges, to the centimetre of a projected CRS and the
+    micro-degree of a geographic one (`:g` printed 4412345.6 as 4.41235e+06)."""
+    def number(v: float) -> str:
+        return f"{v:.6f}".rstrip("0").rstrip(".") if math.isfinite(v) else str(v)
+
+    return f"x {number(xmin)} to {number(xmax)}, y {number(ymin)} to {number(ymax)}"
+
+
+def raster_bounds(ds: gdal.Dataset) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of the raster's footprint through its geotransform (rotated ones included)."""
+    gt = ds.GetGeoTransform()
+    xs, ys = zip(*[(gt[0] + c * gt[1] + r * gt[2], gt[3] + c * gt[4] + r * gt[5])
+                   for c in (0, ds.RasterXSize) for r in (0, ds.RasterYSize)])
+    return min(xs), min(ys), max(xs), max(ys)
+
+
 def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ymax: float, source: str = "the input") -> Window:
     """The pixel window of `ds` that covers a rectangle in its CRS (every pixel it touches).
 
@@ -586,8 +603,9 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
     Raises:
         InputError: the rectangle cannot be placed on the raster, or misses it.
     """
+    asked = _rectangle_text(xmin, ymin, xmax, ymax)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
-        raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has a coordinate that is not a finite "
+        raise InputError(f"`extent` ({asked}) has a coordinate that is not a finite "
                          "number: give four finite coordinates, or leave the extent empty.")
     gt = ds.GetGeoTransform(can_return_null=True)
     if gt is not None and gt[2] == 0 and gt[4] == 0:
@@ -600,7 +618,7 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
         c, r = world_to_pixel(ds)(xs, ys)
         placed = np.isfinite(c) & np.isfinite(r)
         if not placed.any():
-            raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) cannot be placed on {source}'s "
+            raise InputError(f"`extent` ({asked}) cannot be placed on {source}'s "
                              "georeferencing: give it in the raster's CRS, or warp the raster first.")
         cols, rows = (c[placed].min(), c[placed].max()), (r[placed].min(), r[placed].max())
     # An edge on a pixel boundary does not take the next pixel, also when the extent was reprojected
@@ -609,7 +627,8 @@ def window_of_extent(ds: gdal.Dataset, xmin: float, ymin: float, xmax: float, ym
     x0, x1 = max(0, math.floor(cols[0] + eps)), min(ds.RasterXSize, math.ceil(cols[1] - eps))
     y0, y1 = max(0, math.floor(rows[0] + eps)), min(ds.RasterYSize, math.ceil(rows[1] - eps))
     if x1 <= x0 or y1 <= y0:
-        raise InputError(f"`extent` ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) does not overlap {source}: "
+        covers = f", which covers {_rectangle_text(*raster_bounds(ds))}" if gt is not None else ""
+        raise InputError(f"`extent` ({asked}) does not overlap {source}{covers}: "
                          "draw it over the raster (in the raster's CRS) or leave it empty.")
     return Window(x0, y0, x1 - x0, y1 - y0)
 
