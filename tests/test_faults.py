@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from osgeo import gdal
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
 
 from conftest import ROOT, qgis_process_command, read_tif, run_qgis_process, speckled_scene, write_tif
 from despecknet_qgis.core import metrics as mt
@@ -415,6 +415,25 @@ def test_case7_failing_noise_output_leaves_no_half_pair(provider, tiny_model, tm
         run("despeckle", {"INPUT": src, "MODEL": tiny_model[0], "OUTPUT": str(tmp_path / "x.tif"),
                           "OUTPUT_NOISE": str(disk / "n.tif")})
     assert sorted(os.listdir(tmp_path)) == ["disk", "y.tif"] and os.listdir(disk) == []
+
+
+@pytest.mark.parametrize("extension", ["csv", "geojson"])
+def test_specklestats_table_onto_a_full_disk_is_a_failure_and_leaves_no_empty_file(provider, tiny_model, tmp_path,
+                                                                                  small_disk, extension):
+    """OGR writes a CSV or GeoJSON as the sink closes, after the algorithm returned: on a full disk the run
+    reported ENL and Cx as a success and left a 0-byte table."""
+    disk = small_disk(size="4k")
+    (disk / "fill").write_bytes(b"\0" * 4096)
+    scene = Scene(tmp_path, tiny_model)
+    table = disk / f"stats.{extension}"
+    with pytest.raises(QgsProcessingException, match=r"statistics table\) .*stats\.%s failed: it holds 0 of its 1 "
+                                                     r"rows \(a full disk" % extension):
+        run("specklestats", {"INPUTS": [scene.raster()], "POLYGONS": scene.polygons(), "OUTPUT": str(table)})
+    assert not table.exists()
+    # with room, the same run writes its row
+    res = run("specklestats", {"INPUTS": [scene.raster()], "POLYGONS": scene.polygons(),
+                               "OUTPUT": str(tmp_path / f"stats.{extension}")})
+    assert QgsVectorLayer(res["OUTPUT"], "t", "ogr").featureCount() == 1
 
 
 def test_case6_train_onto_a_full_disk_says_so(provider, tmp_path, small_disk):

@@ -6,6 +6,7 @@ property of a trained network; an untrained one shows none).
 """
 import gc
 import math
+import os
 
 import numpy as np
 import pytest
@@ -636,3 +637,162 @@ def test_a_nodata_value_that_float32_cannot_hold_exactly_still_marks_the_fill(de
         (out,), _ = read_tif(tmp_path / "out.tif")
         assert not np.isfinite(out[:10]).any() or (out[:10] == np.float32(fill)).all()
         assert np.isfinite(out[10:]).all() and out[10:].max() < 100
+
+
+# --- output fidelity (audit 27): what an output keeps of its input ------------------------------------------
+
+
+def _band_items(path, band=1):
+    ds = gdal.Open(str(path))
+    items, unit = dict(ds.GetRasterBand(band).GetMetadata()), ds.GetRasterBand(band).GetUnitType()
+    dataset_items = dict(ds.GetMetadata())
+    ds = None
+    return dataset_items, items, unit
+
+
+def test_an_alpha_band_is_neither_despeckled_nor_taken_for_a_date(bundled, tmp_path):
+    """A UInt16 raster with an alpha band (gdalwarp -dstalpha): "every band" despeckled the transparency as a
+    second polarisation, and temporallabel took it for a second date (STABLE_FRACTION 1, success)."""
+    from despecknet_qgis.core.raster import band_numbers
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    y, _ = speckled_scene(96, seed=6)
+    src = write_tif(tmp_path / "rgba.tif", [np.clip(100 * y, 1, 60000), np.full(y.shape, 65535.0)], dtype=gdal.GDT_UInt16)
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.GetRasterBand(2).SetColorInterpretation(gdal.GCI_AlphaBand)
+    ds = None
+    assert band_numbers(src) == [1]
+    report = despeckle_raster(src, str(tmp_path / "out.tif"), bundled)
+    assert [b.band for b in report.bands] == [1]
+    assert gdal.Open(str(tmp_path / "out.tif")).RasterCount == 1
+    with pytest.raises(InputError, match="multi-band raster whose bands are the dates"):
+        temporal_label([src], str(tmp_path / "label.tif"))
+    # a band chosen by number is the user's choice, as before
+    despeckle_raster(src, str(tmp_path / "b1.tif"), bundled, bands=[1])
+
+
+def test_an_output_carries_no_provenance_of_the_run_that_made_its_input(bundled, tmp_path):
+    """Despeckling a plugin output copied that run's items: the band said POINT_TARGETS_RESTORED beside a
+    dataset saying POINT_TARGETS=off; a despeckled temporal label kept the label's RULE, ALPHA and DATES."""
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    rng = np.random.default_rng(4)
+    x = speckled_scene(96, looks=50.0, seed=7)[0]
+    dates = [write_tif(tmp_path / f"d{t}.tif", (x * rng.gamma(1.0, 1.0, x.shape)).astype(np.float32)) for t in range(4)]
+    temporal_label(dates, str(tmp_path / "label.tif"), looks=1.0)
+    once = tmp_path / "once.tif"
+    despeckle_raster(dates[0], str(once), bundled)
+    again = tmp_path / "again.tif"
+    despeckle_raster(str(once), str(again), bundled, point_targets=False)
+    meta, band, _ = _band_items(again)
+    assert meta["DESPECKNET_POINT_TARGETS"] == "off" and "DESPECKNET_POINT_TARGETS_RESTORED" not in band, band
+    assert meta["DESPECKNET_INPUT"] == "once.tif"
+    despeckle_raster(str(tmp_path / "label.tif"), str(tmp_path / "of_label.tif"), bundled)
+    meta, _, _ = _band_items(tmp_path / "of_label.tif")
+    assert not {"DESPECKNET_RULE", "DESPECKNET_ALPHA", "DESPECKNET_DATES", "DESPECKNET_TEST_WINDOW"} & set(meta), meta
+    assert meta["DESPECKNET_ALGORITHM"] == "despecknet:despeckle" and meta["DESPECKNET_CONTENT"] == "despeckled"
+
+
+def test_the_temporal_label_keeps_the_dates_unit_and_band_items(tmp_path):
+    """A label of dB dates (unit dB, POLARISATION VV) had no unit and no polarisation; despeckle kept both."""
+    from despecknet_qgis.core.temporal_label import temporal_label
+
+    rng = np.random.default_rng(5)
+    x = speckled_scene(64, looks=50.0, seed=8)[0]
+    dates = []
+    for t in range(4):
+        path = write_tif(tmp_path / f"d{t}.tif", (10 * np.log10(x * rng.gamma(1.0, 1.0, x.shape))).astype(np.float32))
+        ds = gdal.Open(path, gdal.GA_Update)
+        ds.GetRasterBand(1).SetUnitType("dB")
+        ds.GetRasterBand(1).SetMetadataItem("POLARISATION", "VV")
+        ds = None
+        dates.append(path)
+    temporal_label(dates, str(tmp_path / "label.tif"), str(tmp_path / "mask.tif"), domain="decibel", looks=1.0)
+    _, band, unit = _band_items(tmp_path / "label.tif")
+    assert unit == "dB" and band.get("POLARISATION") == "VV", (unit, band)
+    _, band, unit = _band_items(tmp_path / "mask.tif")
+    assert band.get("POLARISATION") == "VV" and unit == ""
+
+
+def test_an_output_written_over_an_old_one_drops_the_old_one_s_statistics_and_overviews(bundled, tmp_path):
+    """QGIS writes out.tif.aux.xml (statistics) and out.tif.ovr (pyramids) beside a raster it shows; a rerun
+    onto out.tif kept them: the new layer was stretched by the old file's 22.6 to 1823 (its own 0.03 to 2)
+    and drawn from the old pixels when zoomed out."""
+    out = tmp_path / "out.tif"
+    bright = write_tif(tmp_path / "bright.tif", (1000 * speckled_scene(96, seed=9)[0]).astype(np.float32))
+    despeckle_raster(bright, str(out), bundled)
+    ds = gdal.Open(str(out))
+    ds.GetRasterBand(1).ComputeStatistics(False)  # as gdalinfo -stats or QGIS's display: into out.tif.aux.xml
+    ds.BuildOverviews("AVERAGE", [2])  # external, out.tif.ovr, as QGIS's pyramids
+    ds = None
+    assert os.path.exists(f"{out}.aux.xml") and os.path.exists(f"{out}.ovr")
+    dim = write_tif(tmp_path / "dim.tif", (0.01 * speckled_scene(96, seed=10)[0]).astype(np.float32))
+    despeckle_raster(dim, str(out), bundled)
+    assert not os.path.exists(f"{out}.aux.xml") and not os.path.exists(f"{out}.ovr")
+    ds = gdal.Open(str(out))
+    assert ds.GetRasterBand(1).GetOverviewCount() == 0
+    assert ds.GetRasterBand(1).GetMetadataItem("STATISTICS_MAXIMUM") is None
+    assert float(np.nanmax(ds.GetRasterBand(1).ReadAsArray())) < 10
+    ds = None
+
+
+def test_a_window_of_a_raster_without_georeferencing_stays_where_qgis_drew_it(bundled, tmp_path):
+    """An EXTENT over a raster with no georeferencing is read on QGIS's default grid (x = column, y = -row);
+    the 40x40 window was written without any, so QGIS drew it at the top left instead of where it was cut."""
+    y, _ = speckled_scene(96, seed=11)
+    src = str(tmp_path / "plain.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(src, 96, 96, 1, gdal.GDT_Float32)
+    ds.GetRasterBand(1).WriteArray(y.astype(np.float32))
+    ds = None
+    (part,), ds = _despeckle(bundled, src, tmp_path / "part.tif", extent=(10.0, -60.0, 50.0, -20.0))
+    assert part.shape == (40, 40)
+    assert ds.GetGeoTransform() == (10.0, 1.0, 0.0, -20.0, 0.0, -1.0)
+    ds = None
+    # the whole raster stays as it was: no georeferencing added
+    (_,), ds = _despeckle(bundled, src, tmp_path / "whole.tif")
+    assert ds.GetGeoTransform(can_return_null=True) is None
+    ds = None
+
+
+def test_a_dynamic_crs_keeps_its_coordinate_epoch(bundled, tmp_path):
+    """The CRS was copied as WKT1, which has no epoch: ITRF2014 at 2021.5 came out at epoch 0."""
+    from osgeo import osr
+
+    src = write_tif(tmp_path / "itrf.tif", speckled_scene(64, seed=12)[0].astype(np.float32))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(9000)
+    srs.SetCoordinateEpoch(2021.5)
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.SetSpatialRef(srs)
+    ds = None
+    (_,), ds = _despeckle(bundled, src, tmp_path / "out.tif")
+    kept = ds.GetSpatialRef()
+    ds = None
+    assert kept.GetCoordinateEpoch() == 2021.5 and "ITRF2014" in kept.GetName(), kept.ExportToWkt()
+
+
+def test_geolocation_arrays_are_kept_and_follow_an_extent(bundled, tmp_path):
+    """A swath product placed by longitude/latitude arrays (GDAL's GEOLOCATION domain) came out with no
+    georeferencing at all, reported as success."""
+    from despecknet_qgis.core.raster import shifted_geolocation
+
+    y, _ = speckled_scene(64, seed=13)
+    src = write_tif(tmp_path / "swath.tif", y.astype(np.float32))
+    lon = write_tif(tmp_path / "lon.tif", np.tile(np.linspace(5.0, 5.6, 64), (64, 1)).astype(np.float32))
+    lat = write_tif(tmp_path / "lat.tif", np.tile(np.linspace(52.6, 52.0, 64)[:, None], (1, 64)).astype(np.float32))
+    ds = gdal.Open(src, gdal.GA_Update)
+    ds.SetGeoTransform((0, 1, 0, 0, 0, 1))
+    ds = None
+    geolocation = {"X_DATASET": lon, "X_BAND": "1", "Y_DATASET": lat, "Y_BAND": "1", "PIXEL_OFFSET": "0",
+                   "LINE_OFFSET": "0", "PIXEL_STEP": "1", "LINE_STEP": "1",
+                   "SRS": 'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+                          'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]]'}
+    vrt = gdal.Translate(str(tmp_path / "swath.vrt"), src, format="VRT")
+    vrt.SetMetadata(geolocation, "GEOLOCATION")
+    vrt = None
+    (_,), ds = _despeckle(bundled, tmp_path / "swath.vrt", tmp_path / "out.tif")
+    kept = ds.GetMetadata("GEOLOCATION")
+    ds = None
+    assert kept and kept["X_DATASET"] == lon and float(kept["PIXEL_OFFSET"]) == 0.0
+    shifted = shifted_geolocation(geolocation, 10, 20)
+    assert float(shifted["PIXEL_OFFSET"]) == -10.0 and float(shifted["LINE_OFFSET"]) == -20.0

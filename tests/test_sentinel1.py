@@ -148,6 +148,21 @@ def test_core_despeckles_the_calibrated_product(despeckler, safe, tmp_path):
     assert report is not None and read_tif(out)[1].RasterCount == 2
 
 
+def test_a_decibel_output_of_a_product_does_not_say_its_domain_is_intensity(despeckler, safe, tmp_path, monkeypatch):
+    """The calibrated file said DOMAIN=intensity, which every output copied: a dB output said DOMAIN=intensity
+    beside DESPECKNET_OUTPUT_DOMAIN=decibel; SOURCE_PRODUCT was relative where the product was named so."""
+    root, _, _ = safe
+    monkeypatch.chdir(os.path.dirname(root))
+    out = str(tmp_path / "db.tif")
+    despeckle_raster(calibrated_raster(os.path.basename(root), str(tmp_path / "cal")), out, despeckler,
+                     output_domain="decibel")
+    ds = gdal.Open(out)
+    meta, unit = ds.GetMetadata(), ds.GetRasterBand(1).GetUnitType()
+    ds = None
+    assert "DOMAIN" not in meta and meta["DESPECKNET_OUTPUT_DOMAIN"] == "decibel" and unit == "dB"
+    assert meta["SOURCE_PRODUCT"] == os.path.join(root, "manifest.safe")
+
+
 # --- multi-layer parameters take GDAL dataset names (issue 9, item 1) -------------------------
 
 @pytest.fixture()

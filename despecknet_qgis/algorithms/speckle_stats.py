@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingUtils,
+    QgsVectorLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QMetaType
@@ -23,6 +24,7 @@ from qgis.PyQt.QtCore import QMetaType
 from ..core.domain import DOMAINS
 from ..core.errors import OutputError
 from ..core.files import commit_files, partial_path, remove_quietly, remove_stale_partials
+from ..core.raster import band_numbers
 from ..core.region_stats import MIN_PIXELS, region_statistics
 from ..core.report_html import region_report
 from .base import DOMAIN_LABELS, DespeckNetAlgorithm, geometries_in_crs
@@ -103,7 +105,7 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
             polygons = [(fid, geom.asWkt()) for fid, geom in geometries_in_crs(source, layer.crs(), context)]
             if not polygons:
                 raise QgsProcessingException("POLYGONS holds no polygon: draw at least one over a homogeneous area.")
-            for b in (range(1, layer.bandCount() + 1) if band == 0 else [band]):
+            for b in (self.run_core(band_numbers, path) if band == 0 else [band]):
                 stats = self.run_core(region_statistics, path, [w for _, w in polygons], b, domain,
                                       keep_values=bool(html_path), progress=self.progress(feedback).without_percent())
                 rows += self._rows(polygons, stats, layer.name(), b, layer.bandCount(), feedback)
@@ -167,6 +169,10 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
                                 + list(values))
                 if not sink.addFeature(f, QgsFeatureSink.FastInsert):
                     raise QgsProcessingException(f"Writing OUTPUT (the statistics table) failed: {sink.lastError()}")
+            # OGR writes a CSV or GeoJSON as the sink closes, after this returned: closed here and read back, a
+            # full disk left an empty file behind a run reported done
+            del sink
+            _check_table(dest, len(rows), context)
             first = rows[0][3]
             results = {self.OUTPUT: dest, self.ENL: _finite(first.enl), self.CX: _finite(first.cv)}
             if tmp:
@@ -179,6 +185,22 @@ class SpeckleStatsAlgorithm(DespeckNetAlgorithm):
         finally:
             if tmp:
                 remove_quietly(tmp)
+
+
+def _check_table(dest: str, rows: int, context) -> None:
+    """The statistics table at `dest` holds its `rows` (a layer of the run's own store is in memory)."""
+    if context.temporaryLayerStore().mapLayer(dest) is not None or dest.startswith("memory:"):
+        return
+    layer = QgsVectorLayer(dest, "statistics", "ogr")
+    count = layer.featureCount() if layer.isValid() else -1
+    del layer
+    if count != rows:
+        path = dest.split("|")[0]
+        if "|" not in dest:  # a file of its own (not a layer of a GeoPackage holding others): not left half-written
+            remove_quietly(path)
+        raise QgsProcessingException(
+            f"Writing OUTPUT (the statistics table) {path} failed: it holds {max(count, 0)} of its {rows} rows (a full "
+            "disk, or a folder that does not take the file?). Free space or choose another place, and run again.")
 
 
 def _finite(value):

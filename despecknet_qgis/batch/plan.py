@@ -20,11 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.errors import InputError, OutputError
-from ..core.files import dataset_files, file_sha256, same_file
+from ..core.files import SIDECARS, dataset_files, file_sha256, same_file
 
 MANIFEST = "despecknet-manifest.jsonl"
 WORK_DIR = ".despecknet-batch"  # per-band parts and done-markers, inside the output folder
-SIDECARS = (".aux.xml", ".ovr", ".msk")
 RASTER_EXTENSIONS = (".tif", ".tiff", ".img", ".vrt", ".jp2", ".nc", ".h5")
 
 

@@ -44,7 +44,7 @@ from .defaults import TILE_RANGE, TILE_SIZE, ZERO_IS_NODATA, Range
 from .dependencies import import_module
 from .errors import InputError, translate_errors
 from .files import check_outputs
-from .model_info import provenance
+from .model_info import inherited, provenance
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, band_statistics, check_bands, gdal_cache_limit, open_raster
 from .raster import output_nodata_of
@@ -351,14 +351,14 @@ def classic_filter_raster(
         nodata = output_nodata_of(ds, bands, domain, domain, zero_is_nodata)
         tiles = windows(ds.RasterXSize, ds.RasterYSize, tile_size)
         total = len(tiles) * len(bands)
-        metadata = {**(ds.GetMetadata() or {}), **provenance(
+        metadata = {**inherited(ds.GetMetadata()), **provenance(
             "despecknet:classicfilter", input_path, method=method, window_size=window_size,
             looks=", ".join(f"{n:.2f}" if n else "-" for n in used), input_domain=domain, output_domain=domain,
             zero_is_nodata="yes" if zero_is_nodata else "no")}
         outputs = Outputs(lambda: RasterOutput(output_path, ds, len(bands), nodata, argument="output_path",
                                                descriptions=[ds.GetRasterBand(b).GetDescription() or "" for b in bands],
                                                metadata=metadata,
-                                               band_metadata=[ds.GetRasterBand(b).GetMetadata() or {} for b in bands],
+                                               band_metadata=[inherited(ds.GetRasterBand(b).GetMetadata()) for b in bands],
                                                units=[ds.GetRasterBand(b).GetUnitType() for b in bands]))
         with outputs as (out,):
             done = 0

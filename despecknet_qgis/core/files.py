@@ -435,11 +435,30 @@ def _commit(moves: list[tuple[str, str]]) -> None:
     for _, previous in kept:
         if previous is not None and os.path.exists(previous):
             os.remove(previous)
+    for tmp, dest in moves:
+        _replace_sidecars(tmp, dest)
+
+
+# Files GDAL and QGIS keep beside a raster (statistics and metadata, overviews, a mask)
+SIDECARS = (".aux.xml", ".ovr", ".msk")
+
+
+def _replace_sidecars(tmp: str, dest: str) -> None:
+    """The new file's sidecars go with it; the old file's are removed: they describe other pixels (QGIS
+    stretched a new output by the statistics of the one it replaced, and showed old overviews zoomed out)."""
+    for ext in SIDECARS:
+        try:
+            if os.path.exists(tmp + ext):
+                os.replace(tmp + ext, dest + ext)
+            elif os.path.lexists(dest + ext):
+                os.remove(dest + ext)
+        except OSError:
+            pass
 
 
 def remove_quietly(*paths: str) -> None:
     for p in paths:
-        for q in (p, p + ".aux.xml"):
+        for q in (p,) + tuple(p + ext for ext in SIDECARS):
             try:
                 if os.path.exists(q):
                     os.remove(q)

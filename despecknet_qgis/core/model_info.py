@@ -146,6 +146,14 @@ class ModelInfo:
 PROVENANCE_KEY = "DESPECKNET_ALGORITHM"  # in every raster output; a batch folder scan skips files that have it
 
 
+def inherited(items: dict | None) -> dict[str, str]:
+    """An input's metadata items that an output of it keeps: not this plugin's record of the run that made
+    the input (DESPECKNET_*: a despeckled temporal label said RULE and ALPHA, a rerun without point targets
+    kept the band's POINT_TARGETS_RESTORED), nor statistics of other pixels (STATISTICS_*)."""
+    return {str(k): str(v) for k, v in (items or {}).items()
+            if not str(k).upper().startswith(("DESPECKNET_", "STATISTICS_"))}
+
+
 def provenance(algorithm: str, source: str, **items) -> dict[str, str]:
     """The DESPECKNET_* metadata every raster output carries: the algorithm, the plugin version, the
     input, and `items` (DESPECKNET_<NAME>). Also how a folder scan tells the plugin's outputs from inputs."""

@@ -21,7 +21,7 @@ from . import domain as dm
 from . import metrics as mt
 from .errors import InputError, translate_errors
 from .files import check_outputs
-from .model_info import provenance
+from .model_info import inherited, provenance
 from .progress import SILENT, Progress
 from .raster import Outputs, RasterOutput, Window, check_bands, gdal_cache_limit, check_same_grid, open_raster, read_intensity, windows
 
@@ -118,7 +118,7 @@ def quality_metrics(
     sums = dict(n=0, n_ssim=0, se8=0.0, ssim8=0.0, sedb=0.0, ssimdb=0.0, se_noisy=0.0, se_est=0.0, grad_est=0.0,
                 grad_ref=0.0)
     # the input's own metadata (a product's mission, dates) without the despeckling's provenance items
-    meta = {k: v for k, v in (est.ds.GetMetadata() or {}).items() if not k.startswith("DESPECKNET_")}
+    meta = inherited(est.ds.GetMetadata())
     meta.update(provenance("despecknet:quality", despeckled, content="ratio image Y / X_hat",
                            noisy=os.path.basename(str(noisy)), band=band))
     name = " ".join(["Y / X_hat", est.band.GetDescription()]).strip()  # "Y / X_hat VV", as temporallabel's "stable VV"

@@ -152,9 +152,24 @@ def gdal_cache_limit(nbytes: int = GDAL_CACHE_BYTES):
                     gdal.SetCacheMax(previous)
 
 
+def data_bands(ds: gdal.Dataset, source: str) -> list[int]:
+    """The bands that hold values, not an alpha band (a warped or RGBA GeoTIFF's transparency, which was
+    despeckled as a second polarisation and taken as a second date): what "every band" means."""
+    bands = [b for b in range(1, ds.RasterCount + 1)
+             if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand]
+    if not bands:
+        raise InputError(f"{source} has only an alpha band (transparency), no values: give the raster of values.")
+    return bands
+
+
+def band_numbers(path: str) -> list[int]:
+    """`path`'s bands of values (data_bands), opened and checked as every input is."""
+    return data_bands(open_raster(path), path)
+
+
 def check_bands(ds: gdal.Dataset, bands: list[int] | None, source: str) -> list[int]:
     if not bands:
-        return list(range(1, ds.RasterCount + 1))
+        return data_bands(ds, source)
     bad = [b for b in bands if not 1 <= b <= ds.RasterCount]
     if bad:
         raise InputError(f"{source} has {ds.RasterCount} band(s); band(s) {bad} do not exist.")
@@ -577,6 +592,15 @@ def output_nodata(nodata: float | None, output_domain: str) -> float | None:
     return nodata if impossible else math.nan
 
 
+def shifted_geolocation(items: dict, x0: int, y0: int) -> dict:
+    """GEOLOCATION metadata for a window starting at column x0, row y0: the arrays stay, the window's first
+    pixel is further into them (an image pixel p is array sample (p - PIXEL_OFFSET) / PIXEL_STEP)."""
+    out = {str(k): str(v) for k, v in items.items()}
+    for key, offset in (("PIXEL_OFFSET", x0), ("LINE_OFFSET", y0)):
+        out[key] = f"{float(out.get(key, 0) or 0) - offset:.17g}"
+    return out
+
+
 def _rectangle_text(xmin: float, ymin: float, xmax: float, ymax: float) -> str:
     """A rectangle as a user reads it: x then y ranges, to the centimetre of a projected CRS and the
     micro-degree of a geographic one (`:g` printed 4412345.6 as 4.41235e+06)."""
@@ -817,17 +841,24 @@ class RasterOutput:
             raise OutputError(f"Cannot create {path}: {failure}")
         x0, y0 = self.region.x, self.region.y
         gt = like.GetGeoTransform(can_return_null=True)
+        geolocation = like.GetMetadata("GEOLOCATION")
+        if gt is None and (x0 or y0) and georeferencing_of(like) == "none" and not geolocation:
+            # a window of a raster QGIS places with its default grid (y = -row) stays where it was drawn
+            gt = QGIS_UNREFERENCED_GEOTRANSFORM
         if gt is not None:
             self.ds.SetGeoTransform((gt[0] + x0 * gt[1] + y0 * gt[2], gt[1], gt[2],
                                      gt[3] + x0 * gt[4] + y0 * gt[5], gt[4], gt[5]))
         if like.GetProjection():
-            self.ds.SetProjection(like.GetProjection())
+            # the spatial reference itself, not its WKT1: a dynamic CRS keeps its coordinate epoch
+            self.ds.SetSpatialRef(like.GetSpatialRef())
         elif like.GetGCPCount():
             gcps = [gdal.GCP(g.GCPX, g.GCPY, g.GCPZ, g.GCPPixel - x0, g.GCPLine - y0, g.Info, g.Id) for g in like.GetGCPs()]
             self.ds.SetGCPs(gcps, like.GetGCPProjection())
         rpc = like.GetMetadata("RPC")
         if rpc:  # ICEYE, TerraSAR-X and other GeoTIFFs placed by rational polynomials: without them, nowhere
             self.ds.SetMetadata(shifted_rpc(rpc, x0, y0), "RPC")
+        if geolocation:  # swath products (netCDF, HDF5) placed by longitude and latitude arrays
+            self.ds.SetMetadata(shifted_geolocation(geolocation, x0, y0), "GEOLOCATION")
         if metadata:
             self.ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
         for i, nd in enumerate(nodata, start=1):

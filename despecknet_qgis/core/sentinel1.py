@@ -529,7 +529,9 @@ def _write_sigma0(manifest: str, found: list[Measurement], out: str, progress, c
                          "share one grid (GRD) can be despeckled.")
     luts = [sigma0_lut(m.calibration, width, manifest, LUTS[calibration]) for m in found]
     metadata = dict(product.GetMetadata()) if product is not None else {}
-    metadata.update({"CALIBRATION": calibration, "DOMAIN": "intensity", "SOURCE_PRODUCT": manifest})
+    # (no DOMAIN item: an output in decibels copied "intensity" beside its DESPECKNET_OUTPUT_DOMAIN)
+    metadata.update({"CALIBRATION": calibration,
+                     "SOURCE_PRODUCT": manifest if manifest.startswith("/vsi") else os.path.abspath(manifest)})
     # GDAL's failures (a full disk) recorded, the file read back, and moved into place only when whole
     with RasterOutput(out, sources[0], len(found), [0.0] * len(found),  # DN 0: the product's border, no signal
                       argument="the calibrated product", descriptions=[m.polarisation for m in found],

@@ -45,9 +45,9 @@ from . import domain as dm
 from .defaults import ZERO_IS_NODATA
 from .errors import InputError, OutputError, translate_errors
 from .files import same_dataset
-from .model_info import provenance
+from .model_info import inherited, provenance
 from .progress import SILENT, Progress
-from .raster import Outputs, RasterOutput, check_bands, check_same_grid, gdal_cache_limit, open_raster, read_intensity, same_file, windows
+from .raster import Outputs, RasterOutput, check_bands, check_same_grid, data_bands, gdal_cache_limit, open_raster, read_intensity, same_file, windows
 
 RULES = ("speckle_test", "db_std", "paper", "omnibus")  # new rules go at the end: enum indices
 DEFAULT_RULE = "omnibus"
@@ -226,9 +226,10 @@ def _omnibus_stable(stack, valid, window, table, alpha):
 def _stack_dates(paths: list[str], band: int | None) -> list[Date]:
     if len(paths) == 1:
         ds = open_raster(paths[0])
-        if ds.RasterCount < 2:
+        bands = data_bands(ds, paths[0])
+        if len(bands) < 2:
             raise InputError("A single input of `inputs` must be a multi-band raster whose bands are the dates; give at least 2 dates.")
-        return [Date(paths[0], b) for b in range(1, ds.RasterCount + 1)]
+        return [Date(paths[0], b) for b in bands]
     dates = []
     for p in paths:
         ds = open_raster(p)
@@ -469,15 +470,20 @@ def temporal_label(
     # band names and provenance, as every output of the plugin (and how a batch folder scan skips them)
     name = ref.GetRasterBand(dates[0].band).GetDescription() or ""
     # every date named (it named the first only), and the looks and window the tests used
-    meta = {**(ref.GetMetadata() or {}), **provenance(
+    meta = {**inherited(ref.GetMetadata()), **provenance(
         "despecknet:temporallabel", dates[0].path, dates=len(dates), rule=rule, alpha=alpha, multilook=multilook,
         input_domain=domain, output_domain=domain,
         date_sources=", ".join(f"{os.path.basename(str(d.path).rstrip('/')) or d.path}:{d.band}" for d in dates),
         **({"looks": f"{looks:.2f}"} if looks else {}), **({"test_window": test_window} if rule == "omnibus" else {}))}
+    # the first date's band items (polarisation) on both; its unit on the label, which is in its domain
+    first_band = ref.GetRasterBand(dates[0].band)
+    band_items, unit = [inherited(first_band.GetMetadata())], first_band.GetUnitType()
+    first_band = None
     outputs = Outputs(lambda: RasterOutput(output, ref, 1, [LABEL_NODATA], descriptions=[name],
-                                           metadata={**meta, "DESPECKNET_CONTENT": "temporal label"}),
+                                           metadata={**meta, "DESPECKNET_CONTENT": "temporal label"},
+                                           band_metadata=band_items, units=[unit]),
                       (lambda: RasterOutput(mask_output, ref, 1, [MASK_NODATA], data_type="Byte",
-                                            descriptions=[f"stable {name}".strip()],
+                                            descriptions=[f"stable {name}".strip()], band_metadata=band_items,
                                             metadata={**meta, "DESPECKNET_CONTENT": "stable mask (1 stable, 0 changed)"}))
                       if mask_output else None)
     with outputs as (label_out, mask_out):

@@ -231,7 +231,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     and the metadata says they were skipped.
     """
     from .files import file_sha256
-    from .model_info import provenance
+    from .model_info import inherited, provenance
 
     nodata, descriptions, complex_bands = output_nodata_of(ds, bands, domain, output_domain, zero_is_nodata), [], []
     for b in bands:
@@ -244,7 +244,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
     used = list(dict.fromkeys(zip(paths, versions)))  # each model once, in band order
     looks = list(looks) if looks is not None else [None] * len(bands)
     # the input band's own items (polarisation, swath) first, then what made this band
-    band_metadata = [{**(ds.GetRasterBand(b).GetMetadata() or {}),
+    band_metadata = [{**inherited(ds.GetRasterBand(b).GetMetadata()),
                       "DESPECKNET_MODEL": os.path.basename(paths[min(i, len(paths) - 1)] or ""),
                       "DESPECKNET_MODEL_VERSION": str(versions[min(i, len(versions) - 1)]),
                       "DESPECKNET_LOOKS": f"{n:.2f}" if n else "unknown"} for i, (b, n) in enumerate(zip(bands, looks))]
@@ -257,7 +257,7 @@ def output_layout(ds, bands: list[int], domain: str, output_domain: str, zero_is
                f"kept, except band(s) {', '.join(map(str, skipped))} (looks unknown)")
     if model_sha256 is None:
         model_sha256 = ", ".join(file_sha256(p) if p and os.path.isfile(p) else "" for p, _ in used)
-    metadata = dict(ds.GetMetadata() or {})
+    metadata = inherited(ds.GetMetadata())
     metadata.update(provenance(
         algorithm, source,
         model=", ".join(os.path.basename(p or "") for p, _ in used),
