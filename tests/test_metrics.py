@@ -253,3 +253,21 @@ def test_edge_and_structure_measures_leave_out_the_fill_beside_nodata(tmp_path):
     assert with_border.epi == pytest.approx(direct, abs=0.01) and cut.epi == pytest.approx(direct, abs=0.01)
     assert with_border.ssim_db == pytest.approx(cut.ssim_db, abs=0.02)
     assert with_border.psnr_db == pytest.approx(cut.psnr_db, abs=1e-6)
+
+
+def test_zeros_of_the_noisy_image_are_left_out_of_the_ratio_image(tmp_path):
+    """A zero border in Y without declared nodata (as a GRD's) under an estimate positive there entered MoR and
+    VoR as ratios of 0: MoR 0.74 for 0.99 (the rest of the plugin reads such zeros as nodata)."""
+    rng = np.random.default_rng(3)
+    x = np.full((64, 64), 0.2)
+    y = x * rng.gamma(1.0, 1.0, x.shape)
+    bordered = y.copy()
+    bordered[:, :16] = 0.0
+    est = write_tif(tmp_path / "xh.tif", x)
+    plain = quality_metrics(est, write_tif(tmp_path / "y.tif", y))
+    cut = quality_metrics(est, write_tif(tmp_path / "y0.tif", bordered), ratio_output=str(tmp_path / "r.tif"))
+    inner = quality_metrics(write_tif(tmp_path / "xh_in.tif", x[:, 16:]), write_tif(tmp_path / "y_in.tif", y[:, 16:]))
+    assert cut.mor == pytest.approx(inner.mor, rel=1e-9) and cut.vor == pytest.approx(inner.vor, rel=1e-9)
+    assert abs(cut.mor - plain.mor) < 0.05
+    ratio = read_tif(tmp_path / "r.tif")[0][0]
+    assert np.isnan(ratio[:, :16]).all() and np.isfinite(ratio[:, 16:]).all()

@@ -131,7 +131,7 @@ def quality_metrics(
             inner = win.within(outer)
             xh, v1 = est.intensity(outer)
             y, v2 = noi.intensity(outer)
-            valid = v1 & v2 & (xh > 0)
+            valid = v1 & v2 & (xh > 0) & (y > 0)  # an undeclared zero of Y is no speckle sample (a GRD border)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = np.where(valid, y / xh, np.nan)
             ratio.add(r[inner])
