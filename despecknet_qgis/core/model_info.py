@@ -148,10 +148,10 @@ PROVENANCE_KEY = "DESPECKNET_ALGORITHM"  # in every raster output; a batch folde
 
 def inherited(items: dict | None) -> dict[str, str]:
     """An input's metadata items that an output of it keeps: not this plugin's record of the run that made
-    the input (DESPECKNET_*: a despeckled temporal label named its stability rule and risk, a rerun without point targets
-    kept the band's POINT_TARGETS_RESTORED), nor statistics of other pixels (STATISTICS_*)."""
-    return {str(k): str(v) for k, v in (items or {}).items()
-            if not str(k).upper().startswith(("DESPECKNET_", "STATISTICS_"))}
+    the input (DESPECKNET_*: a despeckled temporal label named its stability rule and risk, a rerun without
+    point targets kept the band's POINT_TARGETS_RESTORED). Band statistics are left out by RasterOutput,
+    for every output."""
+    return {str(k): str(v) for k, v in (items or {}).items() if not str(k).upper().startswith("DESPECKNET_")}
 
 
 def provenance(algorithm: str, source: str, **items) -> dict[str, str]:
